@@ -1,0 +1,374 @@
+/* Region mapping, process slots, quota reservation and dead-process reconciliation. */
+#define _GNU_SOURCE
+#include "region.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static _Thread_local int dummy_tls; /* keeps TLS model consistent across objects */
+static int g_slot = -1;             /* slot of this process, -1 none */
+static pid_t g_slot_pid = 0;
+
+uint64_t xpu_now_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void *map_file(const char *path, size_t min_size, size_t *out_size)
+{
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < 0 || (size_t)st.st_size < min_size) {
+        close(fd);
+        return NULL;
+    }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED)
+        return NULL;
+    *out_size = (size_t)st.st_size;
+    return p;
+}
+
+enum xpu_region_status xpu_region_map(const char *path, struct xpu_region **out)
+{
+    *out = NULL;
+    (void)dummy_tls;
+    if (!path || !path[0])
+        return XPU_REGION_NONE;
+    size_t size = 0;
+    struct xpu_region *r = map_file(path, sizeof(struct xpu_region_header), &size);
+    if (!r)
+        return XPU_REGION_BROKEN;
+    const struct xpu_region_header *h = &r->hdr;
+    if (h->magic != XPU_REGION_MAGIC || h->version != XPU_REGION_VERSION ||
+        h->header_size < sizeof(struct xpu_region_header) || size < sizeof(struct xpu_region) ||
+        h->total_size > size || h->ndevices > XPU_MAX_DEVICES || h->nslots > XPU_MAX_SLOTS ||
+        h->device_offset != offsetof(struct xpu_region, dev) ||
+        h->device_stride != sizeof(struct xpu_device_entry) ||
+        h->slot_offset != offsetof(struct xpu_region, slot) ||
+        h->slot_stride != sizeof(struct xpu_slot)) {
+        munmap(r, size);
+        return XPU_REGION_BROKEN;
+    }
+    *out = r;
+    return XPU_REGION_OK;
+}
+
+enum xpu_region_status xpu_card_map(const char *path, struct xpu_card **out)
+{
+    *out = NULL;
+    if (!path || !path[0])
+        return XPU_REGION_NONE;
+    size_t size = 0;
+    struct xpu_card *c = map_file(path, sizeof(struct xpu_card), &size);
+    if (!c)
+        return XPU_REGION_BROKEN;
+    if (c->hdr.magic != XPU_CARD_MAGIC || c->hdr.version != XPU_CARD_VERSION ||
+        c->hdr.ntenants > XPU_MAX_TENANTS || c->hdr.tenant_offset != offsetof(struct xpu_card, tenant) ||
+        c->hdr.tenant_stride != sizeof(struct xpu_card_tenant)) {
+        munmap(c, size);
+        return XPU_REGION_BROKEN;
+    }
+    *out = c;
+    return XPU_REGION_OK;
+}
+
+/* ---- robust process-shared lock living in the region header ---- */
+
+static pthread_mutex_t *region_lock(struct xpu_region *r)
+{
+    return (pthread_mutex_t *)(void *)r->hdr.lock;
+}
+
+static int lock_ready(struct xpu_region *r)
+{
+    _Atomic uint32_t *st = &r->hdr.lock_init;
+    for (int spin = 0; spin < 20000; spin++) {
+        uint32_t v = atomic_load_explicit(st, memory_order_acquire);
+        if (v == 2)
+            return 0;
+        if (v == 0) {
+            uint32_t exp = 0;
+            if (atomic_compare_exchange_strong(st, &exp, 1)) {
+                pthread_mutexattr_t a;
+                pthread_mutexattr_init(&a);
+                pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+                pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+                memset(r->hdr.lock, 0, sizeof r->hdr.lock);
+                int rc = pthread_mutex_init(region_lock(r), &a);
+                pthread_mutexattr_destroy(&a);
+                atomic_store_explicit(st, rc == 0 ? 2u : 0u, memory_order_release);
+                if (rc != 0)
+                    return -1;
+                return 0;
+            }
+        }
+        if (spin > 100) {
+            struct timespec ts = {0, 50000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return -1; /* an initialiser died mid-way (1 s): caller fails closed */
+}
+
+static void recompute_totals(struct xpu_region *r)
+{
+    for (unsigned d = 0; d < XPU_MAX_DEVICES; d++) {
+        uint64_t sum = 0;
+        for (unsigned s = 0; s < XPU_MAX_SLOTS; s++)
+            if (atomic_load_explicit(&r->slot[s].state, memory_order_relaxed) != XPU_SLOT_FREE)
+                sum += r->slot[s].mem_used[d];
+        atomic_store(&r->dev[d].mem_used, sum);
+    }
+}
+
+static int lock_region(struct xpu_region *r)
+{
+    if (lock_ready(r) != 0)
+        return -1;
+    int rc = pthread_mutex_lock(region_lock(r));
+    if (rc == EOWNERDEAD) {
+        /* the previous holder died mid-update: totals are rebuilt from the slots */
+        recompute_totals(r);
+        pthread_mutex_consistent(region_lock(r));
+        rc = 0;
+    }
+    return rc == 0 ? 0 : -1;
+}
+
+static void unlock_region(struct xpu_region *r)
+{
+    pthread_mutex_unlock(region_lock(r));
+}
+
+uint64_t xpu_proc_start_time(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'); /* comm may contain spaces */
+    if (!p)
+        return 0;
+    /* after ") " comes field 3 (state); start time is field 22 */
+    int field = 2;
+    for (; *p && field < 22; p++)
+        if (*p == ' ')
+            field++;
+    unsigned long long v = 0;
+    if (sscanf(p, "%llu", &v) != 1)
+        return 0;
+    if (field == 22 && buf[0] != 0) {
+        char st = 0;
+        char *q = strrchr(buf, ')');
+        if (q && q[1] == ' ')
+            st = q[2];
+        if (st == 'Z' || st == 'X') /* zombie: its device memory is already gone */
+            return 0;
+    }
+    return v ? (uint64_t)v : 1;
+}
+
+static uint64_t reap_locked(struct xpu_region *r)
+{
+    uint64_t released = 0;
+    pid_t self = getpid();
+    for (unsigned s = 0; s < XPU_MAX_SLOTS; s++) {
+        struct xpu_slot *sl = &r->slot[s];
+        if (atomic_load(&sl->state) != XPU_SLOT_ACTIVE || sl->pid == self)
+            continue;
+        uint64_t st = xpu_proc_start_time(sl->pid);
+        if (st != 0 && st == sl->start_time)
+            continue; /* alive */
+        atomic_store(&sl->state, XPU_SLOT_REAPING);
+        for (unsigned d = 0; d < XPU_MAX_DEVICES; d++) {
+            uint64_t b = sl->mem_used[d];
+            if (!b)
+                continue;
+            uint64_t cur = atomic_load(&r->dev[d].mem_used);
+            atomic_store(&r->dev[d].mem_used, cur >= b ? cur - b : 0);
+            if (cur < b)
+                atomic_fetch_add(&r->dev[d].accounting_errors, 1);
+            atomic_fetch_add(&r->dev[d].reaped_bytes, b);
+            released += b;
+            sl->mem_used[d] = 0;
+        }
+        sl->pid = 0;
+        sl->start_time = 0;
+        sl->host_pid = 0;
+        atomic_store(&sl->state, XPU_SLOT_FREE);
+    }
+    return released;
+}
+
+uint64_t xpu_region_reap(struct xpu_region *r)
+{
+    if (lock_region(r) != 0)
+        return 0;
+    uint64_t n = reap_locked(r);
+    unlock_region(r);
+    return n;
+}
+
+void xpu_region_forget_slot(void)
+{
+    g_slot = -1;
+    g_slot_pid = 0;
+}
+
+int xpu_region_register(struct xpu_region *r)
+{
+    pid_t self = getpid();
+    if (g_slot >= 0 && g_slot_pid == self)
+        return g_slot;
+    if (lock_region(r) != 0)
+        return -1;
+    reap_locked(r);
+    uint64_t st = xpu_proc_start_time(self);
+    int found = -1;
+    for (unsigned s = 0; s < XPU_MAX_SLOTS && found < 0; s++) {
+        struct xpu_slot *sl = &r->slot[s];
+        if (atomic_load(&sl->state) == XPU_SLOT_FREE) {
+            memset(sl->mem_used, 0, sizeof sl->mem_used);
+            sl->pid = self;
+            sl->start_time = st;
+            sl->host_pid = 0;
+            atomic_store(&sl->state, XPU_SLOT_ACTIVE);
+            found = (int)s;
+        }
+    }
+    unlock_region(r);
+    if (found >= 0) {
+        g_slot = found;
+        g_slot_pid = self;
+    }
+    return found;
+}
+
+void xpu_region_unregister(struct xpu_region *r)
+{
+    if (g_slot < 0 || g_slot_pid != getpid())
+        return;
+    if (lock_region(r) != 0)
+        return;
+    struct xpu_slot *sl = &r->slot[g_slot];
+    for (unsigned d = 0; d < XPU_MAX_DEVICES; d++) {
+        uint64_t b = sl->mem_used[d];
+        uint64_t cur = atomic_load(&r->dev[d].mem_used);
+        atomic_store(&r->dev[d].mem_used, cur >= b ? cur - b : 0);
+        sl->mem_used[d] = 0;
+    }
+    sl->pid = 0;
+    atomic_store(&sl->state, XPU_SLOT_FREE);
+    unlock_region(r);
+    g_slot = -1;
+}
+
+static int try_reserve_locked(struct xpu_region *r, unsigned d, uint64_t bytes, uint64_t limit)
+{
+    struct xpu_device_entry *e = &r->dev[d];
+    uint64_t used = atomic_load(&e->mem_used);
+    if (limit && (bytes > limit || used > limit - bytes))
+        return -1;
+    uint64_t nu = used + bytes;
+    atomic_store(&e->mem_used, nu);
+    r->slot[g_slot].mem_used[d] += bytes;
+    uint64_t peak = atomic_load(&e->mem_peak);
+    if (nu > peak)
+        atomic_store(&e->mem_peak, nu);
+    return 0;
+}
+
+int xpu_mem_reserve(struct xpu_region *r, unsigned d, uint64_t bytes)
+{
+    if (d >= XPU_MAX_DEVICES)
+        return -2;
+    if (xpu_region_register(r) < 0)
+        return -2;
+    struct xpu_dev_cfg cfg;
+    xpu_region_read_cfg(r, d, &cfg);
+    if (lock_region(r) != 0)
+        return -2;
+    int rc = try_reserve_locked(r, d, bytes, cfg.mem_limit);
+    if (rc != 0 && reap_locked(r) > 0)
+        rc = try_reserve_locked(r, d, bytes, cfg.mem_limit);
+    unlock_region(r);
+    if (rc != 0)
+        atomic_fetch_add(&r->dev[d].oom_events, 1);
+    return rc;
+}
+
+void xpu_mem_adjust(struct xpu_region *r, unsigned d, int64_t delta)
+{
+    if (d >= XPU_MAX_DEVICES || delta == 0)
+        return;
+    if (xpu_region_register(r) < 0)
+        return;
+    if (lock_region(r) != 0)
+        return;
+    struct xpu_device_entry *e = &r->dev[d];
+    uint64_t *mine = &r->slot[g_slot].mem_used[d];
+    uint64_t cur = atomic_load(&e->mem_used);
+    if (delta > 0) {
+        atomic_store(&e->mem_used, cur + (uint64_t)delta);
+        *mine += (uint64_t)delta;
+        if (cur + (uint64_t)delta > atomic_load(&e->mem_peak))
+            atomic_store(&e->mem_peak, cur + (uint64_t)delta);
+    } else {
+        uint64_t b = (uint64_t)(-(delta + 1)) + 1u;
+        if (*mine < b || cur < b)
+            atomic_fetch_add(&e->accounting_errors, 1);
+        *mine = *mine >= b ? *mine - b : 0;
+        atomic_store(&e->mem_used, cur >= b ? cur - b : 0);
+    }
+    unlock_region(r);
+}
+
+void xpu_mem_release(struct xpu_region *r, unsigned d, uint64_t bytes)
+{
+    if (bytes > (uint64_t)INT64_MAX)
+        bytes = (uint64_t)INT64_MAX;
+    xpu_mem_adjust(r, d, -(int64_t)bytes);
+}
+
+void xpu_region_read_cfg(struct xpu_region *r, unsigned d, struct xpu_dev_cfg *out)
+{
+    const struct xpu_device_entry *e = &r->dev[d];
+    for (int tries = 0; tries < 1000; tries++) {
+        uint64_t g1 = atomic_load_explicit(&r->hdr.generation, memory_order_acquire);
+        if (g1 & 1u)
+            continue;
+        out->mem_limit = e->mem_limit;
+        out->request_bp = e->share_request_bp;
+        out->limit_bp = e->share_limit_bp;
+        out->priority = e->priority;
+        out->period_us = e->period_us;
+        out->card_slot = e->card_slot;
+        atomic_thread_fence(memory_order_acquire);
+        uint64_t g2 = atomic_load_explicit(&r->hdr.generation, memory_order_relaxed);
+        if (g1 == g2) {
+            out->generation = g1;
+            return;
+        }
+    }
+    out->generation = atomic_load(&r->hdr.generation); /* writer stuck: use last read */
+}

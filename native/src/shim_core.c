@@ -1,0 +1,389 @@
+/*
+ * xpushim core: one-time configuration, dlsym interposition, per-process allocation
+ * table, fork handling. Shared by the CUDA, NVML, ACL and HIP backends.
+ */
+#define _GNU_SOURCE
+#include "shim_core.h"
+
+#include <dlfcn.h>
+#include <link.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct xpu_core g_xpu;
+_Atomic int g_xpu_ready;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+/* ------------------------------------------------------------------ real dlsym */
+
+typedef void *(*dlsym_fn)(void *, const char *);
+static dlsym_fn g_real_dlsym;
+static pthread_once_t g_dlsym_once = PTHREAD_ONCE_INIT;
+
+static void find_real_dlsym(void)
+{
+    static const char *const versions[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17", "GLIBC_2.0"};
+    for (size_t i = 0; i < sizeof versions / sizeof versions[0] && !g_real_dlsym; i++)
+        g_real_dlsym = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", versions[i]);
+}
+
+void *xpu_real_dlsym(void *handle, const char *name)
+{
+    pthread_once(&g_dlsym_once, find_real_dlsym);
+    return g_real_dlsym ? g_real_dlsym(handle, name) : NULL;
+}
+
+/* RTLD_NEXT relative to the *caller*, not to this library: walk the loaded objects in
+ * load order and search those after the caller's object. */
+struct next_ctx {
+    const void *caller_base;
+    int seen;
+    const char *name;
+    void *found;
+};
+
+static int next_cb(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    struct next_ctx *c = data;
+    if (c->found)
+        return 1;
+    if (!c->seen) {
+        if ((const void *)info->dlpi_addr == c->caller_base)
+            c->seen = 1;
+        return 0;
+    }
+    const char *path = info->dlpi_name;
+    if (!path || !path[0])
+        return 0;
+    void *h = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+    if (!h)
+        return 0;
+    void *p = xpu_real_dlsym(h, c->name);
+    dlclose(h);
+    if (p) {
+        Dl_info di;
+        /* only accept a definition that lives in that object */
+        if (dladdr(p, &di) && di.dli_fbase && (uintptr_t)di.dli_fbase == (uintptr_t)info->dlpi_addr)
+            c->found = p;
+        else if (dladdr(p, &di) && di.dli_fname && strcmp(di.dli_fname, path) == 0)
+            c->found = p;
+    }
+    return c->found ? 1 : 0;
+}
+
+static void *dlsym_next_of(const void *caller, const char *name)
+{
+    Dl_info di;
+    if (!dladdr(caller, &di) || !di.dli_fbase)
+        return xpu_real_dlsym(RTLD_NEXT, name);
+    struct next_ctx c = {0};
+    /* dl_iterate_phdr reports dlpi_addr (load bias); for PIE/shared objects it equals
+     * the base dladdr reports; for a non-PIE executable both are 0-ish: compare bias */
+    struct link_map *lm = NULL;
+    if (dladdr1(caller, &di, (void **)&lm, RTLD_DL_LINKMAP) && lm)
+        c.caller_base = (const void *)lm->l_addr;
+    else
+        c.caller_base = di.dli_fbase;
+    c.name = name;
+    dl_iterate_phdr(next_cb, &c);
+    if (c.found)
+        return c.found;
+    if (!c.seen) /* caller not found in the list: best effort */
+        return xpu_real_dlsym(RTLD_NEXT, name);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ hooks */
+
+const struct xpu_hook *xpu_hook_find(const char *name)
+{
+    const struct xpu_hook *tab;
+    size_t n;
+    if (name[0] == 'c' && name[1] == 'u') {
+        tab = xpu_cuda_hooks;
+        n = xpu_cuda_nhooks;
+    } else if (name[0] == 'n' && strncmp(name, "nvml", 4) == 0) {
+        tab = xpu_nvml_hooks;
+        n = xpu_nvml_nhooks;
+    } else if (name[0] == 'a' && strncmp(name, "aclrt", 5) == 0) {
+        tab = xpu_acl_hooks;
+        n = xpu_acl_nhooks;
+    } else if (name[0] == 'h' && strncmp(name, "hip", 3) == 0) {
+        tab = xpu_hip_hooks;
+        n = xpu_hip_nhooks;
+    } else {
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(tab[i].name, name) == 0)
+            return &tab[i];
+    return NULL;
+}
+
+XPU_EXPORT void *dlsym(void *handle, const char *name)
+{
+    void *real;
+    if (handle == RTLD_NEXT)
+        real = dlsym_next_of(__builtin_return_address(0), name);
+    else
+        real = xpu_real_dlsym(handle, name);
+    if (!real)
+        return real;
+    const struct xpu_hook *h = xpu_hook_find(name);
+    if (!h)
+        return real;
+    if (real != h->wrapper && h->real) {
+        /* remember a real definition if the backend could not find its library */
+        void *expected = NULL;
+        __atomic_compare_exchange_n(h->real, &expected, real, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    }
+    return h->wrapper;
+}
+
+/* ------------------------------------------------------------------ logging */
+
+static _Atomic uint64_t g_logged[4];
+
+void xpu_log_once(unsigned key, const char *msg, const char *arg)
+{
+    unsigned w = (key / 64u) % 4u;
+    uint64_t bit = 1ull << (key % 64u);
+    if (atomic_fetch_or(&g_logged[w], bit) & bit)
+        return;
+    if (g_xpu.log_level <= 0)
+        return;
+    char buf[256];
+    int n = snprintf(buf, sizeof buf, "xpushim[%d]: %s%s%s\n", (int)getpid(), msg, arg ? " " : "",
+                     arg ? arg : "");
+    if (n > 0) {
+        ssize_t wr = write(2, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+        (void)wr;
+    }
+}
+
+/* ------------------------------------------------------------------ allocation table */
+
+struct track_ent {
+    uint64_t key;
+    uint64_t bytes;
+    int32_t dev;
+    uint32_t kind; /* 0 empty, UINT32_MAX tombstone */
+};
+
+static pthread_mutex_t g_track_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct track_ent *g_tab;
+static size_t g_cap, g_used;
+
+static size_t hash2(unsigned kind, uint64_t key)
+{
+    uint64_t x = key ^ ((uint64_t)kind * 0x9E3779B97F4A7C15ull);
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return (size_t)x;
+}
+
+static struct track_ent *find_slot(unsigned kind, uint64_t key, int for_insert)
+{
+    if (!g_cap)
+        return NULL;
+    size_t mask = g_cap - 1, i = hash2(kind, key) & mask;
+    struct track_ent *tomb = NULL;
+    for (size_t probe = 0; probe < g_cap; probe++, i = (i + 1) & mask) {
+        struct track_ent *e = &g_tab[i];
+        if (e->kind == 0)
+            return for_insert ? (tomb ? tomb : e) : NULL;
+        if (e->kind == UINT32_MAX) {
+            if (!tomb)
+                tomb = e;
+            continue;
+        }
+        if (e->kind == kind && e->key == key)
+            return e;
+    }
+    return for_insert ? tomb : NULL;
+}
+
+static int grow(void)
+{
+    size_t ncap = g_cap ? g_cap * 2 : 1024;
+    struct track_ent *old = g_tab;
+    size_t ocap = g_cap;
+    struct track_ent *nt = calloc(ncap, sizeof *nt);
+    if (!nt)
+        return -1;
+    g_tab = nt;
+    g_cap = ncap;
+    g_used = 0;
+    for (size_t i = 0; i < ocap; i++) {
+        if (old[i].kind == 0 || old[i].kind == UINT32_MAX)
+            continue;
+        struct track_ent *e = find_slot(old[i].kind, old[i].key, 1);
+        *e = old[i];
+        g_used++;
+    }
+    free(old);
+    return 0;
+}
+
+void xpu_track_lock(void) { pthread_mutex_lock(&g_track_mu); }
+void xpu_track_unlock(void) { pthread_mutex_unlock(&g_track_mu); }
+
+int xpu_track_put(unsigned kind, uint64_t key, uint64_t bytes, int dev)
+{
+    pthread_mutex_lock(&g_track_mu);
+    if ((g_used + 1) * 2 > g_cap && grow() != 0) {
+        pthread_mutex_unlock(&g_track_mu);
+        return -1;
+    }
+    struct track_ent *e = find_slot(kind, key, 1);
+    if (e->kind == 0 || e->kind == UINT32_MAX)
+        g_used++;
+    e->kind = kind;
+    e->key = key;
+    e->bytes = bytes;
+    e->dev = dev;
+    pthread_mutex_unlock(&g_track_mu);
+    return 0;
+}
+
+int xpu_track_take(unsigned kind, uint64_t key, uint64_t *bytes, int *dev)
+{
+    pthread_mutex_lock(&g_track_mu);
+    struct track_ent *e = find_slot(kind, key, 0);
+    int found = e != NULL;
+    if (found) {
+        if (bytes)
+            *bytes = e->bytes;
+        if (dev)
+            *dev = e->dev;
+        e->kind = UINT32_MAX; /* tombstone; g_used keeps counting it until the next grow */
+    }
+    pthread_mutex_unlock(&g_track_mu);
+    return found;
+}
+
+int xpu_track_get(unsigned kind, uint64_t key, uint64_t *bytes, int *dev)
+{
+    pthread_mutex_lock(&g_track_mu);
+    struct track_ent *e = find_slot(kind, key, 0);
+    int found = e != NULL;
+    if (found) {
+        if (bytes)
+            *bytes = e->bytes;
+        if (dev)
+            *dev = e->dev;
+    }
+    pthread_mutex_unlock(&g_track_mu);
+    return found;
+}
+
+uint64_t xpu_track_add(unsigned kind, uint64_t key, int64_t delta, int dev)
+{
+    pthread_mutex_lock(&g_track_mu);
+    struct track_ent *e = find_slot(kind, key, 0);
+    if (!e) {
+        if ((g_used + 1) * 2 > g_cap && grow() != 0) {
+            pthread_mutex_unlock(&g_track_mu);
+            return 0;
+        }
+        e = find_slot(kind, key, 1);
+        if (e->kind == 0 || e->kind == UINT32_MAX)
+            g_used++;
+        e->kind = kind;
+        e->key = key;
+        e->bytes = 0;
+        e->dev = dev;
+    }
+    if (delta >= 0)
+        e->bytes += (uint64_t)delta;
+    else
+        e->bytes = e->bytes >= (uint64_t)(-(delta + 1)) + 1u ? e->bytes - ((uint64_t)(-(delta + 1)) + 1u) : 0;
+    uint64_t v = e->bytes;
+    pthread_mutex_unlock(&g_track_mu);
+    return v;
+}
+
+void xpu_track_reset(void)
+{
+    /* fork child: allocations belong to the parent's contexts */
+    if (g_tab)
+        memset(g_tab, 0, g_cap * sizeof *g_tab);
+    g_used = 0;
+}
+
+/* ------------------------------------------------------------------ devices */
+
+int xpu_dev_index_by_uuid(const char *uuid)
+{
+    struct xpu_core *c = xpu_core();
+    if (c->status != XPU_REGION_OK || !uuid)
+        return -1;
+    uint32_t n = c->region->hdr.ndevices;
+    for (uint32_t d = 0; d < n && d < XPU_MAX_DEVICES; d++) {
+        const char *u = c->region->dev[d].uuid;
+        if (u[0] && strncmp(u, uuid, XPU_UUID_LEN) == 0)
+            return (int)d;
+    }
+    return -1;
+}
+
+int xpu_dev_index_by_ordinal(int ordinal)
+{
+    struct xpu_core *c = xpu_core();
+    if (c->status != XPU_REGION_OK)
+        return -1;
+    uint32_t n = c->region->hdr.ndevices;
+    for (uint32_t d = 0; d < n && d < XPU_MAX_DEVICES; d++)
+        if (!c->region->dev[d].uuid[0] && (int)c->region->dev[d].ordinal == ordinal)
+            return (int)d;
+    return -1;
+}
+
+/* ------------------------------------------------------------------ init, fork, exit */
+
+static void fork_prepare(void) { xpu_track_lock(); }
+static void fork_parent(void) { xpu_track_unlock(); }
+static void fork_child(void)
+{
+    xpu_track_unlock();
+    xpu_track_reset();
+    xpu_region_forget_slot(); /* the child registers its own slot on first use */
+    xpu_limit_fork_child();
+    xpu_cuda_fork_child();
+}
+
+static void at_exit(void)
+{
+    if (g_xpu.status == XPU_REGION_OK)
+        xpu_region_unregister(g_xpu.region);
+}
+
+static void init_once(void)
+{
+    const char *lv = getenv("XPUSHIM_LOG"); /* read once, here only */
+    g_xpu.log_level = lv ? atoi(lv) : 1;
+    const char *path = getenv(XPUSHIM_ENV_REGION);
+    if (!path || !path[0]) {
+        if (access(XPUSHIM_DEFAULT_REGION_PATH, F_OK) == 0)
+            path = XPUSHIM_DEFAULT_REGION_PATH;
+    }
+    g_xpu.status = xpu_region_map(path, &g_xpu.region);
+    if (g_xpu.status == XPU_REGION_OK) {
+        g_xpu.fail_open_on_broken = (g_xpu.region->hdr.policy & XPU_POLICY_FAIL_OPEN_ON_BROKEN) != 0;
+        atexit(at_exit);
+    } else if (g_xpu.status == XPU_REGION_BROKEN) {
+        xpu_log_once(0, "region unusable, failing closed for allocations:", path);
+    }
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+    atomic_store_explicit(&g_xpu_ready, 1, memory_order_release);
+}
+
+void xpu_core_init(void)
+{
+    pthread_once(&g_once, init_once);
+}

@@ -1,0 +1,1057 @@
+/*
+ * xpushim CUDA driver API backend.
+ *
+ * Every hooked entry point exists under its exact exported driver name (so LD_PRELOAD
+ * symbol interposition works), is returned by our dlsym() for lookups of that name, and
+ * is substituted into cuGetProcAddress(_v2) answers: we forward the caller's exact
+ * (symbol, cudaVersion, flags, status) to the real resolver and swap the returned
+ * pointer when it equals the real address of one of the hooked exports. The driver keeps
+ * choosing versions and per-thread-stream (_ptsz/_ptds) variants; we never run a ladder.
+ */
+#define _GNU_SOURCE
+#include "shim_core.h"
+
+/* deprecated entry points (cuLaunch, cuLaunchGrid, multi-device) are hooked on purpose */
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#include <cuda.h>
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#undef cuGetProcAddress /* cuda.h maps it to _v2; we export both ABIs */
+
+#define DEV_PASS (-1)
+#define DEV_BROKEN (-2)
+
+/* prototypes for exports cuda.h does not declare in this configuration */
+CUresult CUDAAPI cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags);
+CUresult CUDAAPI cuLaunchKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+                                     unsigned int bx, unsigned int by, unsigned int bz, unsigned int shm,
+                                     CUstream s, void **params, void **extra);
+CUresult CUDAAPI cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunction f, void **params, void **extra);
+CUresult CUDAAPI cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+                                                unsigned int bx, unsigned int by, unsigned int bz,
+                                                unsigned int shm, CUstream s, void **params);
+CUresult CUDAAPI cuGraphLaunch_ptsz(CUgraphExec exec, CUstream s);
+CUresult CUDAAPI cuGraphUpload_ptsz(CUgraphExec exec, CUstream s);
+CUresult CUDAAPI cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream s);
+CUresult CUDAAPI cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool, CUstream s);
+CUresult CUDAAPI cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream s);
+CUresult CUDAAPI cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *p);
+CUresult CUDAAPI cuGraphInstantiate_v2(CUgraphExec *e, CUgraph g, CUgraphNode *err, char *log, size_t n);
+CUresult CUDAAPI cuEventRecord_ptsz(CUevent ev, CUstream s);
+
+/* ------------------------------------------------------------------ real table */
+
+#define HOOKED(X)                                                                                      \
+    X(cuGetProcAddress) X(cuGetProcAddress_v2)                                                         \
+    X(cuMemAlloc_v2) X(cuMemAllocPitch_v2) X(cuMemFree_v2) X(cuMemAllocManaged)                        \
+    X(cuMemAllocAsync) X(cuMemAllocAsync_ptsz) X(cuMemAllocFromPoolAsync) X(cuMemAllocFromPoolAsync_ptsz) \
+    X(cuMemFreeAsync) X(cuMemFreeAsync_ptsz) X(cuMemPoolCreate) X(cuMemPoolDestroy) X(cuMemPoolTrimTo)   \
+    X(cuMemCreate) X(cuMemRelease)                                                                     \
+    X(cuArrayCreate_v2) X(cuArray3DCreate_v2) X(cuArrayDestroy) X(cuMipmappedArrayCreate)              \
+    X(cuMipmappedArrayDestroy)                                                                         \
+    X(cuGraphAddMemAllocNode) X(cuGraphInstantiateWithFlags) X(cuGraphInstantiate_v2)                  \
+    X(cuGraphInstantiateWithParams) X(cuGraphInstantiateWithParams_ptsz) X(cuGraphUpload)              \
+    X(cuGraphUpload_ptsz) X(cuGraphExecDestroy) X(cuGraphDestroy) X(cuDeviceGraphMemTrim)              \
+    X(cuMemGetInfo_v2) X(cuDeviceTotalMem_v2)                                                          \
+    X(cuLaunchKernel) X(cuLaunchKernel_ptsz) X(cuLaunchKernelEx) X(cuLaunchKernelEx_ptsz)              \
+    X(cuLaunchCooperativeKernel) X(cuLaunchCooperativeKernel_ptsz) X(cuLaunchCooperativeKernelMultiDevice) \
+    X(cuLaunch) X(cuLaunchGrid) X(cuLaunchGridAsync) X(cuGraphLaunch) X(cuGraphLaunch_ptsz)
+
+#define INTERNAL(X)                                                                                    \
+    X(cuCtxGetDevice) X(cuDeviceGetUuid) X(cuDeviceGetMemPool) X(cuMemPoolGetAttribute)                \
+    X(cuDeviceGetGraphMemAttribute) X(cuEventCreate) X(cuEventRecord) X(cuEventRecord_ptsz)            \
+    X(cuEventQuery) X(cuEventSynchronize) X(cuEventElapsedTime) X(cuEventElapsedTime_v2)
+
+#define DECL_REAL(n) static void *R_##n;
+HOOKED(DECL_REAL)
+INTERNAL(DECL_REAL)
+
+static void *g_cuda;
+static pthread_once_t g_cuda_once = PTHREAD_ONCE_INIT;
+static int g_single = -3; /* region device index when the container has exactly one device */
+static _Atomic int g_ord_map[64];
+static pthread_once_t g_ord_once = PTHREAD_ONCE_INIT;
+
+static void resolve(void **slot, const char *name)
+{
+    if (!*slot && g_cuda)
+        *slot = xpu_real_dlsym(g_cuda, name);
+}
+
+static void cuda_init(void)
+{
+    struct xpu_core *c = xpu_core();
+    g_cuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!g_cuda)
+        g_cuda = dlopen("libcuda.so", RTLD_NOW | RTLD_LOCAL);
+#define RESOLVE(n) resolve(&R_##n, #n);
+    HOOKED(RESOLVE)
+    INTERNAL(RESOLVE)
+    if (c->status == XPU_REGION_OK && c->region->hdr.ndevices == 1)
+        g_single = 0;
+    else
+        g_single = -4;
+}
+
+static inline void *real(void **slot)
+{
+    if (XPU_UNLIKELY(!*slot))
+        pthread_once(&g_cuda_once, cuda_init);
+    return *slot;
+}
+
+#define REAL(n) ((__typeof__(&n))real(&R_##n))
+#define CALL_REAL(n, ...)                                                                              \
+    do {                                                                                               \
+        __typeof__(&n) fp_ = REAL(n);                                                                  \
+        if (!fp_)                                                                                      \
+            return CUDA_ERROR_NOT_FOUND;                                                               \
+        return fp_(__VA_ARGS__);                                                                       \
+    } while (0)
+
+void xpu_cuda_fork_child(void)
+{
+    for (unsigned i = 0; i < 64; i++)
+        atomic_store(&g_ord_map[i], -3);
+}
+
+static void ord_init(void)
+{
+    for (unsigned i = 0; i < 64; i++)
+        atomic_store(&g_ord_map[i], -3);
+}
+
+/* region device index of a CUDA ordinal (UUID match, ordinal fallback), cached */
+static int dev_of_ordinal(CUdevice ord)
+{
+    struct xpu_core *c = xpu_core();
+    if (c->status != XPU_REGION_OK)
+        return c->status == XPU_REGION_BROKEN && !c->fail_open_on_broken ? DEV_BROKEN : DEV_PASS;
+    if (g_single >= 0)
+        return g_single;
+    pthread_once(&g_ord_once, ord_init);
+    if (ord < 0 || ord >= 64)
+        return DEV_PASS;
+    int v = atomic_load_explicit(&g_ord_map[ord], memory_order_relaxed);
+    if (v != -3)
+        return v;
+    int idx = xpu_dev_index_by_ordinal((int)ord);
+    CUuuid u;
+    __typeof__(&cuDeviceGetUuid) gu = REAL(cuDeviceGetUuid);
+    if (idx < 0 && gu && gu(&u, ord) == CUDA_SUCCESS) {
+        char s[XPU_UUID_LEN];
+        const unsigned char *b = (const unsigned char *)u.bytes;
+        snprintf(s, sizeof s,
+                 "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+                 b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+        idx = xpu_dev_index_by_uuid(s);
+    }
+    if (idx < 0)
+        idx = DEV_PASS; /* a device the agent does not manage for this container */
+    atomic_store_explicit(&g_ord_map[ord], idx, memory_order_relaxed);
+    return idx;
+}
+
+static int cur_dev(void)
+{
+    struct xpu_core *c = xpu_core();
+    if (c->status != XPU_REGION_OK)
+        return c->status == XPU_REGION_BROKEN && !c->fail_open_on_broken ? DEV_BROKEN : DEV_PASS;
+    if (g_single >= 0)
+        return g_single;
+    if (g_single == -3)
+        pthread_once(&g_cuda_once, cuda_init);
+    if (g_single >= 0)
+        return g_single;
+    CUdevice dev;
+    __typeof__(&cuCtxGetDevice) f = REAL(cuCtxGetDevice);
+    if (!f || f(&dev) != CUDA_SUCCESS)
+        return DEV_PASS;
+    return dev_of_ordinal(dev);
+}
+
+/* ------------------------------------------------------------------ accounting helpers */
+
+/* reserve before the real call: 0 ok, else a CUresult to return */
+static CUresult acct_reserve(int d, uint64_t bytes)
+{
+    if (d == DEV_PASS)
+        return CUDA_SUCCESS;
+    if (d == DEV_BROKEN)
+        return CUDA_ERROR_OUT_OF_MEMORY; /* managed container with a broken region: fail closed */
+    int rc = xpu_mem_reserve(g_xpu.region, (unsigned)d, bytes);
+    if (rc == 0)
+        return CUDA_SUCCESS;
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+static void acct_rollback(int d, uint64_t bytes)
+{
+    if (d >= 0)
+        xpu_mem_release(g_xpu.region, (unsigned)d, bytes);
+}
+
+static void acct_track(int d, unsigned kind, uint64_t key, uint64_t bytes)
+{
+    if (d < 0)
+        return;
+    if (xpu_track_put(kind, key, bytes, d) != 0) {
+        /* cannot remember it: keep the charge (fail closed), count the error */
+        atomic_fetch_add(&g_xpu.region->dev[d].accounting_errors, 1);
+    }
+}
+
+static void acct_free(unsigned kind, uint64_t key)
+{
+    uint64_t bytes;
+    int d;
+    if (xpu_track_take(kind, key, &bytes, &d) && d >= 0)
+        xpu_mem_release(g_xpu.region, (unsigned)d, bytes);
+}
+
+/* ------------------------------------------------------------------ classic allocations */
+
+XPU_EXPORT CUresult CUDAAPI cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
+{
+    __typeof__(&cuMemAlloc_v2) f = REAL(cuMemAlloc_v2);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    int d = cur_dev();
+    CUresult rc = acct_reserve(d, bytesize);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = f(dptr, bytesize);
+    if (rc != CUDA_SUCCESS) {
+        acct_rollback(d, bytesize);
+        return rc;
+    }
+    acct_track(d, XPU_K_PTR, (uint64_t)*dptr, bytesize);
+    return rc;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t w, size_t h,
+                                               unsigned int elem)
+{
+    __typeof__(&cuMemAllocPitch_v2) f = REAL(cuMemAllocPitch_v2);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    int d = cur_dev();
+    uint64_t est = (uint64_t)((w + 511u) & ~(size_t)511u) * (h ? h : 1);
+    CUresult rc = acct_reserve(d, est);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = f(dptr, pPitch, w, h, elem);
+    if (rc != CUDA_SUCCESS) {
+        acct_rollback(d, est);
+        return rc;
+    }
+    uint64_t actual = (uint64_t)*pPitch * (h ? h : 1);
+    if (d >= 0 && actual != est)
+        xpu_mem_adjust(g_xpu.region, (unsigned)d, (int64_t)actual - (int64_t)est);
+    acct_track(d, XPU_K_PTR, (uint64_t)*dptr, actual);
+    return rc;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags)
+{
+    __typeof__(&cuMemAllocManaged) f = REAL(cuMemAllocManaged);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    int d = cur_dev(); /* counted fully against the current device: no UVM oversubscription */
+    CUresult rc = acct_reserve(d, bytesize);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = f(dptr, bytesize, flags);
+    if (rc != CUDA_SUCCESS) {
+        acct_rollback(d, bytesize);
+        return rc;
+    }
+    acct_track(d, XPU_K_PTR, (uint64_t)*dptr, bytesize);
+    return rc;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr)
+{
+    __typeof__(&cuMemFree_v2) f = REAL(cuMemFree_v2);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = f(dptr);
+    if (rc == CUDA_SUCCESS && dptr)
+        acct_free(XPU_K_PTR, (uint64_t)dptr);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ stream-ordered pools
+ * Charge = the pool's reserved bytes (CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT), reconciled
+ * after every allocation and trim: memory returned with cuMemFreeAsync stays charged while
+ * the pool keeps it reserved. The request itself is reserved first (quota check). */
+
+static int pool_dev(CUmemoryPool pool, int fallback)
+{
+    uint64_t b;
+    int d;
+    if (xpu_track_get(XPU_K_POOL, (uint64_t)(uintptr_t)pool, &b, &d))
+        return d;
+    return fallback;
+}
+
+static pthread_mutex_t g_pool_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void pool_reconcile(CUmemoryPool pool, int d, uint64_t reserved_by_caller)
+{
+    if (d < 0)
+        return;
+    __typeof__(&cuMemPoolGetAttribute) ga = REAL(cuMemPoolGetAttribute);
+    cuuint64_t now_reserved = 0;
+    uint64_t before = 0;
+    int dd;
+    pthread_mutex_lock(&g_pool_mu); /* serialises reconciliations: deltas add up exactly */
+    int ok = ga && ga(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &now_reserved) == CUDA_SUCCESS;
+    xpu_track_get(XPU_K_POOL, (uint64_t)(uintptr_t)pool, &before, &dd);
+    if (!ok) {
+        /* no attribute: keep the request charged, remember it on the pool */
+        xpu_track_add(XPU_K_POOL, (uint64_t)(uintptr_t)pool, (int64_t)reserved_by_caller, d);
+        pthread_mutex_unlock(&g_pool_mu);
+        return;
+    }
+    xpu_track_add(XPU_K_POOL, (uint64_t)(uintptr_t)pool, (int64_t)now_reserved - (int64_t)before, d);
+    int64_t delta = (int64_t)now_reserved - (int64_t)before - (int64_t)reserved_by_caller;
+    if (delta)
+        xpu_mem_adjust(g_xpu.region, (unsigned)d, delta);
+    pthread_mutex_unlock(&g_pool_mu);
+}
+
+static CUresult alloc_from_pool(__typeof__(&cuMemAllocFromPoolAsync) f, CUdeviceptr *dptr, size_t bytesize,
+                                CUmemoryPool pool, CUstream s)
+{
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    int d = pool_dev(pool, cur_dev());
+    CUresult rc = acct_reserve(d, bytesize);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = f(dptr, bytesize, pool, s);
+    if (rc != CUDA_SUCCESS) {
+        acct_rollback(d, bytesize);
+        return rc;
+    }
+    pool_reconcile(pool, d, bytesize);
+    return rc;
+}
+
+static CUresult alloc_async(__typeof__(&cuMemAllocAsync) f, CUdeviceptr *dptr, size_t bytesize, CUstream s)
+{
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    int d = cur_dev();
+    CUmemoryPool pool = NULL;
+    CUdevice dev;
+    __typeof__(&cuCtxGetDevice) gd = REAL(cuCtxGetDevice);
+    __typeof__(&cuDeviceGetMemPool) gp = REAL(cuDeviceGetMemPool);
+    if (d >= 0 && gd && gp && gd(&dev) == CUDA_SUCCESS)
+        gp(&pool, dev);
+    CUresult rc = acct_reserve(d, bytesize);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = f(dptr, bytesize, s);
+    if (rc != CUDA_SUCCESS) {
+        acct_rollback(d, bytesize);
+        return rc;
+    }
+    if (pool)
+        pool_reconcile(pool, d, bytesize);
+    else
+        acct_track(d, XPU_K_PTR, (uint64_t)*dptr, bytesize); /* no pool handle: per request */
+    return rc;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream s)
+{
+    return alloc_async(REAL(cuMemAllocAsync), dptr, bytesize, s);
+}
+XPU_EXPORT CUresult CUDAAPI cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream s)
+{
+    return alloc_async(REAL(cuMemAllocAsync_ptsz), dptr, bytesize, s);
+}
+XPU_EXPORT CUresult CUDAAPI cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
+                                                    CUstream s)
+{
+    return alloc_from_pool(REAL(cuMemAllocFromPoolAsync), dptr, bytesize, pool, s);
+}
+XPU_EXPORT CUresult CUDAAPI cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize,
+                                                         CUmemoryPool pool, CUstream s)
+{
+    return alloc_from_pool(REAL(cuMemAllocFromPoolAsync_ptsz), dptr, bytesize, pool, s);
+}
+
+static CUresult free_async(__typeof__(&cuMemFreeAsync) f, CUdeviceptr dptr, CUstream s)
+{
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = f(dptr, s);
+    /* pool memory stays charged until the pool releases it (trim / reconcile); a pointer
+     * from cuMemAlloc freed here is uncharged now */
+    if (rc == CUDA_SUCCESS)
+        acct_free(XPU_K_PTR, (uint64_t)dptr);
+    return rc;
+}
+XPU_EXPORT CUresult CUDAAPI cuMemFreeAsync(CUdeviceptr dptr, CUstream s)
+{
+    return free_async(REAL(cuMemFreeAsync), dptr, s);
+}
+XPU_EXPORT CUresult CUDAAPI cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream s)
+{
+    return free_async(REAL(cuMemFreeAsync_ptsz), dptr, s);
+}
+
+XPU_EXPORT CUresult CUDAAPI cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *props)
+{
+    __typeof__(&cuMemPoolCreate) f = REAL(cuMemPoolCreate);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = f(pool, props);
+    if (rc == CUDA_SUCCESS && props && props->location.type == CU_MEM_LOCATION_TYPE_DEVICE) {
+        int d = dev_of_ordinal(props->location.id);
+        if (d >= 0)
+            xpu_track_put(XPU_K_POOL, (uint64_t)(uintptr_t)*pool, 0, d);
+    }
+    return rc;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuMemPoolTrimTo(CUmemoryPool pool, size_t keep)
+{
+    __typeof__(&cuMemPoolTrimTo) f = REAL(cuMemPoolTrimTo);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = f(pool, keep);
+    uint64_t b;
+    int d;
+    if (rc == CUDA_SUCCESS && xpu_track_get(XPU_K_POOL, (uint64_t)(uintptr_t)pool, &b, &d))
+        pool_reconcile(pool, d, 0);
+    return rc;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuMemPoolDestroy(CUmemoryPool pool)
+{
+    __typeof__(&cuMemPoolDestroy) f = REAL(cuMemPoolDestroy);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = f(pool);
+    if (rc == CUDA_SUCCESS)
+        acct_free(XPU_K_POOL, (uint64_t)(uintptr_t)pool);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ VMM */
+
+XPU_EXPORT CUresult CUDAAPI cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
+                                        const CUmemAllocationProp *prop, unsigned long long flags)
+{
+    __typeof__(&cuMemCreate) f = REAL(cuMemCreate);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    int d = DEV_PASS;
+    if (prop && prop->location.type == CU_MEM_LOCATION_TYPE_DEVICE)
+        d = dev_of_ordinal(prop->location.id); /* host / host-NUMA locations are not device memory */
+    CUresult rc = acct_reserve(d, size);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = f(handle, size, prop, flags);
+    if (rc != CUDA_SUCCESS) {
+        acct_rollback(d, size);
+        return rc;
+    }
+    acct_track(d, XPU_K_VMM, (uint64_t)*handle, size);
+    return rc;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuMemRelease(CUmemGenericAllocationHandle handle)
+{
+    __typeof__(&cuMemRelease) f = REAL(cuMemRelease);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = f(handle);
+    if (rc == CUDA_SUCCESS)
+        acct_free(XPU_K_VMM, (uint64_t)handle);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ arrays (estimated size) */
+
+static uint64_t fmt_bytes(CUarray_format f)
+{
+    switch ((int)f) {
+    case CU_AD_FORMAT_UNSIGNED_INT8: case CU_AD_FORMAT_SIGNED_INT8: case CU_AD_FORMAT_UNORM_INT8X1:
+    case CU_AD_FORMAT_SNORM_INT8X1:
+        return 1;
+    case CU_AD_FORMAT_UNSIGNED_INT16: case CU_AD_FORMAT_SIGNED_INT16: case CU_AD_FORMAT_HALF:
+    case CU_AD_FORMAT_UNORM_INT8X2: case CU_AD_FORMAT_SNORM_INT8X2: case CU_AD_FORMAT_UNORM_INT16X1:
+    case CU_AD_FORMAT_SNORM_INT16X1:
+        return 2;
+    case CU_AD_FORMAT_UNORM_INT16X2: case CU_AD_FORMAT_SNORM_INT16X2: case CU_AD_FORMAT_UNORM_INT8X4:
+    case CU_AD_FORMAT_SNORM_INT8X4:
+        return 4;
+    case CU_AD_FORMAT_UNORM_INT16X4: case CU_AD_FORMAT_SNORM_INT16X4:
+        return 8;
+    default:
+        return 4; /* 32-bit formats and anything unknown (block compressed, YUV): conservative */
+    }
+}
+
+static uint64_t array_bytes(size_t w, size_t h, size_t dpt, CUarray_format f, unsigned ch)
+{
+    uint64_t el = fmt_bytes(f);
+    /* single-element multi-channel formats (e.g. UNORM_INT8X4) already include channels */
+    if ((int)f >= 0xc0 && (int)f <= 0xcb)
+        ch = 1;
+    return (uint64_t)(w ? w : 1) * (h ? h : 1) * (dpt ? dpt : 1) * (ch ? ch : 1) * el;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuArrayCreate_v2(CUarray *ph, const CUDA_ARRAY_DESCRIPTOR *desc)
+{
+    __typeof__(&cuArrayCreate_v2) f = REAL(cuArrayCreate_v2);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    int d = cur_dev();
+    uint64_t b = desc ? array_bytes(desc->Width, desc->Height, 1, desc->Format, desc->NumChannels) : 0;
+    CUresult rc = acct_reserve(d, b);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = f(ph, desc);
+    if (rc != CUDA_SUCCESS) {
+        acct_rollback(d, b);
+        return rc;
+    }
+    acct_track(d, XPU_K_ARRAY, (uint64_t)(uintptr_t)*ph, b);
+    return rc;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuArray3DCreate_v2(CUarray *ph, const CUDA_ARRAY3D_DESCRIPTOR *desc)
+{
+    __typeof__(&cuArray3DCreate_v2) f = REAL(cuArray3DCreate_v2);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    int d = cur_dev();
+    uint64_t b = desc ? array_bytes(desc->Width, desc->Height, desc->Depth, desc->Format, desc->NumChannels) : 0;
+    CUresult rc = acct_reserve(d, b);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = f(ph, desc);
+    if (rc != CUDA_SUCCESS) {
+        acct_rollback(d, b);
+        return rc;
+    }
+    acct_track(d, XPU_K_ARRAY, (uint64_t)(uintptr_t)*ph, b);
+    return rc;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuArrayDestroy(CUarray h)
+{
+    __typeof__(&cuArrayDestroy) f = REAL(cuArrayDestroy);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = f(h);
+    if (rc == CUDA_SUCCESS)
+        acct_free(XPU_K_ARRAY, (uint64_t)(uintptr_t)h);
+    return rc;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuMipmappedArrayCreate(CUmipmappedArray *ph, const CUDA_ARRAY3D_DESCRIPTOR *desc,
+                                                   unsigned int levels)
+{
+    __typeof__(&cuMipmappedArrayCreate) f = REAL(cuMipmappedArrayCreate);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    int d = cur_dev();
+    uint64_t b = 0;
+    if (desc) {
+        size_t w = desc->Width, h = desc->Height, z = desc->Depth;
+        for (unsigned l = 0; l < (levels ? levels : 1) && l < 32; l++) {
+            b += array_bytes(w, h, z, desc->Format, desc->NumChannels);
+            w = w > 1 ? w / 2 : 1;
+            h = h > 1 ? h / 2 : h;
+            z = z > 1 ? z / 2 : z;
+        }
+    }
+    CUresult rc = acct_reserve(d, b);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = f(ph, desc, levels);
+    if (rc != CUDA_SUCCESS) {
+        acct_rollback(d, b);
+        return rc;
+    }
+    acct_track(d, XPU_K_MIPMAP, (uint64_t)(uintptr_t)*ph, b);
+    return rc;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuMipmappedArrayDestroy(CUmipmappedArray h)
+{
+    __typeof__(&cuMipmappedArrayDestroy) f = REAL(cuMipmappedArrayDestroy);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = f(h);
+    if (rc == CUDA_SUCCESS)
+        acct_free(XPU_K_MIPMAP, (uint64_t)(uintptr_t)h);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ graph memory
+ * cuGraphAddMemAllocNode: refused up front when the node alone cannot fit in the quota.
+ * cuGraphInstantiate*: refused when the graph's allocation nodes cannot fit.
+ * The charge itself follows the device's graph-memory pool
+ * (CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT), reconciled after cuGraphUpload, cuGraphLaunch
+ * of executables with memory nodes, and cuDeviceGraphMemTrim. */
+
+static _Atomic int g_have_graph_mem;
+static uint64_t g_graph_charged[XPU_MAX_DEVICES];
+static pthread_mutex_t g_graph_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static CUresult quota_check(int d, uint64_t bytes)
+{
+    if (d == DEV_BROKEN)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    if (d < 0 || !bytes)
+        return CUDA_SUCCESS;
+    struct xpu_dev_cfg cfg;
+    xpu_region_read_cfg(g_xpu.region, (unsigned)d, &cfg);
+    uint64_t used = atomic_load(&g_xpu.region->dev[d].mem_used);
+    if (cfg.mem_limit && (bytes > cfg.mem_limit || used > cfg.mem_limit - bytes)) {
+        xpu_region_reap(g_xpu.region);
+        used = atomic_load(&g_xpu.region->dev[d].mem_used);
+        if (bytes > cfg.mem_limit || used > cfg.mem_limit - bytes) {
+            atomic_fetch_add(&g_xpu.region->dev[d].oom_events, 1);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+    }
+    return CUDA_SUCCESS;
+}
+
+static void graph_mem_reconcile(int d)
+{
+    if (d < 0)
+        return;
+    __typeof__(&cuDeviceGetGraphMemAttribute) ga = REAL(cuDeviceGetGraphMemAttribute);
+    __typeof__(&cuCtxGetDevice) gd = REAL(cuCtxGetDevice);
+    CUdevice dev;
+    cuuint64_t v = 0;
+    if (!ga || !gd || gd(&dev) != CUDA_SUCCESS)
+        return;
+    pthread_mutex_lock(&g_graph_mu);
+    if (ga(dev, CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT, &v) == CUDA_SUCCESS) {
+        int64_t delta = (int64_t)v - (int64_t)g_graph_charged[d];
+        g_graph_charged[d] = v;
+        if (delta)
+            xpu_mem_adjust(g_xpu.region, (unsigned)d, delta);
+    }
+    pthread_mutex_unlock(&g_graph_mu);
+}
+
+XPU_EXPORT CUresult CUDAAPI cuGraphAddMemAllocNode(CUgraphNode *node, CUgraph g, const CUgraphNode *deps,
+                                                   size_t ndeps, CUDA_MEM_ALLOC_NODE_PARAMS *p)
+{
+    __typeof__(&cuGraphAddMemAllocNode) f = REAL(cuGraphAddMemAllocNode);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    int d = p && p->poolProps.location.type == CU_MEM_LOCATION_TYPE_DEVICE
+                ? dev_of_ordinal(p->poolProps.location.id) : cur_dev();
+    CUresult rc = quota_check(d, p ? p->bytesize : 0);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = f(node, g, deps, ndeps, p);
+    if (rc == CUDA_SUCCESS && d >= 0 && p) {
+        xpu_track_add(XPU_K_GRAPH, (uint64_t)(uintptr_t)g, (int64_t)p->bytesize, d);
+        atomic_store(&g_have_graph_mem, 1);
+    }
+    return rc;
+}
+
+static CUresult graph_pre(CUgraph g, int *d)
+{
+    uint64_t bytes = 0;
+    *d = DEV_PASS;
+    if (!atomic_load_explicit(&g_have_graph_mem, memory_order_relaxed))
+        return CUDA_SUCCESS;
+    if (!xpu_track_get(XPU_K_GRAPH, (uint64_t)(uintptr_t)g, &bytes, d))
+        return CUDA_SUCCESS;
+    return quota_check(*d, bytes);
+}
+
+static void graph_post(CUresult rc, CUgraphExec *e, int d)
+{
+    if (rc == CUDA_SUCCESS && d >= 0 && e)
+        xpu_track_put(XPU_K_GEXEC, (uint64_t)(uintptr_t)*e, 0, d);
+}
+
+XPU_EXPORT CUresult CUDAAPI cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long long flags)
+{
+    __typeof__(&cuGraphInstantiateWithFlags) f = REAL(cuGraphInstantiateWithFlags);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    int d;
+    CUresult rc = graph_pre(g, &d);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = f(e, g, flags);
+    graph_post(rc, e, d);
+    return rc;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuGraphInstantiate_v2(CUgraphExec *e, CUgraph g, CUgraphNode *err, char *log,
+                                                  size_t n)
+{
+    __typeof__(&cuGraphInstantiate_v2) f = REAL(cuGraphInstantiate_v2);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    int d;
+    CUresult rc = graph_pre(g, &d);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = f(e, g, err, log, n);
+    graph_post(rc, e, d);
+    return rc;
+}
+
+static CUresult instantiate_params(__typeof__(&cuGraphInstantiateWithParams) f, CUgraphExec *e, CUgraph g,
+                                   CUDA_GRAPH_INSTANTIATE_PARAMS *p)
+{
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    int d;
+    CUresult rc = graph_pre(g, &d);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = f(e, g, p);
+    graph_post(rc, e, d);
+    return rc;
+}
+XPU_EXPORT CUresult CUDAAPI cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g,
+                                                         CUDA_GRAPH_INSTANTIATE_PARAMS *p)
+{
+    return instantiate_params(REAL(cuGraphInstantiateWithParams), e, g, p);
+}
+XPU_EXPORT CUresult CUDAAPI cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g,
+                                                              CUDA_GRAPH_INSTANTIATE_PARAMS *p)
+{
+    return instantiate_params(REAL(cuGraphInstantiateWithParams_ptsz), e, g, p);
+}
+
+static int gexec_dev(CUgraphExec e)
+{
+    uint64_t b;
+    int d;
+    if (!atomic_load_explicit(&g_have_graph_mem, memory_order_relaxed))
+        return DEV_PASS;
+    if (xpu_track_get(XPU_K_GEXEC, (uint64_t)(uintptr_t)e, &b, &d))
+        return d;
+    return DEV_PASS;
+}
+
+static CUresult upload(__typeof__(&cuGraphUpload) f, CUgraphExec e, CUstream s)
+{
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = f(e, s);
+    if (rc == CUDA_SUCCESS)
+        graph_mem_reconcile(gexec_dev(e));
+    return rc;
+}
+XPU_EXPORT CUresult CUDAAPI cuGraphUpload(CUgraphExec e, CUstream s) { return upload(REAL(cuGraphUpload), e, s); }
+XPU_EXPORT CUresult CUDAAPI cuGraphUpload_ptsz(CUgraphExec e, CUstream s)
+{
+    return upload(REAL(cuGraphUpload_ptsz), e, s);
+}
+
+XPU_EXPORT CUresult CUDAAPI cuGraphExecDestroy(CUgraphExec e)
+{
+    __typeof__(&cuGraphExecDestroy) f = REAL(cuGraphExecDestroy);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = f(e);
+    if (rc == CUDA_SUCCESS)
+        xpu_track_take(XPU_K_GEXEC, (uint64_t)(uintptr_t)e, NULL, NULL);
+    return rc;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuGraphDestroy(CUgraph g)
+{
+    __typeof__(&cuGraphDestroy) f = REAL(cuGraphDestroy);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = f(g);
+    if (rc == CUDA_SUCCESS)
+        xpu_track_take(XPU_K_GRAPH, (uint64_t)(uintptr_t)g, NULL, NULL);
+    return rc;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuDeviceGraphMemTrim(CUdevice dev)
+{
+    __typeof__(&cuDeviceGraphMemTrim) f = REAL(cuDeviceGraphMemTrim);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = f(dev);
+    if (rc == CUDA_SUCCESS && atomic_load(&g_have_graph_mem))
+        graph_mem_reconcile(dev_of_ordinal(dev));
+    return rc;
+}
+
+/* ------------------------------------------------------------------ memory info (virtualised) */
+
+XPU_EXPORT CUresult CUDAAPI cuMemGetInfo_v2(size_t *free_b, size_t *total_b)
+{
+    __typeof__(&cuMemGetInfo_v2) f = REAL(cuMemGetInfo_v2);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = f(free_b, total_b);
+    int d = cur_dev();
+    if (rc != CUDA_SUCCESS || d < 0 || !free_b || !total_b)
+        return rc;
+    struct xpu_dev_cfg cfg;
+    xpu_region_read_cfg(g_xpu.region, (unsigned)d, &cfg);
+    if (!cfg.mem_limit)
+        return rc;
+    uint64_t total = cfg.mem_limit < *total_b ? cfg.mem_limit : *total_b;
+    uint64_t used = atomic_load(&g_xpu.region->dev[d].mem_used);
+    uint64_t fr = used < total ? total - used : 0;
+    if (fr > *free_b)
+        fr = *free_b; /* never report more than is physically free */
+    *total_b = (size_t)total;
+    *free_b = (size_t)fr;
+    return rc;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev)
+{
+    __typeof__(&cuDeviceTotalMem_v2) f = REAL(cuDeviceTotalMem_v2);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = f(bytes, dev);
+    int d = dev_of_ordinal(dev);
+    if (rc != CUDA_SUCCESS || d < 0 || !bytes)
+        return rc;
+    struct xpu_dev_cfg cfg;
+    xpu_region_read_cfg(g_xpu.region, (unsigned)d, &cfg);
+    if (cfg.mem_limit && cfg.mem_limit < *bytes)
+        *bytes = (size_t)cfg.mem_limit;
+    return rc;
+}
+
+/* ------------------------------------------------------------------ launches (limiter) */
+
+static int ev_create(void **ev)
+{
+    __typeof__(&cuEventCreate) f = REAL(cuEventCreate);
+    return f && f((CUevent *)ev, CU_EVENT_DEFAULT) == CUDA_SUCCESS ? 0 : -1;
+}
+static int ev_record(void *ev, void *s)
+{
+    __typeof__(&cuEventRecord) f = REAL(cuEventRecord);
+    return f && f((CUevent)ev, (CUstream)s) == CUDA_SUCCESS ? 0 : -1;
+}
+static int ev_record_ptsz(void *ev, void *s)
+{
+    __typeof__(&cuEventRecord_ptsz) f = REAL(cuEventRecord_ptsz);
+    if (!f) /* no per-thread variant: legacy record on an explicit stream is equivalent */
+        return s ? ev_record(ev, s) : -1;
+    return f((CUevent)ev, (CUstream)s) == CUDA_SUCCESS ? 0 : -1;
+}
+static int ev_query(void *ev)
+{
+    __typeof__(&cuEventQuery) f = REAL(cuEventQuery);
+    if (!f)
+        return -1;
+    CUresult rc = f((CUevent)ev);
+    return rc == CUDA_SUCCESS ? 0 : rc == CUDA_ERROR_NOT_READY ? 1 : -1;
+}
+static int ev_sync(void *ev)
+{
+    __typeof__(&cuEventSynchronize) f = REAL(cuEventSynchronize);
+    return f && f((CUevent)ev) == CUDA_SUCCESS ? 0 : -1;
+}
+static int ev_elapsed(void *a, void *b, uint64_t *ns)
+{
+    float ms = 0;
+    __typeof__(&cuEventElapsedTime) f = (__typeof__(&cuEventElapsedTime))real(&R_cuEventElapsedTime_v2);
+    if (!f)
+        f = REAL(cuEventElapsedTime);
+    if (!f || f(&ms, (CUevent)a, (CUevent)b) != CUDA_SUCCESS)
+        return -1;
+    *ns = ms <= 0.0f ? 0 : (uint64_t)((double)ms * 1e6);
+    return 0;
+}
+
+static const struct xpu_meter_ops OPS_LEGACY = {ev_create, ev_record, ev_query, ev_sync, ev_elapsed};
+static const struct xpu_meter_ops OPS_PTSZ = {ev_create, ev_record_ptsz, ev_query, ev_sync, ev_elapsed};
+
+/* returns region device index to pass to launch_post, or -1 (not limited) */
+static inline int launch_pre(CUstream s, const struct xpu_meter_ops *ops)
+{
+    struct xpu_core *c = xpu_core();
+    if (c->status != XPU_REGION_OK)
+        return -1;
+    int d = cur_dev();
+    if (d < 0)
+        return -1;
+    return xpu_limit_before((unsigned)d, s, ops) ? d : -1;
+}
+
+static inline void launch_post(int d, CUstream s, const struct xpu_meter_ops *ops, CUresult rc, int force)
+{
+    if (d >= 0)
+        xpu_limit_after((unsigned)d, s, ops, rc == CUDA_SUCCESS, force);
+}
+
+#define LAUNCH_BODY(fn, ops, stream, force, ...)                                                      \
+    __typeof__(&fn) f = REAL(fn);                                                                      \
+    if (!f)                                                                                            \
+        return CUDA_ERROR_NOT_FOUND;                                                                   \
+    int d = launch_pre((stream), (ops));                                                               \
+    CUresult rc = f(__VA_ARGS__);                                                                      \
+    launch_post(d, (stream), (ops), rc, (force));                                                      \
+    return rc;
+
+XPU_EXPORT CUresult CUDAAPI cuLaunchKernel(CUfunction fn, unsigned int gx, unsigned int gy, unsigned int gz,
+                                           unsigned int bx, unsigned int by, unsigned int bz, unsigned int shm,
+                                           CUstream s, void **params, void **extra)
+{
+    LAUNCH_BODY(cuLaunchKernel, &OPS_LEGACY, s, 0, fn, gx, gy, gz, bx, by, bz, shm, s, params, extra)
+}
+XPU_EXPORT CUresult CUDAAPI cuLaunchKernel_ptsz(CUfunction fn, unsigned int gx, unsigned int gy,
+                                                unsigned int gz, unsigned int bx, unsigned int by,
+                                                unsigned int bz, unsigned int shm, CUstream s, void **params,
+                                                void **extra)
+{
+    LAUNCH_BODY(cuLaunchKernel_ptsz, &OPS_PTSZ, s, 0, fn, gx, gy, gz, bx, by, bz, shm, s, params, extra)
+}
+XPU_EXPORT CUresult CUDAAPI cuLaunchKernelEx(const CUlaunchConfig *cfg, CUfunction fn, void **params,
+                                             void **extra)
+{
+    CUstream s = cfg ? cfg->hStream : NULL;
+    LAUNCH_BODY(cuLaunchKernelEx, &OPS_LEGACY, s, 0, cfg, fn, params, extra)
+}
+XPU_EXPORT CUresult CUDAAPI cuLaunchKernelEx_ptsz(const CUlaunchConfig *cfg, CUfunction fn, void **params,
+                                                  void **extra)
+{
+    CUstream s = cfg ? cfg->hStream : NULL;
+    LAUNCH_BODY(cuLaunchKernelEx_ptsz, &OPS_PTSZ, s, 0, cfg, fn, params, extra)
+}
+XPU_EXPORT CUresult CUDAAPI cuLaunchCooperativeKernel(CUfunction fn, unsigned int gx, unsigned int gy,
+                                                      unsigned int gz, unsigned int bx, unsigned int by,
+                                                      unsigned int bz, unsigned int shm, CUstream s,
+                                                      void **params)
+{
+    LAUNCH_BODY(cuLaunchCooperativeKernel, &OPS_LEGACY, s, 0, fn, gx, gy, gz, bx, by, bz, shm, s, params)
+}
+XPU_EXPORT CUresult CUDAAPI cuLaunchCooperativeKernel_ptsz(CUfunction fn, unsigned int gx, unsigned int gy,
+                                                           unsigned int gz, unsigned int bx, unsigned int by,
+                                                           unsigned int bz, unsigned int shm, CUstream s,
+                                                           void **params)
+{
+    LAUNCH_BODY(cuLaunchCooperativeKernel_ptsz, &OPS_PTSZ, s, 0, fn, gx, gy, gz, bx, by, bz, shm, s, params)
+}
+XPU_EXPORT CUresult CUDAAPI cuLaunchCooperativeKernelMultiDevice(CUDA_LAUNCH_PARAMS *list, unsigned int n,
+                                                                 unsigned int flags)
+{
+    CUstream s = (list && n) ? list[0].hStream : NULL;
+    LAUNCH_BODY(cuLaunchCooperativeKernelMultiDevice, &OPS_LEGACY, s, 1, list, n, flags)
+}
+XPU_EXPORT CUresult CUDAAPI cuLaunch(CUfunction fn)
+{
+    LAUNCH_BODY(cuLaunch, &OPS_LEGACY, (CUstream)NULL, 0, fn)
+}
+XPU_EXPORT CUresult CUDAAPI cuLaunchGrid(CUfunction fn, int w, int h)
+{
+    LAUNCH_BODY(cuLaunchGrid, &OPS_LEGACY, (CUstream)NULL, 0, fn, w, h)
+}
+XPU_EXPORT CUresult CUDAAPI cuLaunchGridAsync(CUfunction fn, int w, int h, CUstream s)
+{
+    LAUNCH_BODY(cuLaunchGridAsync, &OPS_LEGACY, s, 0, fn, w, h, s)
+}
+
+static CUresult graph_launch(__typeof__(&cuGraphLaunch) f, const struct xpu_meter_ops *ops, CUgraphExec e,
+                             CUstream s)
+{
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    int d = launch_pre(s, ops);
+    CUresult rc = f(e, s);
+    launch_post(d, s, ops, rc, 1); /* a graph is measured as one unit */
+    if (rc == CUDA_SUCCESS && atomic_load_explicit(&g_have_graph_mem, memory_order_relaxed))
+        graph_mem_reconcile(gexec_dev(e));
+    return rc;
+}
+XPU_EXPORT CUresult CUDAAPI cuGraphLaunch(CUgraphExec e, CUstream s)
+{
+    return graph_launch(REAL(cuGraphLaunch), &OPS_LEGACY, e, s);
+}
+XPU_EXPORT CUresult CUDAAPI cuGraphLaunch_ptsz(CUgraphExec e, CUstream s)
+{
+    return graph_launch(REAL(cuGraphLaunch_ptsz), &OPS_PTSZ, e, s);
+}
+
+/* ------------------------------------------------------------------ resolver */
+
+const struct xpu_hook xpu_cuda_hooks[] = {
+#define HOOK_ENTRY(n) {#n, (void *)n, &R_##n},
+    HOOKED(HOOK_ENTRY)
+};
+const size_t xpu_cuda_nhooks = sizeof xpu_cuda_hooks / sizeof xpu_cuda_hooks[0];
+
+static _Atomic uint64_t g_resolver_swaps, g_resolver_misses;
+
+/* if p is the real address of a hooked export, return our wrapper */
+static void *substitute(const char *symbol, void *p)
+{
+    if (!p)
+        return p;
+    for (size_t i = 0; i < xpu_cuda_nhooks; i++) {
+        if (*xpu_cuda_hooks[i].real == p) {
+            atomic_fetch_add_explicit(&g_resolver_swaps, 1, memory_order_relaxed);
+            return xpu_cuda_hooks[i].wrapper;
+        }
+    }
+    /* a symbol of a hooked family the driver resolved to an address we do not know */
+    size_t sl = strlen(symbol);
+    for (size_t i = 0; i < xpu_cuda_nhooks; i++) {
+        const char *hn = xpu_cuda_hooks[i].name;
+        if (strncmp(hn, symbol, sl) == 0 && (hn[sl] == 0 || hn[sl] == '_')) {
+            atomic_fetch_add_explicit(&g_resolver_misses, 1, memory_order_relaxed);
+            xpu_log_once(10, "cuGetProcAddress returned an unknown address for hooked symbol", symbol);
+            break;
+        }
+    }
+    return p;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion,
+                                                cuuint64_t flags, CUdriverProcAddressQueryResult *status)
+{
+    __typeof__(&cuGetProcAddress_v2) f = REAL(cuGetProcAddress_v2);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = f(symbol, pfn, cudaVersion, flags, status);
+    if (rc == CUDA_SUCCESS && pfn && symbol)
+        *pfn = substitute(symbol, *pfn);
+    return rc;
+}
+
+XPU_EXPORT CUresult CUDAAPI cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags)
+{
+    __typeof__(&cuGetProcAddress) f = REAL(cuGetProcAddress);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = f(symbol, pfn, cudaVersion, flags);
+    if (rc == CUDA_SUCCESS && pfn && symbol)
+        *pfn = substitute(symbol, *pfn);
+    return rc;
+}
+
+/* test/diagnostic hook: counters of the resolver (not part of the CUDA API) */
+XPU_EXPORT void xpushim_resolver_stats(uint64_t *swaps, uint64_t *misses)
+{
+    *swaps = atomic_load(&g_resolver_swaps);
+    *misses = atomic_load(&g_resolver_misses);
+}

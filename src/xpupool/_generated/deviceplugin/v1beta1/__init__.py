@@ -1,0 +1,1 @@
+"""Kubelet ``deviceplugin/v1beta1`` stubs generated from ``api.proto`` in this folder."""

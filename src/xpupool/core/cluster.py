@@ -1,0 +1,253 @@
+"""The device ledger: free capacity of every node and card as numpy arrays.
+
+Invariants (checked by property tests): for every node and card, ``0 <= free <= capacity``;
+releasing an allocation restores exactly what reserving it took; a card held exclusively has no
+other tenant. All mutation goes through :meth:`ClusterState.reserve` / :meth:`ClusterState.release`
+(usually via a :class:`~xpupool.core.statement.Statement`).
+
+Arrays are indexed ``[node]`` or ``[node, card_slot]``; nodes with fewer cards than the widest
+node have padding slots with ``card_exists == False`` and zero capacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from xpupool.core.model import WHOLE_CARD_MILLI, Allocation, Node, Request, Vendor
+from xpupool.core.status import Status
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+FloatArray = npt.NDArray[np.float64]
+
+VENDORS: tuple[Vendor, ...] = tuple(Vendor)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Totals for reports: compute in milli-cards, memory in MiB."""
+
+    cards: int
+    compute_capacity_milli: int
+    compute_allocated_milli: int
+    device_memory_capacity_mib: int
+    device_memory_allocated_mib: int
+    cards_in_use: int
+
+
+class ClusterState:
+    """Mutable ledger of free capacity. Cheap to copy (:meth:`copy`) for a per-cycle snapshot."""
+
+    def __init__(self, nodes: Sequence[Node]) -> None:
+        self.nodes: tuple[Node, ...] = tuple(nodes)
+        self.node_index: dict[str, int] = {n.name: i for i, n in enumerate(self.nodes)}
+        if len(self.node_index) != len(self.nodes):
+            raise ValueError("node names must be unique")
+        n = len(self.nodes)
+        g = max((len(node.devices) for node in self.nodes), default=0)
+        g = max(g, 1)
+        self.models: list[str] = sorted({d.model for node in self.nodes for d in node.devices})
+        model_id = {m: i for i, m in enumerate(self.models)}
+        self.cpu_capacity: IntArray = np.array([x.cpu_milli for x in self.nodes], dtype=np.int64)
+        self.memory_capacity: IntArray = np.array([x.memory_mib for x in self.nodes], dtype=np.int64)
+        self.bandwidth_capacity: IntArray = np.array([x.network_mbps for x in self.nodes], dtype=np.int64)
+        self.card_exists: BoolArray = np.zeros((n, g), dtype=bool)
+        self.card_healthy: BoolArray = np.zeros((n, g), dtype=bool)
+        self.card_model: IntArray = np.full((n, g), -1, dtype=np.int64)
+        self.card_vendor: IntArray = np.full((n, g), -1, dtype=np.int64)
+        self.card_group: IntArray = np.zeros((n, g), dtype=np.int64)
+        self.card_memory_capacity: IntArray = np.zeros((n, g), dtype=np.int64)
+        self.card_index: IntArray = np.full((n, g), -1, dtype=np.int64)
+        for i, node in enumerate(self.nodes):
+            for j, dev in enumerate(node.devices):
+                self.card_exists[i, j] = True
+                self.card_healthy[i, j] = dev.healthy
+                self.card_model[i, j] = model_id[dev.model]
+                self.card_vendor[i, j] = VENDORS.index(dev.vendor)
+                self.card_group[i, j] = dev.topology_group
+                self.card_memory_capacity[i, j] = dev.memory_mib
+                self.card_index[i, j] = dev.index
+        self.card_count: IntArray = self.card_exists.sum(axis=1).astype(np.int64)
+        self.has_cards: BoolArray = self.card_count > 0
+        self.rack: list[str] = [x.rack for x in self.nodes]
+        self.zone: list[str] = [x.zone for x in self.nodes]
+        self.cpu_free: IntArray = self.cpu_capacity.copy()
+        self.memory_free: IntArray = self.memory_capacity.copy()
+        self.bandwidth_free: IntArray = self.bandwidth_capacity.copy()
+        self.card_free_milli: IntArray = np.where(self.card_exists, WHOLE_CARD_MILLI, 0).astype(np.int64)
+        self.card_memory_free: IntArray = self.card_memory_capacity.copy()
+        self.card_tenants: IntArray = np.zeros((n, g), dtype=np.int64)
+        self.card_exclusive: BoolArray = np.zeros((n, g), dtype=bool)
+        #: live utilization 0..1 per card (from the node agent); NaN = unknown
+        self.card_utilization: FloatArray = np.full((n, g), np.nan)
+        #: bumped on every change of a node, so plugins can cache per-node derived values
+        self.node_version: IntArray = np.zeros(n, dtype=np.int64)
+        self.allocations: dict[str, tuple[Allocation, Request]] = {}
+        #: pods holding cards on each node (device side), for policies that look at neighbours
+        self.card_pods: list[set[str]] = [set() for _ in self.nodes]
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def num_nodes(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def slots(self) -> int:
+        return int(self.card_exists.shape[1])
+
+    def copy(self) -> ClusterState:
+        """A snapshot: arrays are copied, immutable node objects shared."""
+        clone = object.__new__(ClusterState)
+        for key, value in self.__dict__.items():
+            if isinstance(value, np.ndarray):
+                setattr(clone, key, value.copy())
+            elif key == "card_pods":
+                setattr(clone, key, [set(x) for x in value])
+            elif isinstance(value, dict | list):
+                setattr(clone, key, value.copy())
+            else:
+                setattr(clone, key, value)
+        return clone
+
+    def model_mask(self, request: Request) -> BoolArray:
+        """Cards whose vendor/model/health match the request (capacity not considered)."""
+        mask = self.card_exists & self.card_healthy
+        if request.vendor is not None:
+            mask = mask & (self.card_vendor == VENDORS.index(request.vendor))
+        if request.models:
+            ids = [self.models.index(m) for m in request.models if m in self.models]
+            mask = mask & np.isin(self.card_model, ids)
+        return mask
+
+    def device_memory_needed(self, request: Request) -> IntArray:
+        """Per-card device memory the request would take on each card slot."""
+        if request.device_memory_mib > 0:
+            return np.full(self.card_exists.shape, request.device_memory_mib, dtype=np.int64)
+        if request.device_memory_pct > 0:
+            return self.card_memory_capacity * request.device_memory_pct // 100
+        if request.exclusive or request.share_milli >= WHOLE_CARD_MILLI:
+            return self.card_memory_capacity.copy()
+        return np.zeros(self.card_exists.shape, dtype=np.int64)
+
+    def card_fit(self, request: Request, *, model_mask: BoolArray | None = None) -> BoolArray:
+        """Cards that could take one vXPU of ``request`` now."""
+        mask = self.model_mask(request) if model_mask is None else model_mask
+        if request.exclusive or request.share_milli >= WHOLE_CARD_MILLI:
+            whole: BoolArray = mask & (self.card_tenants == 0) & (self.card_free_milli >= WHOLE_CARD_MILLI)
+            return whole
+        need_mem = self.device_memory_needed(request)
+        return (
+            mask
+            & ~self.card_exclusive
+            & (self.card_free_milli >= request.share_milli)
+            & (self.card_memory_free >= need_mem)
+        )
+
+    def host_fit(self, request: Request) -> BoolArray:
+        """Nodes whose CPU and memory fit the pod itself."""
+        return (self.cpu_free >= request.cpu_milli) & (self.memory_free >= request.memory_mib)
+
+    def usage(self) -> Usage:
+        cap = int(self.card_exists.sum()) * WHOLE_CARD_MILLI
+        free = int(self.card_free_milli[self.card_exists].sum())
+        return Usage(
+            cards=int(self.card_exists.sum()),
+            compute_capacity_milli=cap,
+            compute_allocated_milli=cap - free,
+            device_memory_capacity_mib=int(self.card_memory_capacity.sum()),
+            device_memory_allocated_mib=int((self.card_memory_capacity - self.card_memory_free).sum()),
+            cards_in_use=int((self.card_tenants > 0).sum()),
+        )
+
+    # ------------------------------------------------------------------ mutation
+    def _slots_of(self, node: int, cards: Iterable[int]) -> list[int]:
+        slots = []
+        for card in cards:
+            hits = np.nonzero(self.card_index[node] == card)[0]
+            if len(hits) != 1:
+                raise KeyError(f"node {self.nodes[node].name} has no card {card}")
+            slots.append(int(hits[0]))
+        return slots
+
+    def check(self, allocation: Allocation, request: Request) -> Status:
+        """Whether ``allocation`` fits the current free capacity (no mutation)."""
+        if allocation.pod in self.allocations:
+            return Status.error(f"pod {allocation.pod} already holds an allocation")
+        host = self.node_index.get(allocation.node)
+        dev = self.node_index.get(allocation.device_node)
+        if host is None or dev is None:
+            return Status.error(f"unknown node {allocation.node}/{allocation.device_node}")
+        if self.cpu_free[host] < request.cpu_milli or self.memory_free[host] < request.memory_mib:
+            return Status.unschedulable(f"node {allocation.node}: not enough cpu or memory")
+        if allocation.is_remote and self.bandwidth_free[dev] < allocation.remote_mbps:
+            return Status.unschedulable(f"node {allocation.device_node}: network bandwidth exhausted")
+        try:
+            slots = self._slots_of(dev, allocation.cards)
+        except KeyError as err:
+            return Status.error(str(err))
+        if len(set(slots)) != len(slots):
+            return Status.error("a card is listed twice")
+        exclusive = request.exclusive or allocation.share_milli >= WHOLE_CARD_MILLI
+        for slot, mem in zip(slots, allocation.device_memory_mib, strict=True):
+            if self.card_free_milli[dev, slot] < allocation.share_milli:
+                return Status.unschedulable(f"card {slot} of {allocation.device_node}: compute exhausted")
+            if self.card_memory_free[dev, slot] < mem:
+                return Status.unschedulable(f"card {slot} of {allocation.device_node}: memory exhausted")
+            if self.card_exclusive[dev, slot] or (exclusive and self.card_tenants[dev, slot] > 0):
+                return Status.unschedulable(f"card {slot} of {allocation.device_node}: held exclusively")
+        return Status.success()
+
+    def reserve(self, allocation: Allocation, request: Request) -> Status:
+        """Take the capacity of ``allocation``; refuses (no change) when it does not fit."""
+        status = self.check(allocation, request)
+        if not status.ok:
+            return status
+        self._apply(allocation, request, +1)
+        self.allocations[allocation.pod] = (allocation, request)
+        return status
+
+    def release(self, pod: str) -> Allocation | None:
+        """Give back what ``pod`` holds. Idempotent: releasing an unknown pod is a no-op."""
+        held = self.allocations.pop(pod, None)
+        if held is None:
+            return None
+        allocation, request = held
+        self._apply(allocation, request, -1)
+        return allocation
+
+    def _apply(self, allocation: Allocation, request: Request, sign: int) -> None:
+        host = self.node_index[allocation.node]
+        dev = self.node_index[allocation.device_node]
+        slots = self._slots_of(dev, allocation.cards)
+        self.cpu_free[host] -= sign * request.cpu_milli
+        self.memory_free[host] -= sign * request.memory_mib
+        if allocation.is_remote:
+            self.bandwidth_free[dev] -= sign * allocation.remote_mbps
+        exclusive = request.exclusive or allocation.share_milli >= WHOLE_CARD_MILLI
+        for slot, mem in zip(slots, allocation.device_memory_mib, strict=True):
+            self.card_free_milli[dev, slot] -= sign * allocation.share_milli
+            self.card_memory_free[dev, slot] -= sign * mem
+            self.card_tenants[dev, slot] += sign
+            if exclusive:
+                self.card_exclusive[dev, slot] = sign > 0
+        if slots:
+            if sign > 0:
+                self.card_pods[dev].add(allocation.pod)
+            else:
+                self.card_pods[dev].discard(allocation.pod)
+        self.node_version[host] += 1
+        if dev != host:
+            self.node_version[dev] += 1
+
+    def set_utilization(self, node: str, utilization: Sequence[float]) -> None:
+        """Record live per-card utilization (0..1) reported by the node agent."""
+        i = self.node_index[node]
+        count = int(self.card_count[i])
+        values = np.full(self.slots, np.nan)
+        values[: min(count, len(utilization))] = np.clip(np.asarray(utilization[:count], dtype=float), 0, 1)
+        self.card_utilization[i] = values
+        self.node_version[i] += 1

@@ -1,0 +1,373 @@
+"""Placement framework: filter, score and card-pick plugins behind small Protocols.
+
+One placement cycle for one request::
+
+    FitContext (vectorised fits over all nodes and card slots)
+      -> filters      (each returns a node mask; failures are counted per reason)
+      -> scores       (each returns 0..100 per node, weighted sum; optional per-node card hint)
+      -> select       (highest total; ties broken by the injected RNG, like kube-scheduler)
+      -> pick cards   (hint from the winning score plugin, else the profile's card picker)
+      -> Allocation   (not yet reserved: callers reserve through a Statement)
+
+Contracts for plugin authors:
+
+* Plugins are pure: read ``state`` and ``ctx``, never mutate them, never do I/O.
+* ``filter`` returns a boolean array of shape ``(num_nodes,)``; it is only asked about nodes
+  still feasible, but may compute over all of them (vectorised is cheaper than indexing).
+* ``score`` returns floats in ``[0, 100]`` (higher is better) for every node; values of infeasible
+  nodes are ignored. ``card_hint`` (optional) gives, per node, the card *slot* to use for a
+  one-card request.
+* Plugins may keep caches keyed by ``state.node_version`` (bumped on every change of a node).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from xpupool.core.cluster import BoolArray, ClusterState, FloatArray, IntArray
+from xpupool.core.model import WHOLE_CARD_MILLI, Allocation, RemotePolicy, Request
+from xpupool.core.status import Code, Status
+
+
+@dataclass(slots=True)
+class FitContext:
+    """Vectorised fit of one request against the whole cluster, computed once per cycle.
+
+    ``card_fit[n, s]``: slot s of node n can take one vXPU. ``cards_ok[n]``: node n has enough
+    such cards. ``host_ok[n]``: the pod's CPU/memory fit on node n. ``device_memory[n, s]``: MiB
+    the request takes on that card.
+    """
+
+    request: Request
+    card_fit: BoolArray
+    cards_ok: BoolArray
+    host_ok: BoolArray
+    device_memory: IntArray
+    model_ok: BoolArray
+
+    @staticmethod
+    def build(state: ClusterState, request: Request) -> FitContext:
+        model = state.model_mask(request)
+        card_fit = state.card_fit(request, model_mask=model)
+        cards_ok = card_fit.sum(axis=1) >= request.count  # count 0: every node
+        return FitContext(
+            request=request,
+            card_fit=card_fit,
+            cards_ok=cards_ok,
+            host_ok=state.host_fit(request),
+            device_memory=state.device_memory_needed(request),
+            model_ok=np.asarray(model.any(axis=1), dtype=bool),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    scores: FloatArray
+    card_hint: IntArray | None = None
+
+
+@runtime_checkable
+class FilterPlugin(Protocol):
+    """Removes nodes. ``reason`` is shown to users for the nodes it removed."""
+
+    name: str
+    reason: str
+
+    def filter(self, state: ClusterState, ctx: FitContext) -> BoolArray: ...
+
+
+@runtime_checkable
+class ScorePlugin(Protocol):
+    """Ranks feasible nodes, 0..100, higher is better."""
+
+    name: str
+
+    def score(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult: ...
+
+
+@runtime_checkable
+class CardPicker(Protocol):
+    """Chooses the card slots on the chosen node (``None`` when they do not fit after all)."""
+
+    name: str
+
+    def pick(self, state: ClusterState, ctx: FitContext, node: int) -> tuple[int, ...] | None: ...
+
+
+# --------------------------------------------------------------------------- registry
+PluginFactory = Callable[..., object]
+
+
+class Registry:
+    """Name -> factory for every plugin kind. Unknown names fail when a profile is built."""
+
+    def __init__(self) -> None:
+        self._factories: dict[str, PluginFactory] = {}
+
+    def register(self, name: str) -> Callable[[PluginFactory], PluginFactory]:
+        def deco(factory: PluginFactory) -> PluginFactory:
+            if name in self._factories:
+                raise ValueError(f"plugin {name!r} registered twice")
+            self._factories[name] = factory
+            return factory
+
+        return deco
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)
+
+    def create(self, name: str, **args: object) -> object:
+        try:
+            factory = self._factories[name]
+        except KeyError:
+            raise KeyError(f"unknown plugin {name!r}; known: {', '.join(self.names())}") from None
+        return factory(**args)
+
+
+REGISTRY = Registry()
+
+
+# --------------------------------------------------------------------------- default card picker
+class BestFitCards:
+    """Default picker: one card -> the fitting card with the least compute left (then least memory,
+    then lowest live utilisation); several cards -> whole cards from one topology group when
+    possible (the smallest group that suffices), else lowest slots."""
+
+    name = "best-fit-cards"
+
+    def pick(self, state: ClusterState, ctx: FitContext, node: int) -> tuple[int, ...] | None:
+        fit = np.nonzero(ctx.card_fit[node])[0]
+        count = ctx.request.count
+        if len(fit) < count:
+            return None
+        if count == 1:
+            free = state.card_free_milli[node, fit]
+            mem = state.card_memory_free[node, fit]
+            util = np.nan_to_num(state.card_utilization[node, fit], nan=0.0)
+            order = np.lexsort((fit, util, mem, free))
+            return (int(fit[order[0]]),)
+        groups = state.card_group[node, fit]
+        best: tuple[int, ...] | None = None
+        for group in np.unique(groups):
+            members = fit[groups == group]
+            if len(members) >= count and (best is None or len(members) < len(best)):
+                best = tuple(int(x) for x in members)
+        if best is not None:
+            return best[:count]
+        return tuple(int(x) for x in fit[:count])
+
+
+# --------------------------------------------------------------------------- profile + scheduler
+@dataclass
+class Profile:
+    """Which plugins run, with weights. Built from names through the registry."""
+
+    name: str
+    filters: list[FilterPlugin] = field(default_factory=list)
+    scores: list[tuple[ScorePlugin, float]] = field(default_factory=list)
+    picker: CardPicker = field(default_factory=BestFitCards)
+    #: truncate total scores to integers before choosing (kube-scheduler's int64 scores); the
+    #: FGD artifact's baselines behave this way, so faithful replays set it.
+    integer_scores: bool = False
+    #: break ties by node order instead of the RNG
+    first_on_tie: bool = False
+
+    @staticmethod
+    def from_names(
+        name: str,
+        *,
+        scores: Mapping[str, float] | Sequence[str],
+        filters: Sequence[str] = (),
+        args: Mapping[str, Mapping[str, object]] | None = None,
+        integer_scores: bool = False,
+        first_on_tie: bool = False,
+        registry: Registry = REGISTRY,
+    ) -> Profile:
+        args = args or {}
+        weighted = dict(scores) if isinstance(scores, Mapping) else {s: 1.0 for s in scores}
+        built_scores: list[tuple[ScorePlugin, float]] = []
+        for plugin_name, weight in weighted.items():
+            plugin = registry.create(plugin_name, **dict(args.get(plugin_name, {})))
+            if not isinstance(plugin, ScorePlugin):
+                raise TypeError(f"{plugin_name} is not a score plugin")
+            built_scores.append((plugin, float(weight)))
+        built_filters: list[FilterPlugin] = []
+        for plugin_name in filters:
+            plugin = registry.create(plugin_name, **dict(args.get(plugin_name, {})))
+            if not isinstance(plugin, FilterPlugin):
+                raise TypeError(f"{plugin_name} is not a filter plugin")
+            built_filters.append(plugin)
+        return Profile(name, built_filters, built_scores, integer_scores=integer_scores, first_on_tie=first_on_tie)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementResult:
+    status: Status
+    allocation: Allocation | None = None
+    feasible_nodes: int = 0
+
+
+class Scheduler:
+    """Places one request at a time with a :class:`Profile`. Pure: no I/O, RNG injected.
+
+    :meth:`place` decides without mutating; :meth:`schedule` decides and reserves.
+    """
+
+    def __init__(self, profile: Profile, *, rng: np.random.Generator) -> None:
+        self.profile = profile
+        self.rng = rng
+
+    # ---------------------------------------------------------------- local
+    def _feasible(self, state: ClusterState, ctx: FitContext) -> tuple[BoolArray, list[str]]:
+        request = ctx.request
+        reasons: list[str] = []
+        feasible = np.ones(state.num_nodes, dtype=bool)
+
+        def cut(mask: BoolArray, why: str) -> None:
+            nonlocal feasible
+            removed = int((feasible & ~mask).sum())
+            if removed:
+                reasons.append(f"{removed} node(s) {why}")
+            feasible = feasible & mask
+
+        if request.count > 0:
+            cut(state.has_cards, "have no accelerator")
+            cut(ctx.model_ok, "have no card of the requested vendor/model")
+            cut(ctx.cards_ok, f"lack {request.count} card(s) with {request.share_milli / 10:g}% compute and "
+                              "the memory free")
+        cut(state.cpu_free >= request.cpu_milli, "lack cpu")
+        cut(state.memory_free >= request.memory_mib, "lack memory")
+        for plugin in self.profile.filters:
+            cut(plugin.filter(state, ctx), plugin.reason)
+        return feasible, reasons
+
+    def _select(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> tuple[int, IntArray | None]:
+        candidates = np.nonzero(feasible)[0]
+        if len(candidates) == 1 and not self.profile.scores:
+            return int(candidates[0]), None
+        total = np.zeros(state.num_nodes)
+        hint: IntArray | None = None
+        best_weight = -1.0
+        for plugin, weight in self.profile.scores:
+            result = plugin.score(state, ctx, feasible)
+            total += weight * result.scores
+            if result.card_hint is not None and weight > best_weight:
+                hint, best_weight = result.card_hint, weight
+        values = total[candidates]
+        if self.profile.integer_scores:
+            values = np.floor(values + 1e-9)
+        top = candidates[values >= values.max() - 1e-9]
+        chosen = int(top[0]) if len(top) == 1 or self.profile.first_on_tie else int(self.rng.choice(top))
+        return chosen, hint
+
+    def _cards(self, state: ClusterState, ctx: FitContext, node: int, hint: IntArray | None) -> tuple[int, ...] | None:
+        if ctx.request.count == 0:
+            return ()
+        if hint is not None and ctx.request.count == 1 and hint[node] >= 0 and ctx.card_fit[node, hint[node]]:
+            return (int(hint[node]),)
+        return self.profile.picker.pick(state, ctx, node)
+
+    def _allocation(self, state: ClusterState, ctx: FitContext, host: int, dev: int,
+                    slots: tuple[int, ...]) -> Allocation:
+        request = ctx.request
+        remote = host != dev
+        return Allocation(
+            pod=request.name,
+            node=state.nodes[host].name,
+            device_node=state.nodes[dev].name,
+            cards=tuple(int(state.card_index[dev, s]) for s in slots),
+            share_milli=request.share_milli,
+            device_memory_mib=tuple(int(ctx.device_memory[dev, s]) for s in slots),
+            remote_mbps=request.remote_mbps if remote else 0,
+        )
+
+    def place_local(self, state: ClusterState, request: Request, ctx: FitContext | None = None,
+                    *, restrict: BoolArray | None = None) -> PlacementResult:
+        """Best local placement; ``restrict`` limits the candidate nodes (preemption what-ifs)."""
+        ctx = ctx or FitContext.build(state, request)
+        feasible, reasons = self._feasible(state, ctx)
+        if restrict is not None:
+            feasible = feasible & restrict
+        count = int(feasible.sum())
+        if count == 0:
+            return PlacementResult(Status.unschedulable(*(reasons or ["no node fits"])), None, 0)
+        node, hint = self._select(state, ctx, feasible)
+        slots = self._cards(state, ctx, node, hint)
+        if slots is None:
+            return PlacementResult(Status.error(f"card picker found no cards on {state.nodes[node].name}"))
+        return PlacementResult(Status.success(), self._allocation(state, ctx, node, node, slots), count)
+
+    # ---------------------------------------------------------------- remote
+    def place_remote(self, state: ClusterState, request: Request) -> PlacementResult:
+        """vXPUs on a GPU node, the pod on another node (CPU-only preferred).
+
+        Device node: chosen by the profile's scores among nodes with the cards free and
+        ``remote_mbps`` of network bandwidth left. Pod node: fits CPU/memory, is not the device
+        node; cost prefers the same rack, then the same zone, then CPU-only nodes, then most CPU left.
+        """
+        device_request = replace(request, cpu_milli=0, memory_mib=0)
+        ctx = FitContext.build(state, device_request)
+        dev_ok = state.has_cards & ctx.cards_ok & (state.bandwidth_free >= request.remote_mbps)
+        for plugin in self.profile.filters:
+            dev_ok &= plugin.filter(state, ctx)
+        host_ok = state.host_fit(request)
+        if not dev_ok.any():
+            return PlacementResult(Status.unschedulable("no GPU node has the cards and network bandwidth "
+                                                        "free for a remote vXPU"))
+        if not host_ok.any():
+            return PlacementResult(Status.unschedulable("no node has the cpu/memory for the pod"))
+        dev, hint = self._select(state, ctx, dev_ok)
+        host_ok = host_ok.copy()
+        host_ok[dev] = False
+        if not host_ok.any():
+            return PlacementResult(Status.unschedulable("no other node has the cpu/memory for the pod"))
+        cost = np.full(state.num_nodes, 3.0)
+        rack, zone = state.rack[dev], state.zone[dev]
+        for i in np.nonzero(host_ok)[0]:
+            if rack and state.rack[i] == rack:
+                cost[i] = 0.0
+            elif zone and state.zone[i] == zone:
+                cost[i] = 1.0
+        cost += np.where(state.has_cards, 0.5, 0.0)
+        cost -= 0.1 * state.cpu_free / max(int(state.cpu_capacity.max()), 1)
+        cost[~host_ok] = np.inf
+        host = int(np.argmin(cost))
+        slots = self._cards(state, ctx, dev, hint)
+        if slots is None:
+            return PlacementResult(Status.error("card picker found no cards for the remote vXPU"))
+        return PlacementResult(Status.success(), self._allocation(state, ctx, host, dev, slots),
+                               int(dev_ok.sum()))
+
+    # ---------------------------------------------------------------- entry points
+    def place(self, state: ClusterState, request: Request) -> PlacementResult:
+        """Decide where ``request`` goes, honouring its remote policy. Does not mutate ``state``."""
+        policy = request.remote if request.count > 0 else RemotePolicy.NEVER
+        if policy is RemotePolicy.REQUIRED:
+            return self.place_remote(state, request)
+        if policy is RemotePolicy.PREFERRED:
+            result = self.place_remote(state, request)
+            return result if result.status.ok else self.place_local(state, request)
+        local = self.place_local(state, request)
+        if local.status.ok or policy is RemotePolicy.NEVER:
+            return local
+        remote = self.place_remote(state, request)
+        if remote.status.ok:
+            return remote
+        return PlacementResult(Status(Code.UNSCHEDULABLE, local.status.reasons + remote.status.reasons))
+
+    def schedule(self, state: ClusterState, request: Request) -> PlacementResult:
+        """:meth:`place` then reserve on ``state``."""
+        result = self.place(state, request)
+        if result.status.ok and result.allocation is not None:
+            status = state.reserve(result.allocation, request)
+            if not status.ok:
+                return PlacementResult(status)
+        return result
+
+
+def whole_cards(request: Request) -> bool:
+    return request.exclusive or request.share_milli >= WHOLE_CARD_MILLI

@@ -1,0 +1,206 @@
+"""Translation between Kubernetes objects (JSON dicts) and :mod:`xpupool.core` values.
+
+* :func:`pod_request` - a Pod -> core :class:`~xpupool.core.model.Request` (containers summed,
+  init containers as the max, like kube-scheduler), via :func:`xpupool.core.request.parse_request`;
+* :func:`node_model` - a Node -> core :class:`~xpupool.core.model.Node`. Cards come from the
+  node annotation ``xpupool.io/devices`` (JSON list written by the node agent) or, without it,
+  from whole-card extended resources in ``status.allocatable`` (``nvidia.com/gpu: 8``) with the
+  GPU-feature-discovery labels ``nvidia.com/gpu.product`` / ``nvidia.com/gpu.memory`` (MiB);
+* the allocation annotation ``xpupool.io/allocation`` (:func:`encode_allocation`,
+  :func:`decode_allocation`): the scheduler writes it on the pod BEFORE binding; it is the
+  durable record from which a restarted scheduler rebuilds its ledger.
+
+Annotation format (version 1, compact JSON)::
+
+    {"v": 1, "node": "n1", "deviceNode": "n1", "cards": [0, 3], "shareMilli": 1000,
+     "memoryMiB": [81920, 81920], "remoteMbps": 0}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from xpupool.core.model import Allocation, Device, Node, Vendor
+from xpupool.core.request import (
+    DOMAIN,
+    OUR_RESOURCES,
+    WHOLE_CARD_RESOURCES,
+    ParseResult,
+    QuantityError,
+    parse_quantity,
+    parse_request,
+)
+from xpupool.kube.transport import JsonDict
+
+ANN_ALLOCATION = f"{DOMAIN}/allocation"
+ANN_DEVICES = f"{DOMAIN}/devices"
+ANN_POD_GROUP_MIN = f"{DOMAIN}/pod-group-min-member"
+SCHEDULER_NAME = "xpupool"
+LABEL_GPU_PRODUCT = "nvidia.com/gpu.product"
+LABEL_GPU_MEMORY = "nvidia.com/gpu.memory"
+DEFAULT_CARD_MEMORY_MIB = 81920
+
+_CARD_RESOURCES = frozenset(WHOLE_CARD_RESOURCES) | OUR_RESOURCES
+
+
+def pod_key(pod: JsonDict) -> str:
+    meta = pod["metadata"]
+    return f"{meta['namespace']}/{meta['name']}"
+
+
+def _qty(raw: Any, unit: float = 1.0) -> int:
+    try:
+        return int(parse_quantity(raw) / unit + 0.999999)
+    except QuantityError:
+        return 0
+
+
+def pod_request(pod: JsonDict) -> ParseResult:
+    """The pod's request. Card resources come from limits (falling back to requests); CPU and
+    memory from requests. Never raises: problems are in ``ParseResult.errors``."""
+    spec = pod.get("spec") or {}
+    meta = pod.get("metadata") or {}
+    resources: dict[str, float] = {}
+    raw_resources: dict[str, str | int | float] = {}
+    cpu_milli = 0
+    memory_mib = 0
+    for c in spec.get("containers") or []:
+        res = c.get("resources") or {}
+        limits = res.get("limits") or {}
+        requests = res.get("requests") or {}
+        for name in set(limits) | set(requests):
+            if name in _CARD_RESOURCES or name.startswith(f"{DOMAIN}/"):
+                raw = limits.get(name, requests.get(name))
+                try:
+                    value = parse_quantity(raw)
+                except QuantityError:
+                    raw_resources[name] = raw  # let parse_request explain it
+                    continue
+                if name in (f"{DOMAIN}/vxpu-core", f"{DOMAIN}/vxpu-memory-percent", f"{DOMAIN}/vxpu-memory"):
+                    resources[name] = max(resources.get(name, 0.0), value)  # per-card values
+                else:
+                    resources[name] = resources.get(name, 0.0) + value
+        cpu_milli += _qty(requests.get("cpu", 0), 0.001)
+        memory_mib += _qty(requests.get("memory", 0), 2**20)
+    for c in spec.get("initContainers") or []:
+        requests = (c.get("resources") or {}).get("requests") or {}
+        cpu_milli = max(cpu_milli, _qty(requests.get("cpu", 0), 0.001))
+        memory_mib = max(memory_mib, _qty(requests.get("memory", 0), 2**20))
+    merged: dict[str, str | int | float] = {k: (int(v) if v == int(v) else v) for k, v in resources.items()}
+    merged.update(raw_resources)
+    return parse_request(
+        name=pod_key(pod),
+        resources=merged,
+        annotations=meta.get("annotations") or {},
+        labels=meta.get("labels") or {},
+        cpu_milli=cpu_milli,
+        memory_mib=memory_mib,
+        priority=int(spec.get("priority") or 0),
+        namespace=str(meta.get("namespace", "default")),
+    )
+
+
+def node_schedulable(node: JsonDict) -> bool:
+    """Not cordoned, no NoSchedule/NoExecute taint, and not reporting Ready=False."""
+    spec = node.get("spec") or {}
+    if spec.get("unschedulable"):
+        return False
+    for taint in spec.get("taints") or []:
+        if taint.get("effect") in ("NoSchedule", "NoExecute"):
+            return False
+    for cond in (node.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready" and cond.get("status") == "False":
+            return False
+    return True
+
+
+def node_model(node: JsonDict) -> Node:
+    """The node as the core sees it (see the module docstring for where cards come from)."""
+    meta = node.get("metadata") or {}
+    status = node.get("status") or {}
+    alloc: Mapping[str, Any] = status.get("allocatable") or status.get("capacity") or {}
+    labels: Mapping[str, str] = meta.get("labels") or {}
+    devices: list[Device] = []
+    raw = (meta.get("annotations") or {}).get(ANN_DEVICES)
+    if raw:
+        try:
+            for d in json.loads(raw):
+                devices.append(
+                    Device(
+                        index=int(d["index"]),
+                        vendor=Vendor(d.get("vendor", "nvidia")),
+                        model=str(d.get("model", "")),
+                        memory_mib=int(d.get("memory_mib", d.get("memoryMiB", DEFAULT_CARD_MEMORY_MIB))),
+                        topology_group=int(d.get("topology_group", d.get("topologyGroup", 0))),
+                        healthy=bool(d.get("healthy", True)),
+                    )
+                )
+        except (ValueError, KeyError, TypeError):
+            devices = []  # unreadable inventory: treat as no cards rather than guess
+    else:
+        for name, (vendor, model) in WHOLE_CARD_RESOURCES.items():
+            count = _qty(alloc.get(name, 0))
+            if count <= 0:
+                continue
+            product = (
+                labels.get(LABEL_GPU_PRODUCT, model or vendor.value) if vendor is Vendor.NVIDIA else model
+            )
+            memory = _qty(labels.get(LABEL_GPU_MEMORY, DEFAULT_CARD_MEMORY_MIB))
+            devices.extend(
+                Device(
+                    index=len(devices) + i, vendor=vendor, model=product or vendor.value, memory_mib=memory
+                )
+                for i in range(count)
+            )
+    return Node(
+        name=str(meta.get("name")),
+        cpu_milli=_qty(alloc.get("cpu", 0), 0.001),
+        memory_mib=_qty(alloc.get("memory", 0), 2**20),
+        devices=tuple(devices),
+        labels=dict(labels),
+    )
+
+
+def encode_allocation(allocation: Allocation) -> str:
+    return json.dumps(
+        {
+            "v": 1,
+            "node": allocation.node,
+            "deviceNode": allocation.device_node,
+            "cards": list(allocation.cards),
+            "shareMilli": allocation.share_milli,
+            "memoryMiB": list(allocation.device_memory_mib),
+            "remoteMbps": allocation.remote_mbps,
+        },
+        separators=(",", ":"),
+    )
+
+
+def decode_allocation(pod: JsonDict) -> Allocation | None:
+    """The allocation recorded on ``pod``, or None (absent or unreadable)."""
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(ANN_ALLOCATION)
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+        return Allocation(
+            pod=pod_key(pod),
+            node=str(doc["node"]),
+            device_node=str(doc.get("deviceNode") or doc["node"]),
+            cards=tuple(int(c) for c in doc["cards"]),
+            share_milli=int(doc["shareMilli"]),
+            device_memory_mib=tuple(int(m) for m in doc["memoryMiB"]),
+            remote_mbps=int(doc.get("remoteMbps", 0)),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def pod_is_terminal(pod: JsonDict) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def is_our_pod(pod: JsonDict) -> bool:
+    return (pod.get("spec") or {}).get("schedulerName") == SCHEDULER_NAME

@@ -1,0 +1,841 @@
+"""The xpupool scheduler daemon: places ``spec.schedulerName: xpupool`` pods with the pure core.
+
+Data flow::
+
+    Informer(pods, all namespaces) --+--> ledger accounting (every pod holding resources)
+    Informer(nodes) -----------------+--> ClusterState rebuild (node set or capacity changed)
+                                     |
+             cycle (event loop, no await inside): order pending pods (priority, queue
+             fairness, age) -> gangs all-or-nothing in a Statement -> core Scheduler.place ->
+             reserve in the ledger + "assume" -> spawn bind task
+                                     |
+    bind task: POST pods/binding carrying the ``xpupool.io/allocation`` annotation (the apiserver
+    writes annotation and nodeName in ONE etcd write) -> watch confirms -> assumption dropped
+
+Ledger invariants:
+  * every non-terminal pod with ``spec.nodeName`` holds its resources (ours from the allocation
+    annotation, other schedulers' pods - e.g. kube-scheduler's whole-GPU pods - on the first
+    free cards of their node, because the kubelet, not we, picked their cards);
+  * an assumed pod holds its resources from reserve until the bind fails or the pod is gone;
+  * a restart rebuilds the ledger from the apiserver alone: nothing is kept locally. Because the
+    annotation is written atomically with the binding, a crash can never leave an annotation
+    that disagrees with the node (with ``annotate_before_bind`` the annotation is written first
+    and a restarted scheduler completes those binds from the annotation).
+
+Fencing: with a :class:`~xpupool.kube.lease.LeaderElector`, every API write is preceded by an
+``is_leader()`` check, which turns false as soon as renewals have failed for the renew deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import heapq
+import logging
+import os
+import signal
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xpupool.core.cluster import BoolArray, ClusterState
+from xpupool.core.framework import FitContext, Scheduler
+from xpupool.core.model import WHOLE_CARD_MILLI, Allocation, Node, Request
+from xpupool.core.request import LABEL_POD_GROUP, ParseResult
+from xpupool.core.statement import Statement
+from xpupool.kube.binder import Binder, BindOutcome
+from xpupool.kube.events import EventRecorder
+from xpupool.kube.informer import DELETED, Informer
+from xpupool.kube.lease import LeaderElector
+from xpupool.kube.metrics import METRICS
+from xpupool.kube.objects import (
+    ANN_ALLOCATION,
+    ANN_POD_GROUP_MIN,
+    SCHEDULER_NAME,
+    decode_allocation,
+    encode_allocation,
+    node_model,
+    node_schedulable,
+    pod_is_terminal,
+    pod_key,
+    pod_request,
+)
+from xpupool.kube.transport import NODES, PODS, ApiError, JsonDict, Transport, TransportError
+
+log = logging.getLogger(__name__)
+
+
+class MonotonicClock:
+    """Wall-time :class:`~xpupool.core.clock.Clock` for production."""
+
+    def now_s(self) -> float:
+        return time.monotonic()
+
+
+@dataclass
+class SchedulerConfig:
+    scheduler_name: str = SCHEDULER_NAME
+    bind_concurrency: int = 64
+    bind_qps: float | None = None
+    #: a bound-but-unconfirmed pod is re-read after this long
+    assume_ttl_s: float = 30.0
+    #: pause between cycles when there is nothing new (a pod or node event wakes it earlier)
+    idle_cycle_s: float = 1.0
+    max_pods_per_cycle: int = 5000
+    retry_backoff_s: tuple[float, float] = (0.5, 30.0)
+    preemption: bool = True
+    max_preemptions_per_cycle: int = 4
+    #: write the allocation annotation with a PATCH before binding (two writes) instead of on
+    #: the Binding itself (one atomic write, the default)
+    annotate_before_bind: bool = False
+
+
+@dataclass(eq=False)
+class _Assumed:
+    """A reservation whose bind is in flight or awaiting the watch's confirmation."""
+
+    node: str
+    uid: str
+    deadline_s: float
+    bound: bool = False
+
+
+@dataclass
+class _Backoff:
+    attempts: int = 0
+    not_before_s: float = 0.0
+
+
+class _SchedulableFilter:
+    """Core filter plugin: removes cordoned/tainted/NotReady nodes (mask kept by the daemon)."""
+
+    name = "kube-node-schedulable"
+    reason = "are cordoned, tainted NoSchedule or not ready"
+
+    def __init__(self) -> None:
+        self.mask: BoolArray = np.zeros(0, dtype=bool)
+
+    def filter(self, state: ClusterState, ctx: FitContext) -> BoolArray:
+        return self.mask
+
+
+@dataclass
+class _Outcome:
+    """Per-cycle counters (for tests and logs)."""
+
+    placed: int = 0
+    unschedulable: int = 0
+    preemptions: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class KubeScheduler:
+    """One scheduler replica. ``run()`` until cancelled; call ``stop()`` for a graceful end."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        scheduler: Scheduler,
+        config: SchedulerConfig | None = None,
+        clock: MonotonicClock | None = None,
+        elector: LeaderElector | None = None,
+        identity: str = "",
+    ) -> None:
+        self.transport = transport
+        self.core = scheduler
+        self.config = config or SchedulerConfig()
+        self.clock = clock or MonotonicClock()
+        self.elector = elector
+        self.identity = identity or f"{socket.gethostname()}-{os.getpid()}"
+        self.pods = Informer(transport, PODS)
+        self.nodes = Informer(transport, NODES)
+        self.binder = Binder(transport, concurrency=self.config.bind_concurrency, qps=self.config.bind_qps)
+        self.events = EventRecorder(transport, clock=self.clock, instance=self.identity)
+        self._filter = _SchedulableFilter()
+        self.core.profile.filters.insert(0, self._filter)
+        self.state = ClusterState([])
+        self.accounted: dict[str, tuple[Allocation, Request]] = {}
+        self.assumed: dict[str, _Assumed] = {}
+        self.pending: dict[str, JsonDict] = {}
+        self.backoff: dict[str, _Backoff] = {}
+        self.preempting: dict[str, set[str]] = {}
+        self._requests: dict[str, tuple[str, ParseResult]] = {}
+        self._nodes_dirty = True
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self.cycles = 0
+        self.pods.add_handler(self._on_pod)
+        self.nodes.add_handler(self._on_node)
+
+    # ------------------------------------------------------------------ informer handlers
+    def _ours(self, pod: JsonDict) -> bool:
+        return (pod.get("spec") or {}).get("schedulerName") == self.config.scheduler_name
+
+    def _on_node(self, etype: str, old: JsonDict | None, new: JsonDict | None) -> None:
+        # heartbeats change only status.conditions times: rebuild only on relevant changes
+        if (
+            old is not None
+            and new is not None
+            and node_model(old) == node_model(new)
+            and node_schedulable(old) == node_schedulable(new)
+        ):
+            return
+        self._nodes_dirty = True
+        self._wake.set()
+
+    def _on_pod(self, etype: str, old: JsonDict | None, new: JsonDict | None) -> None:
+        obj = new if new is not None else old
+        assert obj is not None
+        key = pod_key(obj)
+        if etype == DELETED or new is None or pod_is_terminal(new):
+            self._forget(key)
+            self._wake.set()
+            return
+        node = (new.get("spec") or {}).get("nodeName") or ""
+        assumed = self.assumed.get(key)
+        if assumed is not None:
+            if not node:
+                return  # our bind is in flight
+            if node == assumed.node:
+                del self.assumed[key]  # confirmed
+                METRICS.assumed_pods.set(len(self.assumed))
+                return
+            # bound elsewhere (another scheduler won): account what really happened
+            self._release(key)
+            del self.assumed[key]
+        if node:
+            self.pending.pop(key, None)
+            if key not in self.accounted and not self._nodes_dirty:
+                self._account_bound(new)  # when dirty, the rebuild accounts every bound pod
+            return
+        if not self._ours(new):
+            return
+        if key in self.accounted:
+            return  # annotated-before-bind, bind being completed
+        if decode_allocation(new) is not None and self.config.annotate_before_bind:
+            if not self._nodes_dirty:
+                self._account_annotated_unbound(new)
+            return
+        if (new.get("metadata") or {}).get("deletionTimestamp"):
+            self.pending.pop(key, None)
+            return
+        self.pending[key] = new
+        self._wake.set()
+
+    def request_of(self, pod: JsonDict) -> ParseResult:
+        """``pod_request`` memoised by (key, resourceVersion)."""
+        key = pod_key(pod)
+        rv = str(pod["metadata"].get("resourceVersion", ""))
+        hit = self._requests.get(key)
+        if hit is not None and hit[0] == rv:
+            return hit[1]
+        parsed = pod_request(pod)
+        self._requests[key] = (rv, parsed)
+        return parsed
+
+    # ------------------------------------------------------------------ ledger
+    def _release(self, key: str) -> None:
+        if self.accounted.pop(key, None) is not None:
+            self.state.release(key)
+
+    def _forget(self, key: str) -> None:
+        self._release(key)
+        self._requests.pop(key, None)
+        self.pending.pop(key, None)
+        self.backoff.pop(key, None)
+        if self.assumed.pop(key, None) is not None:
+            METRICS.assumed_pods.set(len(self.assumed))
+
+    def _reserve(self, allocation: Allocation, request: Request) -> bool:
+        status = self.state.reserve(allocation, request)
+        if status.ok:
+            self.accounted[allocation.pod] = (allocation, request)
+            return True
+        log.warning("cannot account %s on %s: %s", allocation.pod, allocation.node, status.message())
+        return False
+
+    def _account_bound(self, pod: JsonDict) -> None:
+        key = pod_key(pod)
+        node = pod["spec"]["nodeName"]
+        parsed = self.request_of(pod)
+        request = parsed.request or Request(name=key)
+        allocation = decode_allocation(pod)
+        if allocation is not None and allocation.node == node and self._ours(pod):
+            self._reserve(allocation, request)
+            return
+        # Not placed by us: host resources, plus cards chosen first-free (the kubelet picked them).
+        self._reserve(self._phantom(key, node, request), request)
+
+    def _phantom(self, key: str, node: str, request: Request) -> Allocation:
+        idx = self.state.node_index.get(node)
+        cards: list[int] = []
+        memory: list[int] = []
+        if idx is not None and request.count > 0:
+            ctx = FitContext.build(self.state, request)
+            slots = np.nonzero(ctx.card_fit[idx])[0][: request.count]
+            cards = [int(self.state.card_index[idx, s]) for s in slots]
+            memory = [int(ctx.device_memory[idx, s]) for s in slots]
+        return Allocation(
+            pod=key,
+            node=node,
+            device_node=node,
+            cards=tuple(cards),
+            share_milli=request.share_milli,
+            device_memory_mib=tuple(memory),
+        )
+
+    def _account_annotated_unbound(self, pod: JsonDict) -> None:
+        """A previous leader annotated (annotate_before_bind) but did not bind: finish its bind."""
+        allocation = decode_allocation(pod)
+        parsed = self.request_of(pod)
+        if allocation is None or parsed.request is None:
+            return
+        key = pod_key(pod)
+        if not self._reserve(allocation, parsed.request):
+            return
+        self.pending.pop(key, None)
+        assumed = _Assumed(
+            allocation.node, pod["metadata"]["uid"], self.clock.now_s() + self.config.assume_ttl_s
+        )
+        self.assumed[key] = assumed
+        self._spawn(self._bind(pod, allocation, assumed, annotate=False))
+
+    def _rebuild(self) -> None:
+        """New ClusterState from the node informer; replay every accounted pod."""
+        nodes: list[Node] = []
+        mask: list[bool] = []
+        for obj in sorted(self.nodes.store.values(), key=lambda n: n["metadata"]["name"]):
+            nodes.append(node_model(obj))
+            mask.append(node_schedulable(obj))
+        self.state = ClusterState(nodes)
+        self._filter.mask = np.array(mask, dtype=bool)
+        old = self.accounted
+        self.accounted = {}
+        for key, (allocation, request) in old.items():
+            if not self._reserve(allocation, request):
+                self.assumed.pop(key, None)
+        for pod in self.pods.store.values():
+            key = pod_key(pod)
+            if key in self.accounted or pod_is_terminal(pod):
+                continue
+            if (pod.get("spec") or {}).get("nodeName"):
+                self._account_bound(pod)
+        self._nodes_dirty = False
+        if self.config.annotate_before_bind:
+            for pod in list(self.pods.store.values()):
+                if (
+                    pod_key(pod) not in self.accounted
+                    and self._ours(pod)
+                    and not pod_is_terminal(pod)
+                    and not (pod.get("spec") or {}).get("nodeName")
+                    and decode_allocation(pod) is not None
+                ):
+                    self._account_annotated_unbound(pod)
+
+    # ------------------------------------------------------------------ writes
+    def _may_write(self) -> bool:
+        return not self._stopping and (self.elector is None or self.elector.is_leader())
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _undo(self, key: str, assumed: _Assumed, *, requeue: bool) -> None:
+        if self.assumed.get(key) is not assumed:
+            return  # the watch already settled it
+        del self.assumed[key]
+        METRICS.assumed_pods.set(len(self.assumed))
+        self._release(key)
+        pod = self.pods.store.get(key)
+        if requeue and pod is not None and not (pod.get("spec") or {}).get("nodeName"):
+            self.pending[key] = pod
+            self._delay(key)
+            self._wake.set()
+
+    def _delay(self, key: str) -> None:
+        b = self.backoff.setdefault(key, _Backoff())
+        b.attempts += 1
+        low, high = self.config.retry_backoff_s
+        b.not_before_s = self.clock.now_s() + min(high, low * 2 ** min(b.attempts - 1, 10))
+
+    async def _bind(
+        self, pod: JsonDict, allocation: Allocation, assumed: _Assumed, *, annotate: bool
+    ) -> None:
+        meta = pod["metadata"]
+        key = pod_key(pod)
+        annotation = {ANN_ALLOCATION: encode_allocation(allocation)}
+        if not self._may_write():
+            self._undo(key, assumed, requeue=True)
+            return
+        if annotate and self.config.annotate_before_bind:
+            try:
+                await self.transport.patch(
+                    PODS,
+                    meta["name"],
+                    {"metadata": {"uid": meta["uid"], "annotations": annotation}},
+                    namespace=meta["namespace"],
+                )
+            except (ApiError, TransportError) as exc:
+                log.info("annotate %s failed: %s", key, exc)
+                self._undo(key, assumed, requeue=True)
+                return
+            if not self._may_write():
+                return  # fenced after annotating: the next leader completes the bind
+        result = await self.binder.bind(
+            meta["namespace"],
+            meta["name"],
+            allocation.node,
+            uid=meta["uid"],
+            annotations=None if self.config.annotate_before_bind else annotation,
+        )
+        if result.outcome is BindOutcome.BOUND:
+            assumed.bound = True
+            self.backoff.pop(key, None)
+            self.events.pod_event(pod, reason="Scheduled", note=_describe(allocation))
+            return
+        log.info("bind %s -> %s: %s %s", key, allocation.node, result.outcome.value, result.message)
+        self._undo(key, assumed, requeue=result.outcome is BindOutcome.ERROR)
+
+    async def _verify(self, key: str, assumed: _Assumed) -> None:
+        """An assumption outlived its TTL: ask the apiserver what really happened."""
+        namespace, name = key.split("/", 1)
+        try:
+            pod = await self.transport.get(PODS, name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status == 404:
+                self._undo(key, assumed, requeue=False)
+            return
+        except TransportError:
+            assumed.deadline_s = self.clock.now_s() + self.config.assume_ttl_s
+            return
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node == assumed.node and self.assumed.get(key) is assumed:
+            del self.assumed[key]
+        elif not node and not assumed.bound:
+            assumed.deadline_s = self.clock.now_s() + self.config.assume_ttl_s  # bind still in flight
+        else:
+            self._undo(key, assumed, requeue=not node)
+
+    # ------------------------------------------------------------------ cycle
+    def _order(self, now: float) -> list[list[JsonDict]]:
+        """Units to place, in order: single pods and whole gangs.
+
+        Higher priority first; within a priority, queues take turns by least allocated compute
+        (fair share); within a queue, oldest first.
+        """
+        groups: dict[str, list[JsonDict]] = defaultdict(list)
+        singles: list[JsonDict] = []
+        for key, pod in self.pending.items():
+            b = self.backoff.get(key)
+            if b is not None and now < b.not_before_s:
+                continue
+            group = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_POD_GROUP)
+            if group:
+                groups[f"{pod['metadata']['namespace']}/{group}"].append(pod)
+            else:
+                singles.append(pod)
+        units: list[list[JsonDict]] = [[p] for p in singles] + list(groups.values())
+        usage: dict[str, int] = defaultdict(int)
+        for _allocation, request in self.accounted.values():
+            usage[request.queue] += request.gpu_milli_total
+        by_queue: dict[tuple[int, str], list[tuple[str, str, list[JsonDict]]]] = defaultdict(list)
+        for unit in units:
+            prio = max(int((p.get("spec") or {}).get("priority") or 0) for p in unit)
+            queue = ((unit[0].get("metadata") or {}).get("labels") or {}).get("xpupool.io/queue") or "default"
+            created = min(str(p["metadata"].get("creationTimestamp", "")) for p in unit)
+            by_queue[(prio, queue)].append((created, pod_key(unit[0]), unit))
+        ordered: list[list[JsonDict]] = []
+        for prio in sorted({p for p, _ in by_queue}, reverse=True):
+            heads = []
+            for (p, queue), items in by_queue.items():
+                if p == prio:
+                    items.sort(key=lambda t: (t[0], t[1]))
+                    heads.append([usage[queue], queue, 0, items])
+            heap = [(h[0], h[1], i) for i, h in enumerate(heads)]
+            heapq.heapify(heap)
+            while heap:
+                _, queue, i = heapq.heappop(heap)
+                h = heads[i]
+                _created, _key, unit = h[3][h[2]]
+                ordered.append(unit)
+                h[2] += 1
+                h[0] += sum(self._gpu_milli(p) for p in unit)
+                if h[2] < len(h[3]):
+                    heapq.heappush(heap, (h[0], queue, i))
+        return ordered
+
+    def cycle(self) -> _Outcome:
+        """One scheduling cycle. Synchronous: no other coroutine runs while it decides."""
+        start = time.perf_counter()
+        out = _Outcome()
+        if self._nodes_dirty:
+            self._rebuild()
+        now = self.clock.now_s()
+        for key, assumed in list(self.assumed.items()):
+            if now > assumed.deadline_s:
+                assumed.deadline_s = now + self.config.assume_ttl_s
+                self._spawn(self._verify(key, assumed))
+        preemptions_left = self.config.max_preemptions_per_cycle
+        for unit in self._order(now)[: self.config.max_pods_per_cycle]:
+            if not self._may_write():
+                break
+            if len(unit) == 1 and not _gang_min(unit[0]):
+                placed = self._place_one(unit[0], out)
+                if (
+                    not placed
+                    and preemptions_left > 0
+                    and self.config.preemption
+                    and self._try_preempt(unit[0], out)
+                ):
+                    preemptions_left -= 1
+            else:
+                self._place_gang(unit, out)
+        METRICS.pending_pods.set(len(self.pending))
+        METRICS.cycle_latency.observe(time.perf_counter() - start)
+        self.cycles += 1
+        return out
+
+    def _gpu_milli(self, pod: JsonDict) -> int:
+        request = self.request_of(pod).request
+        return request.gpu_milli_total if request is not None else 0
+
+    def _request_or_reject(self, pod: JsonDict) -> Request | None:
+        parsed = self.request_of(pod)
+        if parsed.request is None:
+            key = pod_key(pod)
+            self.events.pod_event(
+                pod,
+                reason="FailedScheduling",
+                warning=True,
+                note="invalid accelerator request: " + "; ".join(parsed.errors),
+            )
+            self._delay(key)
+            METRICS.placements.labels("invalid").inc()
+            return None
+        return parsed.request
+
+    def _commit(self, pod: JsonDict, allocation: Allocation, request: Request) -> bool:
+        key = pod_key(pod)
+        if not self._reserve(allocation, request):
+            return False
+        self.pending.pop(key, None)
+        self.preempting.pop(key, None)
+        assumed = _Assumed(
+            allocation.node, pod["metadata"]["uid"], self.clock.now_s() + self.config.assume_ttl_s
+        )
+        self.assumed[key] = assumed
+        METRICS.assumed_pods.set(len(self.assumed))
+        METRICS.placements.labels("placed").inc()
+        self._spawn(self._bind(pod, allocation, assumed, annotate=True))
+        return True
+
+    def _place_one(self, pod: JsonDict, out: _Outcome) -> bool:
+        request = self._request_or_reject(pod)
+        if request is None:
+            return False
+        result = self.core.place(self.state, request)
+        if (
+            result.status.ok
+            and result.allocation is not None
+            and self._commit(pod, result.allocation, request)
+        ):
+            out.placed += 1
+            return True
+        out.unschedulable += 1
+        METRICS.placements.labels("unschedulable").inc()
+        self._delay(pod_key(pod))
+        if pod_key(pod) not in self.preempting:
+            self.events.pod_event(
+                pod,
+                reason="FailedScheduling",
+                warning=True,
+                note=f"0/{self.state.num_nodes} nodes available: {result.status.message()}",
+            )
+        return False
+
+    def _place_gang(self, members: list[JsonDict], out: _Outcome) -> None:
+        """All-or-nothing: reserve every member in one Statement; commit only if all fit."""
+        need = max((_gang_min(p) for p in members), default=0) or len(members)
+        group = ((members[0].get("metadata") or {}).get("labels") or {}).get(LABEL_POD_GROUP, "")
+        ns = members[0]["metadata"]["namespace"]
+        running = sum(
+            1 for k, (_a, r) in self.accounted.items() if r.pod_group == group and k.startswith(f"{ns}/")
+        )
+        members = sorted(
+            members, key=lambda p: (p["metadata"].get("creationTimestamp", ""), p["metadata"]["name"])
+        )
+        if running + len(members) < need:
+            for pod in members:
+                self._delay(pod_key(pod))
+                self.events.pod_event(
+                    pod,
+                    reason="FailedScheduling",
+                    note=(f"gang {group}: waiting for members, {running + len(members)} of {need} exist"),
+                )
+            return
+        stmt = Statement(self.state)
+        chosen: list[tuple[JsonDict, Allocation, Request]] = []
+        failed: str = ""
+        for pod in members:
+            request = self._request_or_reject(pod)
+            if request is None:
+                failed = f"member {pod['metadata']['name']} has an invalid request"
+                break
+            result = self.core.place(self.state, request)
+            if (
+                not result.status.ok
+                or result.allocation is None
+                or not stmt.reserve(result.allocation, request).ok
+            ):
+                failed = f"member {pod['metadata']['name']}: {result.status.message()}"
+                break
+            chosen.append((pod, result.allocation, request))
+        if failed and running + len(chosen) < need:
+            stmt.rollback()
+            out.unschedulable += len(members)
+            for pod in members:
+                self._delay(pod_key(pod))
+                self.events.pod_event(
+                    pod,
+                    reason="FailedScheduling",
+                    warning=True,
+                    note=f"gang {group}: only {running + len(chosen)} of {need} fit ({failed})",
+                )
+            return
+        stmt.rollback()  # re-reserve through _commit, which also records the assumption
+        for pod, allocation, request in chosen:
+            if self._commit(pod, allocation, request):
+                out.placed += 1
+
+    # ------------------------------------------------------------------ preemption
+    def _try_preempt(self, pod: JsonDict, out: _Outcome) -> bool:
+        """Find the node where evicting the fewest, lowest-priority pods makes ``pod`` fit.
+
+        Only bound pods of lower priority placed by us are victims. While earlier victims are
+        still terminating, nothing new is evicted for the same preemptor.
+        """
+        key = pod_key(pod)
+        request = self.request_of(pod).request
+        if request is None or request.priority <= 0:
+            return False
+        waiting = self.preempting.get(key)
+        if waiting and any(v in self.pods.store for v in waiting):
+            return False
+        victims_by_node: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for vkey, (allocation, vreq) in self.accounted.items():
+            if vreq.priority >= request.priority or vkey in self.assumed:
+                continue
+            vpod = self.pods.store.get(vkey)
+            if vpod is None or not self._ours(vpod) or (vpod.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            victims_by_node[allocation.node].append((vreq.priority, vkey))
+        best: tuple[tuple[int, int], str, list[str]] | None = None
+        for node, cands in victims_by_node.items():
+            idx = self.state.node_index.get(node)
+            if idx is None or not self._filter.mask[idx]:
+                continue
+            cands.sort()
+            stmt = Statement(self.state)
+            evicted: list[str] = []
+            fits = False
+            for _prio, vkey in cands:
+                stmt.evict(vkey)
+                evicted.append(vkey)
+                ctx = FitContext.build(self.state, request)
+                if ctx.cards_ok[idx] and ctx.host_ok[idx]:
+                    fits = True
+                    break
+            stmt.rollback()
+            if fits:
+                cost = (max(self.accounted[v][1].priority for v in evicted), len(evicted))
+                if best is None or cost < best[0]:
+                    best = (cost, node, evicted)
+        if best is None:
+            return False
+        _cost, node, victims = best
+        self.preempting[key] = set(victims)
+        for vkey in victims:
+            vpod = self.pods.store[vkey]
+            self.events.pod_event(
+                vpod,
+                reason="Preempted",
+                warning=True,
+                action="Preempting",
+                note=f"preempted by {key} (priority {request.priority}) on {node}",
+            )
+            self._spawn(self._evict(vpod))
+        self.events.pod_event(
+            pod,
+            reason="Preempting",
+            action="Preempting",
+            note=f"evicting {len(victims)} lower-priority pod(s) on {node}",
+        )
+        out.preemptions += len(victims)
+        METRICS.preemptions.inc(len(victims))
+        return True
+
+    async def _evict(self, pod: JsonDict) -> None:
+        if not self._may_write():
+            return
+        meta = pod["metadata"]
+        try:
+            await self.transport.delete(PODS, meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+        except (ApiError, TransportError) as exc:
+            log.info("evict %s: %s", pod_key(pod), exc)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def wait_synced(self) -> None:
+        await asyncio.gather(self.pods.synced.wait(), self.nodes.synced.wait())
+
+    async def run(self) -> None:
+        """Informers (always, standby replicas keep them warm), then lead, then cycle."""
+        informers = [asyncio.create_task(self.pods.run()), asyncio.create_task(self.nodes.run())]
+        renew: asyncio.Task[None] | None = None
+        try:
+            await self.wait_synced()
+            while not self._stopping:
+                if self.elector is not None and not self.elector.is_leader():
+                    if renew is not None:
+                        renew.cancel()
+                    await self.elector.acquire()
+                    renew = asyncio.create_task(self.elector.keep_renewing())
+                    self._nodes_dirty = True  # start from the apiserver's truth
+                self.cycle()
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._next_wait())
+                # let a burst of watch events land before deciding (batching)
+                await asyncio.sleep(0.005)
+        finally:
+            for t in informers:
+                t.cancel()
+            if renew is not None:
+                renew.cancel()
+            await asyncio.gather(*informers, return_exceptions=True)
+
+    def _next_wait(self) -> float:
+        now = self.clock.now_s()
+        wait = self.config.idle_cycle_s
+        for key in self.pending:
+            b = self.backoff.get(key)
+            wait = min(wait, max(0.0, (b.not_before_s if b else now) - now))
+        return max(wait, 0.01)
+
+    async def stop(self) -> None:
+        """Stop writing, let in-flight binds finish, release the Lease."""
+        self._stopping = True
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.events.flush()
+        if self.elector is not None:
+            await self.elector.release()
+
+
+def _gang_min(pod: JsonDict) -> int:
+    meta = pod.get("metadata") or {}
+    if not (meta.get("labels") or {}).get(LABEL_POD_GROUP):
+        return 0
+    try:
+        return int((meta.get("annotations") or {}).get(ANN_POD_GROUP_MIN, "0"))
+    except ValueError:
+        return 0
+
+
+def _describe(allocation: Allocation) -> str:
+    share = "whole" if allocation.share_milli >= WHOLE_CARD_MILLI else f"{allocation.share_milli / 10:g}%"
+    where = (
+        allocation.node
+        if not allocation.is_remote
+        else f"{allocation.node} (cards on {allocation.device_node})"
+    )
+    return (
+        f"assigned to {where}: card(s) {','.join(map(str, allocation.cards))}, {share} compute, "
+        f"{'+'.join(map(str, allocation.device_memory_mib))} MiB"
+    )
+
+
+# ---------------------------------------------------------------------- entry point
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m xpupool.kube.scheduler", description=__doc__.split("\n")[0])
+    p.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG, in-cluster, ~/.kube/config")
+    p.add_argument("--policy", default="binpack", help="placement policy (xpupool.plugins.profiles)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scheduler-name", default=SCHEDULER_NAME)
+    p.add_argument("--bind-concurrency", type=int, default=64)
+    p.add_argument("--bind-qps", type=float, default=None)
+    p.add_argument("--annotate-before-bind", action="store_true")
+    p.add_argument("--no-preemption", action="store_true")
+    p.add_argument("--leader-elect", action="store_true")
+    p.add_argument("--lease-namespace", default="kube-system")
+    p.add_argument("--lease-name", default="xpupool-scheduler")
+    p.add_argument("--identity", default="")
+    p.add_argument("--metrics-port", type=int, default=0, help="0: no metrics endpoint")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+async def amain(
+    argv: Sequence[str] | None = None, *, ready: Callable[[KubeScheduler], None] | None = None
+) -> None:
+    from xpupool.kube.transport import AiohttpTransport, KubeConfig
+    from xpupool.plugins.profiles import build_scheduler
+
+    args = _parse(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    transport = AiohttpTransport(KubeConfig.load(args.kubeconfig), max_connections=args.bind_concurrency + 16)
+    clock = MonotonicClock()
+    identity = args.identity or f"{socket.gethostname()}-{os.getpid()}"
+    elector = None
+    if args.leader_elect:
+        elector = LeaderElector(
+            transport, namespace=args.lease_namespace, name=args.lease_name, identity=identity, clock=clock
+        )
+    config = SchedulerConfig(
+        scheduler_name=args.scheduler_name,
+        bind_concurrency=args.bind_concurrency,
+        bind_qps=args.bind_qps,
+        annotate_before_bind=args.annotate_before_bind,
+        preemption=not args.no_preemption,
+    )
+    daemon = KubeScheduler(
+        transport,
+        scheduler=build_scheduler(args.policy, seed=args.seed),
+        config=config,
+        clock=clock,
+        elector=elector,
+        identity=identity,
+    )
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr="0.0.0.0", registry=METRICS.registry)
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main.cancel)
+    if ready is not None:
+        ready(daemon)
+    try:
+        await daemon.run()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await daemon.stop()
+        await transport.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    asyncio.run(amain(argv))
+
+
+if __name__ == "__main__":
+    main()

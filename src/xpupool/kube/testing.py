@@ -1,0 +1,394 @@
+"""A throw-away Kubernetes control plane (etcd + kube-apiserver, optionally kube-scheduler).
+
+For tests and benchmarks only. Binaries come from ``hack/kube/build.sh`` (see
+:func:`find_bin_dir`). Everything listens on 127.0.0.1 with free ports and lives in one
+temporary directory:
+
+  * etcd: in-memory-ish (``--unsafe-no-fsync``), watch progress notifications every 5 s;
+  * kube-apiserver: serving certificate and service-account keys generated with
+    ``cryptography``; a static token file with one user in ``system:masters``;
+    ``--authorization-mode=RBAC``; the ``ServiceAccount`` admission plugin is disabled because
+    no controller-manager creates ``default`` service accounts;
+  * ConfigMaps are served without the watch cache and etcd is compacted every 5 s, so tests
+    can provoke a real ``410 Gone`` on a ConfigMap watch;
+  * a kubeconfig (server, token, CA) at :attr:`ControlPlane.kubeconfig`.
+
+There is no kubelet. :class:`FakeKubelet` finishes graceful pod deletions (as a kubelet would
+after the containers stop) so preemption and eviction can complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xpupool.kube.informer import Informer
+from xpupool.kube.transport import PODS, ApiError, JsonDict, Transport, TransportError
+
+#: Must match the versions pinned in hack/kube/{k8s,etcd}/go.mod (checked by a test).
+PINNED = "k8s-v1.36.3_etcd-v3.6.16"
+BINARIES = ("etcd", "kube-apiserver", "kube-scheduler")
+
+
+def default_bin_dir() -> Path:
+    """The cache dir ``hack/kube/build.sh`` writes to (same rule, same env vars)."""
+    if os.environ.get("XPUPOOL_KUBE_CACHE"):
+        return Path(os.environ["XPUPOOL_KUBE_CACHE"])
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "xpupool" / "kube-bins" / PINNED
+
+
+def find_bin_dir(required: tuple[str, ...] = ("etcd", "kube-apiserver")) -> tuple[Path, list[str]]:
+    """``(bin dir, missing binaries)``; ``$XPUPOOL_KUBE_BIN_DIR`` overrides the cache dir."""
+    override = os.environ.get("XPUPOOL_KUBE_BIN_DIR")
+    bin_dir = Path(override) if override else default_bin_dir()
+    missing = [b for b in required if not os.access(bin_dir / b, os.X_OK)]
+    return bin_dir, missing
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _write_keys(workdir: Path) -> tuple[Path, Path, Path, Path]:
+    """Serving cert/key (self-signed, SANs 127.0.0.1/localhost) and a service-account key pair."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "xpupool-test-apiserver")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.DNSName("kubernetes.default.svc"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = workdir / "apiserver.crt", workdir / "apiserver.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    sa_key, sa_pub = workdir / "sa.key", workdir / "sa.pub"
+    sa_key.write_bytes(
+        sa.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    sa_pub.write_bytes(
+        sa.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    for f in (key_file, sa_key):
+        f.chmod(0o600)
+    return cert_file, key_file, sa_key, sa_pub
+
+
+@dataclass
+class ControlPlane:
+    """A running etcd + kube-apiserver. Use :meth:`start` / :meth:`stop` (or ``with``)."""
+
+    bin_dir: Path
+    workdir: Path
+    server: str = ""
+    token: str = ""
+    ca_file: Path = Path()
+    kubeconfig: Path = Path()
+    etcd_url: str = ""
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    started_s: float = 0.0
+
+    @classmethod
+    def start(
+        cls,
+        bin_dir: Path,
+        *,
+        workdir: Path | None = None,
+        extra_apiserver_args: tuple[str, ...] = (),
+        ready_timeout_s: float = 90.0,
+    ) -> ControlPlane:
+        t0 = time.monotonic()
+        work = workdir or Path(tempfile.mkdtemp(prefix="xpupool-kube-"))
+        cp = cls(bin_dir=bin_dir, workdir=work)
+        try:
+            cp._start_etcd()
+            cp._start_apiserver(extra_apiserver_args, ready_timeout_s)
+        except BaseException:
+            cp.stop()
+            raise
+        cp.started_s = time.monotonic() - t0
+        return cp
+
+    # -- processes -------------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.processes[name] = proc
+        return proc
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.workdir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _start_etcd(self) -> None:
+        client, peer = free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{client}"
+        data = self.workdir / "etcd"
+        self._spawn(
+            "etcd",
+            [
+                str(self.bin_dir / "etcd"),
+                "--name=xpupool-test",
+                f"--data-dir={data}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=xpupool-test=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+                "--watch-progress-notify-interval=5s",
+                "--quota-backend-bytes=4294967296",
+            ],
+        )
+        self._wait(lambda: _http_ok(f"{self.etcd_url}/health"), "etcd", 30.0)
+
+    def _start_apiserver(self, extra: tuple[str, ...], timeout_s: float) -> None:
+        cert, key, sa_key, sa_pub = _write_keys(self.workdir)
+        self.token = secrets.token_hex(24)
+        tokens = self.workdir / "tokens.csv"
+        tokens.write_text(f'{self.token},xpupool-admin,xpupool-admin-uid,"system:masters"\n')
+        tokens.chmod(0o600)
+        port = free_port()
+        self.server = f"https://127.0.0.1:{port}"
+        self.ca_file = cert
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.bin_dir / "kube-apiserver"),
+                f"--etcd-servers={self.etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--tls-cert-file={cert}",
+                f"--tls-private-key-file={key}",
+                f"--token-auth-file={tokens}",
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                f"--service-account-key-file={sa_pub}",
+                f"--service-account-signing-key-file={sa_key}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--disable-admission-plugins=ServiceAccount",
+                "--enable-priority-and-fairness=false",
+                "--max-requests-inflight=3000",
+                "--max-mutating-requests-inflight=1000",
+                "--allow-privileged=true",
+                "--profiling=false",
+                f"--cert-dir={self.workdir / 'certs'}",
+                # ConfigMaps bypass the watch cache and etcd is compacted every 5 s, so a watch
+                # from an old RV gets a genuine 410 Gone (the informer tests use ConfigMaps).
+                "--watch-cache-sizes=configmaps#0",
+                "--etcd-compaction-interval=5s",
+                "-v=0",
+                *extra,
+            ],
+        )
+        self._wait(self._ready, "kube-apiserver", timeout_s)
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.kubeconfig.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: xpupool-test\n"
+            f"clusters:\n- name: xpupool-test\n  cluster:\n    server: {self.server}\n"
+            f"    certificate-authority: {self.ca_file}\n"
+            f"users:\n- name: xpupool-admin\n  user:\n    token: {self.token}\n"
+            "contexts:\n- name: xpupool-test\n  context:\n"
+            "    cluster: xpupool-test\n    user: xpupool-admin\n"
+        )
+        self.kubeconfig.chmod(0o600)
+
+    def _ready(self) -> bool:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        req = urllib.request.Request(
+            f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def _wait(self, probe: object, name: str, timeout_s: float) -> None:
+        assert callable(probe)
+        deadline = time.monotonic() + timeout_s
+        proc = self.processes[name]
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+            if probe():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{name} not ready after {timeout_s:.0f} s:\n{self.log_tail(name)}")
+
+    def start_kube_scheduler(
+        self, *, qps: int = 5000, name: str = "kube-scheduler"
+    ) -> subprocess.Popen[bytes]:
+        """Start upstream kube-scheduler (profile ``default-scheduler``) against this apiserver.
+
+        ``qps``/burst replace the 50/100 defaults so the comparison measures the scheduler, not
+        its client-side rate limiter (ours is unlimited by default too).
+        """
+        config = self.workdir / "kube-scheduler.yaml"
+        config.write_text(
+            "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n"
+            f"clientConnection:\n  kubeconfig: {self.kubeconfig}\n  qps: {qps}\n  burst: {qps}\n"
+            "leaderElection:\n  leaderElect: false\n"
+        )
+        proc = self._spawn(
+            name,
+            [
+                str(self.bin_dir / "kube-scheduler"),
+                f"--config={config}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                f"--cert-dir={self.workdir / 'sched-certs'}",
+                "-v=0",
+            ],
+        )
+        return proc
+
+    def stop(self) -> None:
+        for name in reversed(list(self.processes)):
+            proc = self.processes.pop(name)
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=10)
+        if os.environ.get("XPUPOOL_KEEP_KUBE_WORKDIR"):
+            return
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> ControlPlane:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+class FakeKubelet:
+    """Stands in for the kubelets of emulated nodes: completes graceful pod deletions.
+
+    Without a kubelet, a bound pod deleted with a grace period stays ``Terminating`` forever.
+    This watches pods and, for every pod with ``deletionTimestamp`` on a node, issues the final
+    delete (grace 0, UID precondition) - what a kubelet does once containers have stopped.
+    """
+
+    def __init__(self, transport: Transport, *, delay_s: float = 0.0) -> None:
+        self._transport = transport
+        self.informer = Informer(self._transport, PODS)
+        self.informer.add_handler(self._on_event)
+        self._delay_s = delay_s
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.finalized = 0
+
+    def _on_event(self, etype: str, old: JsonDict | None, new: JsonDict | None) -> None:
+        if new is None:
+            return
+        meta = new.get("metadata") or {}
+        spec = new.get("spec") or {}
+        if meta.get("deletionTimestamp") and spec.get("nodeName"):
+            task = asyncio.get_running_loop().create_task(
+                self._finish(str(meta["namespace"]), str(meta["name"]), str(meta["uid"]))
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _finish(self, namespace: str, name: str, uid: str) -> None:
+        if self._delay_s:
+            await asyncio.sleep(self._delay_s)
+        try:
+            await self._transport.delete(PODS, name, namespace=namespace, grace_period_s=0, uid=uid)
+            self.finalized += 1
+        except (ApiError, TransportError):
+            pass  # already gone, or re-created: nothing to finish
+
+    async def run(self) -> None:
+        await self.informer.run()
+
+
+_SHARED: ControlPlane | None = None
+
+
+def shared_control_plane(bin_dir: Path) -> ControlPlane:
+    """One control plane per process (test session), stopped at interpreter exit.
+
+    Several test directories' session fixtures share it, so a full run starts one apiserver.
+    """
+    global _SHARED
+    if _SHARED is None:
+        import atexit
+
+        _SHARED = ControlPlane.start(bin_dir)
+        atexit.register(_SHARED.stop)
+    return _SHARED
+
+
+def missing_binaries_message(bin_dir: Path, missing: list[str]) -> str:
+    return (
+        f"kube test binaries missing from {bin_dir}: {', '.join(missing)}. "
+        "Build them with `make kube-bins` (hack/kube/build.sh)."
+    )

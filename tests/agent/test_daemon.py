@@ -1,0 +1,141 @@
+"""The whole agent: emulated cards -> device plugin (fake kubelet) + inventory (fake apiserver) +
+Prometheus exporter (scraped over HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+
+from xpupool.agent.daemon import Agent, AgentSettings, merge_discoveries
+from xpupool.agent.discovery import DeviceInfo, Discovery
+from xpupool.agent.inventory import ANN_INVENTORY, parse_inventory
+from xpupool.agent.kubeapi import KubeApi
+from xpupool.agent.metrics import metrics_app
+from xpupool.core.model import Vendor
+
+from .fake_apiserver import FakeApiServer
+from .fake_kubelet import FakeKubelet
+
+
+def settings(short_dir: Path, config: Path) -> AgentSettings:
+    return AgentSettings.from_env(
+        {
+            "NODE_NAME": "kw-1",
+            "XPUPOOL_BACKENDS": "emulated",
+            "XPUPOOL_EMULATED_CONFIG": str(config),
+            "XPUPOOL_SLOTS_PER_CARD": "3",
+            "XPUPOOL_INTERVAL_S": "0.05",
+            "XPUPOOL_PLUGIN_DIR": str(short_dir),
+            "XPUPOOL_METRICS_HOST": "127.0.0.1",
+            "XPUPOOL_METRICS_PORT": "0",
+            "XPUPOOL_REGION_HOST_ROOT": str(short_dir / "regions"),
+        }
+    )
+
+
+async def test_agent_publishes_serves_and_restarts_without_rewriting(
+    short_dir: Path, apiserver: FakeApiServer, kube: KubeApi
+) -> None:
+    config = short_dir / "emulated.yaml"
+    config.write_text("cards:\n  - {model: EMU-40G, memory_mib: 40960, count: 2, utilization_pct: 12}\n")
+    apiserver.add_node("kw-1")
+    kubelet = FakeKubelet(short_dir)
+    await kubelet.start()
+    s = settings(short_dir, config)
+    agent = Agent(s, node_api=kube, pod_api=kube, backends=s.make_backends())
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        listed = await kubelet.next_list(0)
+        assert len(listed.devices) == 6 and {d.health for d in listed.devices} == {"Healthy"}
+        for _ in range(200):
+            if ANN_INVENTORY in apiserver.nodes["kw-1"]["metadata"]["annotations"]:
+                break
+            await asyncio.sleep(0.01)
+        inv = parse_inventory(apiserver.nodes["kw-1"]["metadata"]["annotations"][ANN_INVENTORY]).inventory
+        assert (
+            inv is not None
+            and inv.generation == 1
+            and [d.uuid for d in inv.devices] == ["EMU-kw-1-0", "EMU-kw-1-1"]
+        )
+
+        # Health change in the config: the kubelet sees Unhealthy slots, the generation moves once.
+        seen = len(kubelet.lists)
+        config.write_text("cards:\n  - {model: EMU-40G, memory_mib: 40960, count: 2, healthy: false}\n")
+        update = await kubelet.next_list(seen)
+        assert {d.health for d in update.devices} == {"Unhealthy"}
+        for _ in range(200):
+            if agent.snapshot.inventory_generation == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert agent.snapshot.inventory_generation == 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    # A new agent process (no local state) on the same node publishes nothing new.
+    patches_before = sum(1 for m, p in apiserver.requests if m == "PATCH")
+    again = Agent(s, node_api=kube, pod_api=kube, backends=s.make_backends())
+    await again.tick()
+    await again.tick()
+    assert again.snapshot.inventory_generation == 2
+    inventory_patches = sum(1 for m, p in apiserver.requests if m == "PATCH") - patches_before
+    assert inventory_patches == 1  # only the first utilisation sample of the new process
+    await kubelet.stop()
+
+
+async def test_metrics_endpoint_exports_per_card_series(
+    short_dir: Path, apiserver: FakeApiServer, kube: KubeApi
+) -> None:
+    config = short_dir / "emulated.yaml"
+    config.write_text(
+        "cards:\n  - {model: EMU-40G, memory_mib: 40960, count: 2, utilization_pct: 12, "
+        "memory_used_mib: 1024}\n"
+    )
+    apiserver.add_node("kw-1")
+    s = settings(short_dir, config)
+    agent = Agent(s, node_api=kube, pod_api=kube, backends=s.make_backends())
+    server = TestServer(metrics_app(agent.collector), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.make_url("/healthz")) as resp:
+                assert resp.status == 503  # no discovery yet
+            await agent.tick()
+            async with http.get(server.make_url("/healthz")) as resp:
+                assert resp.status == 200
+            async with http.get(server.make_url("/metrics")) as resp:
+                assert resp.status == 200
+                body = await resp.text()
+        labels = 'index="1",model="EMU-40G",node="kw-1",uuid="EMU-kw-1-1",vendor="emulated"'
+        assert f"xpupool_card_utilization_percent{{{labels}}} 12.0" in body
+        assert f"xpupool_card_memory_used_mib{{{labels}}} 1024.0" in body
+        assert f"xpupool_card_healthy{{{labels}}} 1.0" in body
+        assert 'xpupool_inventory_generation{node="kw-1"} 1.0' in body
+        assert 'xpupool_discoveries_total{node="kw-1"} 1.0' in body
+
+        # A card that disappears stops being exported at once (no stale series).
+        config.write_text("cards:\n  - {model: EMU-40G, memory_mib: 40960, count: 1}\n")
+        await agent.tick()
+        async with aiohttp.ClientSession() as http, http.get(server.make_url("/metrics")) as resp:
+            body = await resp.text()
+        assert "EMU-kw-1-1" not in body and 'uuid="EMU-kw-1-0"' in body
+    finally:
+        await server.close()
+
+
+def test_merge_keeps_indexes_unique() -> None:
+    def card(vendor: Vendor, index: int) -> DeviceInfo:
+        return DeviceInfo(uuid=f"{vendor.value}-{index}", index=index, vendor=vendor, model="m", memory_mib=1)
+
+    devices, errors = merge_discoveries(
+        [
+            Discovery(Vendor.NVIDIA, (card(Vendor.NVIDIA, 0), card(Vendor.NVIDIA, 1)), ("NVML slow",)),
+            Discovery(Vendor.AMD, (card(Vendor.AMD, 1), card(Vendor.AMD, 2))),
+        ]
+    )
+    assert [d.uuid for d in devices] == ["nvidia-0", "nvidia-1", "amd-2"]
+    assert errors == ["nvidia: NVML slow", "amd: card index 1 (amd-1) already used by nvidia; card ignored"]
