@@ -115,10 +115,14 @@ def run_demo(console: Console, *, pods: int = 60, seed: int = 7) -> dict[str, fl
     for allocation in second.placed:
         running[allocation.pod] = Running(urgent, allocation)
 
-    table = Table(title="Placements (first 25)")
+    table = Table(title="Placements (gang, remote, preemptor and Ascend first; then the first 20 others)")
     for col in ("pod", "queue", "ask", "node", "cards", "note"):
         table.add_column(col)
-    for name, run in list(running.items())[:25]:
+    special = [n for n, run in running.items()
+               if run.request.pod_group or run.allocation.is_remote or n == "urgent-serving" or n.startswith("ascend")]
+    others = [n for n in running if n not in special][:20]
+    for name in special + others:
+        run = running[name]
         r, a = run.request, run.allocation
         ask = f"{r.count}×{r.share_milli / 10:g}%" if r.count else "cpu"
         note = "remote vXPU on " + a.device_node if a.is_remote else ("gang " + r.pod_group if r.pod_group else "")

@@ -36,6 +36,11 @@ class TargetWorkload:
     count: IntArray  # cards (M,)
     allowed: BoolArray  # (M, num_models + 1); last column = "node without cards"
     p: FloatArray  # (M,), sums to 1
+    #: mean host memory (MiB) of the pods behind each typical tuple (FGD does not use it)
+    memory_mib: IntArray | None = None
+    #: every multi-card shape of the population, whatever the coverage: (cards, mean cpu_milli,
+    #: mean memory_mib, fraction of all pods). FGD does not use it; xpupool protects k-card groups.
+    multi_card: tuple[tuple[int, int, int, float], ...] = ()
 
     @property
     def size(self) -> int:
@@ -51,9 +56,18 @@ class TargetWorkload:
     ) -> TargetWorkload:
         """Build M from a request population (e.g. the trace's pod list)."""
         counter: Counter[tuple[int, int, int, tuple[str, ...]]] = Counter()
+        mem_sum: Counter[tuple[int, int, int, tuple[str, ...]]] = Counter()
+        multi: dict[int, list[int]] = {}
         for r in requests:
             milli = r.share_milli if r.count else 0
-            counter[(r.cpu_milli, milli, r.count, tuple(sorted(r.models)))] += 1
+            key = (r.cpu_milli, milli, r.count, tuple(sorted(r.models)))
+            counter[key] += 1
+            mem_sum[key] += r.memory_mib
+            if r.count > 1:
+                acc_k = multi.setdefault(r.count, [0, 0, 0])
+                acc_k[0] += 1
+                acc_k[1] += r.cpu_milli
+                acc_k[2] += r.memory_mib
         if not counter:
             raise ValueError("target workload needs at least one request")
         total = sum(counter.values())
@@ -83,7 +97,9 @@ class TargetWorkload:
                 allowed[i, len(models)] = True
             p[i] = n * (max(k * mi, 100) if weights == "demand" else 1)
         p /= p.sum()
-        return TargetWorkload(cpu, per_card, cards, allowed, p)
+        memory = np.array([mem_sum[key] // n for key, n in chosen], dtype=np.int64)
+        multi_card = tuple((k, v[1] // v[0], v[2] // v[0], v[0] / total) for k, v in sorted(multi.items()))
+        return TargetWorkload(cpu, per_card, cards, allowed, p, memory, multi_card)
 
 
 def node_models(state: ClusterState) -> IntArray:

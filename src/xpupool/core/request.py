@@ -55,7 +55,7 @@ WHOLE_CARD_RESOURCES: Mapping[str, tuple[Vendor, str]] = {
 
 OUR_RESOURCES = frozenset({RES_VXPU, RES_CORE, RES_MEMORY, RES_MEMORY_PCT})
 
-_QUANTITY = re.compile(r"^([+]?[0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$")
+_QUANTITY = re.compile(r"^([+-]?[0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$")
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
 
@@ -104,6 +104,18 @@ def _integer(name: str, raw: str | int | float, errors: list[str]) -> int | None
         errors.append(f"{name}: {raw!r} must be a whole number")
         return None
     return int(value)
+
+
+def _memory_mib(name: str, raw: str | int | float, errors: list[str]) -> int | None:
+    """Device memory: a plain number is MiB; a quantity with a unit (``16Gi``) is bytes."""
+    text = str(raw).strip()
+    if text and text[-1].isalpha():
+        try:
+            return int(parse_quantity(text) // 2**20)
+        except QuantityError:
+            errors.append(f"{name}: {raw!r} is not a memory size (use MiB, or a unit such as 16Gi)")
+            return None
+    return _integer(name, raw, errors)
 
 
 def _truthy(raw: str) -> bool | None:
@@ -172,11 +184,10 @@ def parse_request(
     device_memory_mib = 0
     device_memory_pct = 0
     if RES_MEMORY in ours:
-        device_memory_mib = _integer(RES_MEMORY, ours[RES_MEMORY], errors) or 0
-        if device_memory_mib < 0:
-            errors.append(f"{RES_MEMORY}: must be positive MiB, got {device_memory_mib}")
-        elif device_memory_mib == 0:
-            errors.append(f"{RES_MEMORY}: must be at least 1 MiB")
+        parsed_mib = _memory_mib(RES_MEMORY, ours[RES_MEMORY], errors)
+        device_memory_mib = parsed_mib or 0
+        if parsed_mib is not None and parsed_mib <= 0:
+            errors.append(f"{RES_MEMORY}: must be positive (at least 1 MiB), got {parsed_mib}")
     if RES_MEMORY_PCT in ours:
         device_memory_pct = _integer(RES_MEMORY_PCT, ours[RES_MEMORY_PCT], errors) or 0
         if not 1 <= device_memory_pct <= 100:

@@ -50,8 +50,12 @@ class CertBundle:
 
     def as_secret_data(self) -> dict[str, bytes]:
         """Keys of a ``kubernetes.io/tls`` Secret plus the CA (``ca.crt``, ``ca.key``)."""
-        return {"tls.crt": self.cert_pem, "tls.key": self.key_pem, "ca.crt": self.ca_cert_pem,
-                "ca.key": self.ca_key_pem}
+        return {
+            "tls.crt": self.cert_pem,
+            "tls.key": self.key_pem,
+            "ca.crt": self.ca_cert_pem,
+            "ca.key": self.ca_key_pem,
+        }
 
 
 def service_dns_names(service: str, namespace: str) -> list[str]:
@@ -63,8 +67,9 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def new_ca(*, common_name: str, now: dt.datetime, validity: dt.timedelta = CA_VALIDITY) -> tuple[bytes, bytes]:
@@ -81,18 +86,35 @@ def new_ca(*, common_name: str, now: dt.datetime, validity: dt.timedelta = CA_VA
         .not_valid_before(now - _BACKDATE)
         .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(ski, critical=False)
         .sign(key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
-def new_serving_cert(*, ca_cert_pem: bytes, ca_key_pem: bytes, dns_names: Sequence[str],
-                     ip_addresses: Sequence[str] = (), now: dt.datetime,
-                     validity: dt.timedelta = SERVING_VALIDITY) -> tuple[bytes, bytes]:
+def new_serving_cert(
+    *,
+    ca_cert_pem: bytes,
+    ca_key_pem: bytes,
+    dns_names: Sequence[str],
+    ip_addresses: Sequence[str] = (),
+    now: dt.datetime,
+    validity: dt.timedelta = SERVING_VALIDITY,
+) -> tuple[bytes, bytes]:
     """A serving certificate signed by the CA: (cert PEM, key PEM). The first DNS name is the CN."""
     if not dns_names and not ip_addresses:
         raise ValueError("a serving certificate needs at least one DNS name or IP address")
@@ -113,9 +135,20 @@ def new_serving_cert(*, ca_cert_pem: bytes, ca_key_pem: bytes, dns_names: Sequen
         .not_valid_before(now - _BACKDATE)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
-                                     crl_sign=False, content_commitment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
@@ -124,11 +157,17 @@ def new_serving_cert(*, ca_cert_pem: bytes, ca_key_pem: bytes, dns_names: Sequen
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
-def new_bundle(*, dns_names: Sequence[str], ip_addresses: Sequence[str] = (), now: dt.datetime,
-               ca_common_name: str = "xpupool-webhook-ca") -> CertBundle:
+def new_bundle(
+    *,
+    dns_names: Sequence[str],
+    ip_addresses: Sequence[str] = (),
+    now: dt.datetime,
+    ca_common_name: str = "xpupool-webhook-ca",
+) -> CertBundle:
     ca_cert, ca_key = new_ca(common_name=ca_common_name, now=now)
-    cert, key = new_serving_cert(ca_cert_pem=ca_cert, ca_key_pem=ca_key, dns_names=dns_names,
-                                 ip_addresses=ip_addresses, now=now)
+    cert, key = new_serving_cert(
+        ca_cert_pem=ca_cert, ca_key_pem=ca_key, dns_names=dns_names, ip_addresses=ip_addresses, now=now
+    )
     return CertBundle(ca_cert, ca_key, cert, key)
 
 
@@ -147,8 +186,14 @@ class EnsureResult:
     reason: str = ""
 
 
-def ensure_bundle(bundle: CertBundle | None, *, dns_names: Sequence[str], ip_addresses: Sequence[str] = (),
-                  now: dt.datetime, renew_before: dt.timedelta = RENEW_BEFORE) -> EnsureResult:
+def ensure_bundle(
+    bundle: CertBundle | None,
+    *,
+    dns_names: Sequence[str],
+    ip_addresses: Sequence[str] = (),
+    now: dt.datetime,
+    renew_before: dt.timedelta = RENEW_BEFORE,
+) -> EnsureResult:
     """The bundle to serve with now (rotation policy: see the module docstring)."""
     if bundle is None:
         return EnsureResult(new_bundle(dns_names=dns_names, ip_addresses=ip_addresses, now=now), "new-ca", "no bundle")
@@ -156,11 +201,17 @@ def ensure_bundle(bundle: CertBundle | None, *, dns_names: Sequence[str], ip_add
         ca = x509.load_pem_x509_certificate(bundle.ca_cert_pem)
         serving = x509.load_pem_x509_certificate(bundle.cert_pem)
     except ValueError as exc:
-        return EnsureResult(new_bundle(dns_names=dns_names, ip_addresses=ip_addresses, now=now), "new-ca",
-                            f"unreadable certificate: {exc}")
+        return EnsureResult(
+            new_bundle(dns_names=dns_names, ip_addresses=ip_addresses, now=now),
+            "new-ca",
+            f"unreadable certificate: {exc}",
+        )
     if ca.not_valid_after_utc - now <= renew_before or ca.not_valid_before_utc > now:
-        return EnsureResult(new_bundle(dns_names=dns_names, ip_addresses=ip_addresses, now=now), "new-ca",
-                            f"CA expires {ca.not_valid_after_utc.isoformat()}")
+        return EnsureResult(
+            new_bundle(dns_names=dns_names, ip_addresses=ip_addresses, now=now),
+            "new-ca",
+            f"CA expires {ca.not_valid_after_utc.isoformat()}",
+        )
     reason = ""
     if serving.not_valid_after_utc - now <= renew_before or serving.not_valid_before_utc > now:
         reason = f"serving certificate expires {serving.not_valid_after_utc.isoformat()}"
@@ -170,8 +221,13 @@ def ensure_bundle(bundle: CertBundle | None, *, dns_names: Sequence[str], ip_add
         reason = "serving certificate not issued by the CA"
     if not reason:
         return EnsureResult(bundle, "kept")
-    cert, key = new_serving_cert(ca_cert_pem=bundle.ca_cert_pem, ca_key_pem=bundle.ca_key_pem, dns_names=dns_names,
-                                 ip_addresses=ip_addresses, now=now)
+    cert, key = new_serving_cert(
+        ca_cert_pem=bundle.ca_cert_pem,
+        ca_key_pem=bundle.ca_key_pem,
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+        now=now,
+    )
     return EnsureResult(CertBundle(bundle.ca_cert_pem, bundle.ca_key_pem, cert, key), "reissued-serving", reason)
 
 

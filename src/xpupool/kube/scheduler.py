@@ -80,6 +80,8 @@ class MonotonicClock:
 @dataclass
 class SchedulerConfig:
     scheduler_name: str = SCHEDULER_NAME
+    #: manage only nodes matching this label selector (None: all nodes)
+    node_label_selector: str | None = None
     bind_concurrency: int = 64
     bind_qps: float | None = None
     #: a bound-but-unconfirmed pod is re-read after this long
@@ -154,7 +156,7 @@ class KubeScheduler:
         self.elector = elector
         self.identity = identity or f"{socket.gethostname()}-{os.getpid()}"
         self.pods = Informer(transport, PODS)
-        self.nodes = Informer(transport, NODES)
+        self.nodes = Informer(transport, NODES, label_selector=self.config.node_label_selector)
         self.binder = Binder(transport, concurrency=self.config.bind_concurrency, qps=self.config.bind_qps)
         self.events = EventRecorder(transport, clock=self.clock, instance=self.identity)
         self._filter = _SchedulableFilter()
@@ -264,6 +266,8 @@ class KubeScheduler:
     def _account_bound(self, pod: JsonDict) -> None:
         key = pod_key(pod)
         node = pod["spec"]["nodeName"]
+        if node not in self.state.node_index:
+            return  # a node we do not manage
         parsed = self.request_of(pod)
         request = parsed.request or Request(name=key)
         allocation = decode_allocation(pod)
@@ -769,6 +773,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--policy", default="binpack", help="placement policy (xpupool.plugins.profiles)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scheduler-name", default=SCHEDULER_NAME)
+    p.add_argument("--node-selector", default=None, help="label selector of the nodes to manage")
     p.add_argument("--bind-concurrency", type=int, default=64)
     p.add_argument("--bind-qps", type=float, default=None)
     p.add_argument("--annotate-before-bind", action="store_true")
@@ -800,6 +805,7 @@ async def amain(
         )
     config = SchedulerConfig(
         scheduler_name=args.scheduler_name,
+        node_label_selector=args.node_selector,
         bind_concurrency=args.bind_concurrency,
         bind_qps=args.bind_qps,
         annotate_before_bind=args.annotate_before_bind,

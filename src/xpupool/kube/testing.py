@@ -8,7 +8,8 @@ temporary directory:
   * kube-apiserver: serving certificate and service-account keys generated with
     ``cryptography``; a static token file with one user in ``system:masters``;
     ``--authorization-mode=RBAC``; the ``ServiceAccount`` admission plugin is disabled because
-    no controller-manager creates ``default`` service accounts;
+    no controller-manager creates ``default`` service accounts, and ``TaintNodesByCondition``
+    because no node-lifecycle controller would ever lift its ``not-ready`` taint from new Nodes;
   * ConfigMaps are served without the watch cache and etcd is compacted every 5 s, so tests
     can provoke a real ``410 Gone`` on a ConfigMap watch;
   * a kubeconfig (server, token, CA) at :attr:`ControlPlane.kubeconfig`.
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xpupool.kube.informer import Informer
-from xpupool.kube.transport import PODS, ApiError, JsonDict, Transport, TransportError
+from xpupool.kube.transport import PODS, ApiError, JsonDict, Resource, Transport, TransportError
 
 #: Must match the versions pinned in hack/kube/{k8s,etcd}/go.mod (checked by a test).
 PINNED = "k8s-v1.36.3_etcd-v3.6.16"
@@ -101,21 +102,15 @@ def _write_keys(workdir: Path) -> tuple[Path, Path, Path, Path]:
     cert_file, key_file = workdir / "apiserver.crt", workdir / "apiserver.key"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     sa_key, sa_pub = workdir / "sa.key", workdir / "sa.pub"
     sa_key.write_bytes(
-        sa.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        sa.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     sa_pub.write_bytes(
-        sa.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     for f in (key_file, sa_key):
         f.chmod(0o600)
@@ -219,7 +214,7 @@ class ControlPlane:
                 f"--service-account-key-file={sa_pub}",
                 f"--service-account-signing-key-file={sa_key}",
                 "--service-cluster-ip-range=10.0.0.0/24",
-                "--disable-admission-plugins=ServiceAccount",
+                "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
                 "--enable-priority-and-fairness=false",
                 "--max-requests-inflight=3000",
                 "--max-mutating-requests-inflight=1000",
@@ -248,9 +243,7 @@ class ControlPlane:
 
     def _ready(self) -> bool:
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        req = urllib.request.Request(
-            f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.token}"}
-        )
+        req = urllib.request.Request(f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.token}"})
         try:
             with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:
                 return bool(resp.status == 200)
@@ -269,9 +262,7 @@ class ControlPlane:
             time.sleep(0.2)
         raise RuntimeError(f"{name} not ready after {timeout_s:.0f} s:\n{self.log_tail(name)}")
 
-    def start_kube_scheduler(
-        self, *, qps: int = 5000, name: str = "kube-scheduler"
-    ) -> subprocess.Popen[bytes]:
+    def start_kube_scheduler(self, *, qps: int = 5000, name: str = "kube-scheduler") -> subprocess.Popen[bytes]:
         """Start upstream kube-scheduler (profile ``default-scheduler``) against this apiserver.
 
         ``qps``/burst replace the 50/100 defaults so the comparison measures the scheduler, not
@@ -392,3 +383,99 @@ def missing_binaries_message(bin_dir: Path, missing: list[str]) -> str:
         f"kube test binaries missing from {bin_dir}: {', '.join(missing)}. "
         "Build them with `make kube-bins` (hack/kube/build.sh)."
     )
+
+
+# ---------------------------------------------------------------------- object factories
+def fake_node(
+    name: str,
+    *,
+    cards: int = 4,
+    card_memory_mib: int = 81920,
+    model: str = "H100",
+    cpu: str = "64",
+    memory: str = "512Gi",
+    inventory: str = "annotation",
+    labels: dict[str, str] | None = None,
+) -> JsonDict:
+    """A Node as an emulated cluster has it: Ready, capacity == allocatable, no kubelet behind.
+
+    ``inventory="annotation"``: cards in the ``xpupool.io/devices`` annotation (what our node
+    agent publishes); ``"extended-resource"``: ``nvidia.com/gpu`` in allocatable plus the GPU
+    feature discovery labels (what the NVIDIA device plugin + GFD publish; kube-scheduler can
+    place whole-GPU pods on these).
+    """
+    import json
+
+    resources = {"cpu": cpu, "memory": memory, "pods": "1000"}
+    meta: JsonDict = {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}}
+    if inventory == "annotation":
+        devices = [
+            {"index": i, "vendor": "nvidia", "model": model, "memory_mib": card_memory_mib} for i in range(cards)
+        ]
+        meta["annotations"] = {"xpupool.io/devices": json.dumps(devices)}
+    else:
+        resources["nvidia.com/gpu"] = str(cards)
+        meta["labels"].update({"nvidia.com/gpu.product": model, "nvidia.com/gpu.memory": str(card_memory_mib)})
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": meta,
+        "status": {
+            "capacity": resources,
+            "allocatable": resources,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "emulated"}],
+        },
+    }
+
+
+def fake_pod(
+    namespace: str,
+    name: str,
+    *,
+    scheduler: str = "xpupool",
+    vxpu: int = 0,
+    core_pct: int | None = None,
+    memory_mib: int | None = None,
+    whole_gpus: int = 0,
+    cpu: str = "100m",
+    priority_class: str | None = None,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> JsonDict:
+    """A pod asking for ``vxpu`` vXPUs (``core_pct``/``memory_mib`` each) or ``whole_gpus`` cards."""
+    limits: dict[str, str] = {}
+    if vxpu:
+        limits["xpupool.io/vxpu"] = str(vxpu)
+        if core_pct is not None:
+            limits["xpupool.io/vxpu-core"] = str(core_pct)
+        if memory_mib is not None:
+            limits["xpupool.io/vxpu-memory"] = str(memory_mib)
+    if whole_gpus:
+        limits["nvidia.com/gpu"] = str(whole_gpus)
+    container: JsonDict = {
+        "name": "main",
+        "image": "registry.invalid/none:0",
+        "resources": {"requests": {"cpu": cpu, **limits}, "limits": limits} if limits else {"requests": {"cpu": cpu}},
+    }
+    spec: JsonDict = {"schedulerName": scheduler, "containers": [container], "terminationGracePeriodSeconds": 1}
+    if priority_class:
+        spec["priorityClassName"] = priority_class
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels or {}, "annotations": annotations or {}},
+        "spec": spec,
+    }
+
+
+async def create_all(
+    transport: Transport, resource: Resource, bodies: list[JsonDict], *, concurrency: int = 32
+) -> None:
+    """Create every object, ``concurrency`` at a time (order within the window is not kept)."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(body: JsonDict) -> None:
+        async with sem:
+            await transport.create(resource, body)
+
+    await asyncio.gather(*(one(b) for b in bodies))

@@ -40,8 +40,8 @@ def build_profile(
     if policy == "xpupool":
         return Profile.from_names(
             "xpupool",
-            scores={"xpupool-frag": 1.0, "loadaware": 0.0001},
-            args={"xpupool-frag": {"target": demand_target or target}},
+            scores={"xpupool-host": 1.0, "loadaware": 0.0001},
+            args={"xpupool-host": {"target": target}},
         )
     if policy in FGD_BASELINES:
         return Profile.from_names(policy, scores=[policy], integer_scores=True, first_on_tie=True)

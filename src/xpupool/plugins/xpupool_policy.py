@@ -1,0 +1,219 @@
+"""xpupool's placement policy: host-aware fragmentation gradient (registered as ``xpupool-host``).
+
+FGD (Weng et al., ATC'23) counts a GPU as fragmented for a typical pod m when m cannot use it
+*at all*; it checks the host only with one copy of m (``cpu_free >= cpu_m``) and ignores memory.
+On the openb cluster that is the binding failure mode: 70 % of the GPUs sit on 8-card nodes with
+12 cores and 48 GiB per card, while the typical one-card pod asks 11 cores and 48 GiB, so cards
+are stranded because their node ran out of CPU or memory (``bench/sim/failures.py``: ~85 % of
+FGD's failed demand at 100 % arrival is one-card and share pods that found cards only on nodes
+without the CPU/memory left).
+
+Our measure, per node n and typical pod m (weights ``q_m``):
+
+* ``U_nm``: idle milli m could use on the cards (FGD's non-fragment: cards whose remainder is at
+  least m's ask; for a k-card m, ``floor(full / k) * k * 1000``), 0 if the model is not allowed;
+* ``c_nm = min(cpu_free / cpu_m, mem_free / mem_m)``: how many copies of m the host still carries;
+* usable ``= min(U_nm, c_nm * k_m * milli_m)`` when ``c_nm >= 1``, else 0;
+* ``F'_n = sum_m q_m * (idle_n - usable_nm)``.
+
+The score is the decrease of ``F'_n`` caused by the placement (bigger is better), so a pod is sent
+where it strands the fewest cards *counting CPU and memory*: CPU-only and CPU-heavy pods go to
+CPU-rich nodes, GPU-dense nodes keep the CPU/memory their cards need. Multi-card shapes of the
+population (outside FGD's 95 % coverage) are added with their arrival probability, so breaking
+the last whole k-card groups costs something. Ties are broken by packing (least GPU, then CPU
+left). Everything is incremental: per-node ``U`` is cached by ``node_version``; the effect of a
+placement on ``U`` is exact and O(M) per candidate (whole cards remove 1000 from every share
+term; a share changes one card).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xpupool.core.cluster import BoolArray, ClusterState, FloatArray, IntArray
+from xpupool.core.framework import REGISTRY, FitContext, ScoreResult
+from xpupool.core.frag import TargetWorkload, node_models, share_candidates
+from xpupool.core.model import WHOLE_CARD_MILLI
+
+
+class HostTarget:
+    """Typical GPU pods for the host-aware measure (CPU-only typical pods add a constant; dropped)."""
+
+    def __init__(self, tw: TargetWorkload, *, weights: str = "demand", multi_scale: float = 1.0) -> None:
+        gpu = tw.count > 0
+        mem = tw.memory_mib if tw.memory_mib is not None else np.zeros(tw.size, dtype=np.int64)
+        cpu = list(tw.cpu_milli[gpu])
+        memory = list(mem[gpu])
+        milli = list(tw.milli[gpu])
+        count = list(tw.count[gpu])
+        allowed = [row for row in tw.allowed[gpu]]
+        pop = list(tw.p[gpu])
+        # probability scale of tw.p relative to pod fractions: tw.p covers ``coverage`` of pods
+        known = {(int(k)) for k in tw.count[gpu] if k > 1}
+        for k, c, m, frac in tw.multi_card:
+            if k in known:
+                continue
+            cpu.append(c)
+            memory.append(m)
+            milli.append(WHOLE_CARD_MILLI)
+            count.append(k)
+            row = np.zeros(tw.allowed.shape[1], dtype=bool)
+            row[:-1] = True
+            allowed.append(row)
+            pop.append(frac * multi_scale)
+        self.cpu = np.asarray(cpu, dtype=np.float64)
+        self.mem = np.asarray(memory, dtype=np.float64)
+        self.milli = np.asarray(milli, dtype=np.int64)
+        self.count = np.asarray(count, dtype=np.int64)
+        self.allowed = np.asarray(allowed, dtype=bool).reshape(len(cpu), tw.allowed.shape[1])
+        popularity = np.asarray(pop, dtype=np.float64)
+        if weights == "demand":
+            q = popularity * self.count * self.milli / WHOLE_CARD_MILLI
+        elif weights == "popularity":
+            q = popularity
+        else:
+            raise ValueError(f"unknown weights {weights!r}")
+        self.q: FloatArray = q / q.sum()
+        self.sharing = (self.count == 1) & (self.milli < WHOLE_CARD_MILLI)
+        self.need = (self.count * self.milli).astype(np.float64)  # GPU milli per copy
+        self.size = len(self.q)
+
+
+class HostFragment:
+    """Cached per-node usable-by-m card capacity ``U`` and the host-aware fragmentation."""
+
+    def __init__(self, ht: HostTarget) -> None:
+        self.ht = ht
+        self._versions: IntArray | None = None
+        self._state_id = -1
+        self.u: FloatArray = np.zeros((0, ht.size))
+        self.f: FloatArray = np.zeros(0)
+        self.model: IntArray = np.zeros(0, dtype=np.int64)
+
+    def card_usable(self, card_free: IntArray, model: IntArray) -> FloatArray:
+        """``U`` for nodes with ``card_free`` (K, G): (K, M)."""
+        ht = self.ht
+        f = card_free[..., None]
+        share_u = np.where(f >= ht.milli, f, 0).sum(axis=1)  # (K, M)
+        full = (card_free >= WHOLE_CARD_MILLI).sum(axis=1)[:, None]
+        whole_u = (full // np.maximum(ht.count, 1)) * ht.count * WHOLE_CARD_MILLI
+        u = np.where(ht.sharing, share_u, whole_u).astype(np.float64)
+        ok: BoolArray = ht.allowed[:, model].T
+        return np.where(ok, u, 0.0)
+
+    def frag(self, u: FloatArray, idle: IntArray | FloatArray, cpu: IntArray, mem: IntArray) -> FloatArray:
+        """``F'`` for K nodes from their ``U`` (K, M), idle milli, free CPU and memory."""
+        ht = self.ht
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c_cpu = np.where(ht.cpu > 0, cpu[:, None] / ht.cpu, np.inf)
+            c_mem = np.where(ht.mem > 0, mem[:, None] / ht.mem, np.inf)
+        copies = np.minimum(c_cpu, c_mem)
+        usable = np.where(copies >= 1, np.minimum(u, copies * ht.need), 0.0)
+        result: FloatArray = (np.asarray(idle, dtype=np.float64)[:, None] - usable) @ ht.q
+        return result
+
+    def refresh(self, state: ClusterState) -> None:
+        if self._versions is None or self._state_id != id(state) or len(self._versions) != state.num_nodes:
+            self.model = node_models(state)
+            stale = np.arange(state.num_nodes)
+            self.u = np.zeros((state.num_nodes, self.ht.size))
+            self.f = np.zeros(state.num_nodes)
+            self._state_id = id(state)
+        else:
+            stale = np.nonzero(state.node_version != self._versions)[0]
+        if len(stale):
+            free = state.card_free_milli[stale]
+            u = self.card_usable(free, self.model[stale])
+            self.u[stale] = u
+            self.f[stale] = self.frag(u, free.sum(axis=1), state.cpu_free[stale], state.memory_free[stale])
+        self._versions = state.node_version.copy()
+
+    def after_whole(self, state: ClusterState, nodes: IntArray, cpu: int, mem: int, count: int) -> FloatArray:
+        """F' of ``nodes`` after taking ``count`` whole cards (0: CPU-only) plus ``cpu``/``mem``."""
+        ht = self.ht
+        u = self.u[nodes]
+        idle = state.card_free_milli[nodes].sum(axis=1)
+        if count:
+            full = (state.card_free_milli[nodes] >= WHOLE_CARD_MILLI).sum(axis=1)[:, None]
+            k = np.maximum(ht.count, 1)
+            whole_after = ((full - count) // k) * k * WHOLE_CARD_MILLI
+            ok: BoolArray = ht.allowed[:, self.model[nodes]].T
+            u = np.where(ht.sharing, u - count * WHOLE_CARD_MILLI, np.where(ok, whole_after, 0.0))
+            u = np.where(ok, u, 0.0)
+            idle = idle - count * WHOLE_CARD_MILLI
+        return self.frag(u, idle, state.cpu_free[nodes] - cpu, state.memory_free[nodes] - mem)
+
+    def after_share(self, state: ClusterState, nodes: IntArray, slots: IntArray, cpu: int, mem: int,
+                    milli: int) -> FloatArray:
+        """F' of each (node, slot) candidate after taking ``milli`` of that card."""
+        ht = self.ht
+        free_all = state.card_free_milli[nodes]
+        f_old = free_all[np.arange(len(nodes)), slots][:, None]
+        f_new = f_old - milli
+        ok: BoolArray = ht.allowed[:, self.model[nodes]].T
+        delta_share = np.where(f_new >= ht.milli, f_new, 0) - np.where(f_old >= ht.milli, f_old, 0)
+        full = (free_all >= WHOLE_CARD_MILLI).sum(axis=1)[:, None]
+        full_after = full - (f_old >= WHOLE_CARD_MILLI)
+        k = np.maximum(ht.count, 1)
+        whole_after = (full_after // k) * k * WHOLE_CARD_MILLI
+        u = np.where(ht.sharing, self.u[nodes] + delta_share, whole_after)
+        u = np.where(ok, u, 0.0)
+        idle = free_all.sum(axis=1) - milli
+        return self.frag(u, idle, state.cpu_free[nodes] - cpu, state.memory_free[nodes] - mem)
+
+
+class XpupoolHostScore:
+    """Host-aware fragmentation gradient, normalised to 0..100 over the feasible nodes, with a
+    packing tie-breaker."""
+
+    name = "xpupool-host"
+
+    def __init__(self, *, target: TargetWorkload, weights: str = "demand", multi_scale: float = 1.0,
+                 packing_weight: float = 1.0) -> None:
+        self.cache = HostFragment(HostTarget(target, weights=weights, multi_scale=multi_scale))
+        self.packing_weight = packing_weight
+
+    def gain(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> tuple[FloatArray, IntArray]:
+        """``F'_before - F'_after`` per node (``-inf`` where infeasible) and the best card per node."""
+        self.cache.refresh(state)
+        r = ctx.request
+        n = state.num_nodes
+        gain = np.full(n, -np.inf)
+        hint = np.full(n, -1, dtype=np.int64)
+        if r.count == 1 and r.share_milli < WHOLE_CARD_MILLI and not r.exclusive:
+            nodes, slots = share_candidates(ctx.card_fit, state.card_free_milli, feasible)
+            if len(nodes) == 0:
+                return gain, hint
+            after = self.cache.after_share(state, nodes, slots, r.cpu_milli, r.memory_mib, r.share_milli)
+            g = self.cache.f[nodes] - after
+            # tie-break cards inside a node by best fit (least free left)
+            g_key = g - 1e-6 * state.card_free_milli[nodes, slots]
+            order = np.lexsort((-g_key, nodes))
+            first = np.ones(len(order), dtype=bool)
+            first[1:] = nodes[order][1:] != nodes[order][:-1]
+            best = order[first]
+            gain[nodes[best]] = g[best]
+            hint[nodes[best]] = slots[best]
+            return gain, hint
+        idx = np.nonzero(feasible)[0]
+        if len(idx):
+            gain[idx] = self.cache.f[idx] - self.cache.after_whole(state, idx, r.cpu_milli, r.memory_mib, r.count)
+        return gain, hint
+
+    def score(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
+        gain, hint = self.gain(state, ctx, feasible)
+        r = ctx.request
+        ok = np.isfinite(gain)
+        scores = np.zeros(state.num_nodes)
+        if not ok.any():
+            return ScoreResult(scores, hint)
+        gpu_left = (state.card_free_milli.sum(axis=1) - r.count * r.share_milli) / (8 * WHOLE_CARD_MILLI)
+        cpu_left = (state.cpu_free - r.cpu_milli) / 128_000
+        packing = 1 - np.clip(0.5 * gpu_left + 0.5 * cpu_left, 0, 1)
+        key = gain[ok] + self.packing_weight * packing[ok]  # milli-cards; packing only breaks near-ties
+        span = max(float(key.max() - key.min()), 1e-9)
+        scores[ok] = 100 * (key - key.min()) / span
+        return ScoreResult(scores, hint)
+
+
+REGISTRY.register("xpupool-host")(XpupoolHostScore)
