@@ -89,6 +89,8 @@ struct xpu_meter_ops {
 int xpu_limit_before(unsigned d, void *stream, const struct xpu_meter_ops *ops);
 void xpu_limit_after(unsigned d, void *stream, const struct xpu_meter_ops *ops, int ok, int force_close);
 void xpu_limit_fork_child(void);
+/* host synchronisation point on stream (NULL = whole context): closes the open batch */
+void xpu_limit_sync_point(unsigned d, void *stream, const struct xpu_meter_ops *ops);
 /* is compute limiting configured for device d (relaxed, cheap) */
 int xpu_limit_enabled(unsigned d);
 

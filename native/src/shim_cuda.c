@@ -41,6 +41,7 @@ CUresult CUDAAPI cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream s);
 CUresult CUDAAPI cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *p);
 CUresult CUDAAPI cuGraphInstantiate_v2(CUgraphExec *e, CUgraph g, CUgraphNode *err, char *log, size_t n);
 CUresult CUDAAPI cuEventRecord_ptsz(CUevent ev, CUstream s);
+CUresult CUDAAPI cuStreamSynchronize_ptsz(CUstream s);
 
 /* ------------------------------------------------------------------ real table */
 
@@ -58,7 +59,8 @@ CUresult CUDAAPI cuEventRecord_ptsz(CUevent ev, CUstream s);
     X(cuMemGetInfo_v2) X(cuDeviceTotalMem_v2)                                                          \
     X(cuLaunchKernel) X(cuLaunchKernel_ptsz) X(cuLaunchKernelEx) X(cuLaunchKernelEx_ptsz)              \
     X(cuLaunchCooperativeKernel) X(cuLaunchCooperativeKernel_ptsz) X(cuLaunchCooperativeKernelMultiDevice) \
-    X(cuLaunch) X(cuLaunchGrid) X(cuLaunchGridAsync) X(cuGraphLaunch) X(cuGraphLaunch_ptsz)
+    X(cuLaunch) X(cuLaunchGrid) X(cuLaunchGridAsync) X(cuGraphLaunch) X(cuGraphLaunch_ptsz)            \
+    X(cuStreamSynchronize) X(cuStreamSynchronize_ptsz) X(cuCtxSynchronize)
 
 #define INTERNAL(X)                                                                                    \
     X(cuCtxGetDevice) X(cuDeviceGetUuid) X(cuDeviceGetMemPool) X(cuMemPoolGetAttribute)                \
@@ -600,7 +602,7 @@ XPU_EXPORT CUresult CUDAAPI cuMipmappedArrayDestroy(CUmipmappedArray h)
 }
 
 /* ------------------------------------------------------------------ graph memory
- * cuGraphAddMemAllocNode: refused up front when the node alone cannot fit in the quota.
+ * cuGraphAddMemAllocNode: refused up front when the node alone can never fit in the quota.
  * cuGraphInstantiate*: refused when the graph's allocation nodes cannot fit.
  * The charge itself follows the device's graph-memory pool
  * (CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT), reconciled after cuGraphUpload, cuGraphLaunch
@@ -610,7 +612,8 @@ static _Atomic int g_have_graph_mem;
 static uint64_t g_graph_charged[XPU_MAX_DEVICES];
 static pthread_mutex_t g_graph_mu = PTHREAD_MUTEX_INITIALIZER;
 
-static CUresult quota_check(int d, uint64_t bytes)
+/* whole_quota_only: refuse only what can never fit (the node alone above the quota) */
+static CUresult quota_check(int d, uint64_t bytes, int whole_quota_only)
 {
     if (d == DEV_BROKEN)
         return CUDA_ERROR_OUT_OF_MEMORY;
@@ -618,8 +621,12 @@ static CUresult quota_check(int d, uint64_t bytes)
         return CUDA_SUCCESS;
     struct xpu_dev_cfg cfg;
     xpu_region_read_cfg(g_xpu.region, (unsigned)d, &cfg);
-    uint64_t used = atomic_load(&g_xpu.region->dev[d].mem_used);
+    uint64_t used = whole_quota_only ? 0 : atomic_load(&g_xpu.region->dev[d].mem_used);
     if (cfg.mem_limit && (bytes > cfg.mem_limit || used > cfg.mem_limit - bytes)) {
+        if (whole_quota_only) {
+            atomic_fetch_add(&g_xpu.region->dev[d].oom_events, 1);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
         xpu_region_reap(g_xpu.region);
         used = atomic_load(&g_xpu.region->dev[d].mem_used);
         if (bytes > cfg.mem_limit || used > cfg.mem_limit - bytes) {
@@ -658,7 +665,7 @@ XPU_EXPORT CUresult CUDAAPI cuGraphAddMemAllocNode(CUgraphNode *node, CUgraph g,
         return CUDA_ERROR_NOT_FOUND;
     int d = p && p->poolProps.location.type == CU_MEM_LOCATION_TYPE_DEVICE
                 ? dev_of_ordinal(p->poolProps.location.id) : cur_dev();
-    CUresult rc = quota_check(d, p ? p->bytesize : 0);
+    CUresult rc = quota_check(d, p ? p->bytesize : 0, 1);
     if (rc != CUDA_SUCCESS)
         return rc;
     rc = f(node, g, deps, ndeps, p);
@@ -677,7 +684,7 @@ static CUresult graph_pre(CUgraph g, int *d)
         return CUDA_SUCCESS;
     if (!xpu_track_get(XPU_K_GRAPH, (uint64_t)(uintptr_t)g, &bytes, d))
         return CUDA_SUCCESS;
-    return quota_check(*d, bytes);
+    return quota_check(*d, bytes, 0);
 }
 
 static void graph_post(CUresult rc, CUgraphExec *e, int d)
@@ -990,6 +997,42 @@ XPU_EXPORT CUresult CUDAAPI cuGraphLaunch(CUgraphExec e, CUstream s)
 XPU_EXPORT CUresult CUDAAPI cuGraphLaunch_ptsz(CUgraphExec e, CUstream s)
 {
     return graph_launch(REAL(cuGraphLaunch_ptsz), &OPS_PTSZ, e, s);
+}
+
+/* ------------------------------------------------------------------ sync points
+ * The host is about to wait for the GPU: close the limiter's open batch first so that the
+ * idle time that follows is not measured as GPU time of this tenant. */
+static inline void sync_point(CUstream s, const struct xpu_meter_ops *ops)
+{
+    if (xpu_core()->status != XPU_REGION_OK)
+        return;
+    int d = cur_dev();
+    if (d >= 0)
+        xpu_limit_sync_point((unsigned)d, s, ops);
+}
+XPU_EXPORT CUresult CUDAAPI cuStreamSynchronize(CUstream s)
+{
+    __typeof__(&cuStreamSynchronize) f = REAL(cuStreamSynchronize);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    sync_point(s, &OPS_LEGACY);
+    return f(s);
+}
+XPU_EXPORT CUresult CUDAAPI cuStreamSynchronize_ptsz(CUstream s)
+{
+    __typeof__(&cuStreamSynchronize_ptsz) f = REAL(cuStreamSynchronize_ptsz);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    sync_point(s, &OPS_PTSZ);
+    return f(s);
+}
+XPU_EXPORT CUresult CUDAAPI cuCtxSynchronize(void)
+{
+    __typeof__(&cuCtxSynchronize) f = REAL(cuCtxSynchronize);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    sync_point(NULL, &OPS_LEGACY);
+    return f();
 }
 
 /* ------------------------------------------------------------------ resolver */

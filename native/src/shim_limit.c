@@ -25,6 +25,7 @@ struct mark {
     void *start, *end;
     uint32_t n;
     uint32_t has_start;
+    uint64_t est_charged;          /* provisional charge made at launch time */
 };
 
 struct meter {
@@ -34,6 +35,7 @@ struct meter {
     unsigned head, tail, outstanding;
     void *last_end;
     uint32_t batch_n, batch_has_start;
+    uint64_t batch_est;
     uint64_t batch_open_ns, last_launch_ns, last_gap_ns;
     uint64_t est_ns;               /* EWMA GPU ns per launch */
     uint64_t next_refresh_ns, last_poll_ns;
@@ -189,7 +191,10 @@ static void poll(struct meter *m, unsigned d, uint64_t now, const struct xpu_met
             ns = m->est_ns * k->n; /* measurement failed: charge the estimate */
             atomic_fetch_add_explicit(&e->accounting_errors, 1, memory_order_relaxed);
         }
-        xpu_lim_charge(&e->lim_tat_ns, now, (int64_t)(ns > INT64_MAX ? INT64_MAX : ns), m->eff_bp);
+        /* measured minus what was charged provisionally at launch time */
+        int64_t corr = (int64_t)(ns > INT64_MAX / 2 ? INT64_MAX / 2 : ns) - (int64_t)k->est_charged;
+        if (corr)
+            xpu_lim_charge(&e->lim_tat_ns, now, corr, m->eff_bp);
         atomic_fetch_add_explicit(&e->gpu_time_ns, ns, memory_order_relaxed);
         if (m->card && m->cfg.card_slot < m->card->hdr.ntenants)
             atomic_fetch_add_explicit(&m->card->tenant[m->cfg.card_slot].gpu_time_ns, ns, memory_order_relaxed);
@@ -224,14 +229,30 @@ static void close_batch(struct meter *m, void *stream, const struct xpu_meter_op
     struct mark *k = &m->ring[m->tail];
     if (ops->record(k->end, stream) != 0) {
         m->batch_n = 0;
+        m->batch_est = 0;
         return;
     }
     k->n = m->batch_n;
     k->has_start = m->batch_has_start;
+    k->est_charged = m->batch_est;
+    m->batch_est = 0;
     m->tail = (m->tail + 1) % RING;
     m->outstanding++;
     m->batch_n = 0;
     m->batch_has_start = 0;
+}
+
+void xpu_limit_sync_point(unsigned d, void *stream, const struct xpu_meter_ops *ops)
+{
+    if (d >= XPU_MAX_DEVICES)
+        return;
+    struct meter *m = &g_m[d];
+    if (!m->enabled || !m->batch_n)
+        return;
+    mlock(m);
+    if (m->batch_n) /* the host is about to wait: the batch ends here, not after the wait */
+        close_batch(m, stream, ops);
+    munlock(m);
 }
 
 int xpu_limit_enabled(unsigned d)
@@ -278,6 +299,10 @@ int xpu_limit_before(unsigned d, void *stream, const struct xpu_meter_ops *ops)
                                       m->period_ns);
     if (XPU_UNLIKELY(delay)) {
         uint64_t start = now;
+        mlock(m);
+        if (m->batch_n) /* end the open batch before idling, or the sleep would be measured */
+            close_batch(m, stream, ops);
+        munlock(m);
         while (delay && now - start < MAX_WAIT_PER_LAUNCH_NS) {
             sleep_ns(delay < 2000000ull ? delay : 2000000ull);
             now = xpu_now_mono_ns();
@@ -321,10 +346,16 @@ void xpu_limit_after(unsigned d, void *stream, const struct xpu_meter_ops *ops, 
     if (ok) {
         m->batch_n++;
         m->local_launches++;
+        if (m->est_ns) { /* provisional charge now, corrected when the batch is measured */
+            xpu_lim_charge(&g_xpu.region->dev[d].lim_tat_ns, now, (int64_t)m->est_ns, m->eff_bp);
+            m->batch_est += m->est_ns;
+        }
     }
     m->last_launch_ns = now;
     uint64_t quarter = m->period_ns / 4;
-    if (m->batch_n && (force_close || m->batch_n >= BATCH_MAX || now - m->batch_open_ns >= quarter ||
+    /* until a first measurement exists every launch is its own batch (<= MAX_OUTSTANDING
+     * unmeasured launches in flight) */
+    if (m->batch_n && (force_close || !m->est_ns || m->batch_n >= BATCH_MAX || now - m->batch_open_ns >= quarter ||
                        m->est_ns * m->batch_n >= quarter || m->last_gap_ns >= SPARSE_GAP_NS))
         close_batch(m, stream, ops);
     munlock(m);

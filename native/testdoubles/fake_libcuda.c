@@ -499,13 +499,20 @@ EXPORT CUresult cuEventElapsedTime(float *ms, CUevent a, CUevent b)
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuEventElapsedTime_v2(float *ms, CUevent a, CUevent b) { return cuEventElapsedTime(ms, a, b); }
-EXPORT CUresult cuStreamSynchronize(CUstream s)
+static CUresult stream_sync(void)
 {
-    (void)s;
     struct fevent e;
     rec((CUevent)&e);
-    return cuEventSynchronize((CUevent)&e);
+    uint64_t n = now_ns();
+    if (e.ts > n) {
+        struct timespec ts = {(time_t)((e.ts - n) / 1000000000ull), (long)((e.ts - n) % 1000000000ull)};
+        nanosleep(&ts, NULL);
+    }
+    return CUDA_SUCCESS;
 }
+EXPORT CUresult cuStreamSynchronize(CUstream s) { (void)s; COUNT(); return stream_sync(); }
+EXPORT CUresult cuStreamSynchronize_ptsz(CUstream s) { (void)s; COUNT(); return stream_sync(); }
+EXPORT CUresult cuCtxSynchronize(void) { COUNT(); return stream_sync(); }
 
 /* ---------------------------------------------------------------- resolver */
 EXPORT CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int ver, cuuint64_t flags,
@@ -530,7 +537,7 @@ static const struct fentry g_exports[] = {
     E(cuLaunchCooperativeKernel), E(cuLaunchCooperativeKernel_ptsz), E(cuLaunchCooperativeKernelMultiDevice),
     E(cuLaunch), E(cuLaunchGrid), E(cuLaunchGridAsync), E(cuEventCreate), E(cuEventDestroy_v2), E(cuEventRecord),
     E(cuEventRecord_ptsz), E(cuEventQuery), E(cuEventSynchronize), E(cuEventElapsedTime), E(cuEventElapsedTime_v2),
-    E(cuStreamSynchronize), E(cuGetProcAddress), E(cuGetProcAddress_v2), E(cuDevicePrimaryCtxRetain),
+    E(cuStreamSynchronize), E(cuStreamSynchronize_ptsz), E(cuCtxSynchronize), E(cuGetProcAddress), E(cuGetProcAddress_v2), E(cuDevicePrimaryCtxRetain),
 };
 
 static void *lookup(const char *n)

@@ -262,6 +262,13 @@ static CUresult do_launch(const char *kind, unsigned us)
     }
     if (!strcmp(kind, "graph"))
         return cuGraphLaunch(g_exec, NULL); /* the fake's graph = one 100 us kernel */
+    if (!strcmp(kind, "syncidle")) { /* kernel, wait for it, then 300 us of host-only work */
+        CUresult rc = cuLaunchKernel(NULL, us, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
+        cuStreamSynchronize(NULL);
+        struct timespec ts = {0, 300000};
+        nanosleep(&ts, NULL);
+        return rc;
+    }
     if (!strcmp(kind, "coop"))
         return cuLaunchCooperativeKernel(NULL, us, 1, 1, 1, 1, 1, 0, NULL, NULL);
     if (!strcmp(kind, "ex")) {
@@ -282,6 +289,7 @@ static void mode_launch(double secs, unsigned us, const char *kind)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     double el = 0;
     long n = 0;
+    uint64_t m0 = R ? atomic_load(&R->dev[0].gpu_time_ns) : 0, f0 = fake_cuda_busy_ns();
     do {
         CHECK(do_launch(kind, us) == CUDA_SUCCESS, "launch");
         clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -304,6 +312,13 @@ static void mode_launch(double secs, unsigned us, const char *kind)
         }
     } while (el < secs);
     uint64_t busy = fake_cuda_busy_ns() - b0;
+    cuStreamSynchronize(NULL);
+    struct timespec ts = {0, 50000000}; /* let the last batch be polled by one more launch */
+    nanosleep(&ts, NULL);
+    do_launch(kind, 0);
+    if (R)
+        printf("metered_ratio %.3f\n", (double)(atomic_load(&R->dev[0].gpu_time_ns) - m0) /
+                                            (double)(fake_cuda_busy_ns() - f0));
     printf("share %.2f launches %ld\n", 100.0 * (double)busy / (el * 1e9), n);
 }
 

@@ -45,6 +45,7 @@ async def test_agent_publishes_serves_and_restarts_without_rewriting(
     kubelet = FakeKubelet(short_dir)
     await kubelet.start()
     s = settings(short_dir, config)
+    assert (s.shim_host_dir, s.slots_per_card, s.backends) == ("/var/lib/xpupool/shim", 3, ["emulated"])
     agent = Agent(s, node_api=kube, pod_api=kube, backends=s.make_backends())
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))

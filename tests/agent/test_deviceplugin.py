@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -93,6 +93,15 @@ class Harness:
 
     def stub(self) -> object:
         return self.kubelet.plugin_stub(self.server.socket_path.name)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Poll ``predicate``: the kubelet's Register returns before the plugin records the outcome."""
+    for _ in range(int(timeout_s / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture
@@ -261,12 +270,12 @@ async def test_reregisters_after_kubelet_restart(harness: Harness) -> None:
     and registers again, and the new kubelet gets a fresh full device list."""
     await harness.start(h100s())
     await harness.kubelet.next_list(0)
-    assert harness.server.registrations == 1
+    await wait_until(lambda: harness.server.registrations == 1)
     seen = len(harness.kubelet.lists)
     await harness.kubelet.restart()
     assert not harness.server.socket_path.exists()
     await asyncio.wait_for(harness.kubelet.registered.wait(), 5)
-    assert harness.server.registrations == 2
+    await wait_until(lambda: harness.server.registrations == 2)
     assert harness.server.socket_path.is_socket()
     relisted = await harness.kubelet.next_list(seen)
     assert len(relisted.devices) == 8
@@ -288,6 +297,7 @@ async def test_refused_registration_is_reported_and_retried(short_dir: Path, kub
         assert h.server.registrations == 0
         h.kubelet.refuse = ""
         await asyncio.wait_for(h.kubelet.registered.wait(), 5)
-        assert h.server.last_status.ok
+        await wait_until(lambda: h.server.last_status.ok)
+        assert h.server.registrations == 1
     finally:
         await h.close()

@@ -51,11 +51,12 @@ def raw(rows: list[tuple[str, int, float]]) -> RawSeries:
     )
 
 
-def synthetic(duty: dict[str, list[float]], mem_gib: dict[str, list[float]], **kwargs: object) -> GenaiTrace:
+def synthetic(duty: dict[str, list[float]], mem_gib: dict[str, list[float]], *, fill: str = "max",
+              max_gap: int = 20) -> GenaiTrace:
     """Full series per pod; NaN entries become missing rows."""
     duty_rows = [(p, i, v) for p, vs in duty.items() for i, v in enumerate(vs) if not math.isnan(v)]
     mem_rows = [(p, i, v * GIB) for p, vs in mem_gib.items() for i, v in enumerate(vs) if not math.isnan(v)]
-    return build_trace(raw(duty_rows), raw(mem_rows), step_s=STEP, **kwargs)  # type: ignore[arg-type]
+    return build_trace(raw(duty_rows), raw(mem_rows), step_s=STEP, fill=fill, max_gap=max_gap)
 
 
 def random_trace(seed: int, pods: int = 40, samples: int = 120) -> GenaiTrace:

@@ -255,9 +255,7 @@ def container_wiring(
         errors.append(f"{pod.key}: allocation mixes vendors {sorted(v.value for v in vendors)}")
     for device, memory in zip(cards, alloc.device_memory_mib, strict=False):
         if memory > device.memory_mib:
-            errors.append(
-                f"{pod.key}: {memory} MiB asked on card {device.index} which has {device.memory_mib} MiB"
-            )
+            errors.append(f"{pod.key}: {memory} MiB asked on card {device.index} which has {device.memory_mib} MiB")
     if errors:
         return WiringResult(None, tuple(errors))
     vendor = cards[0].vendor

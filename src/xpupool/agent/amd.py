@@ -67,9 +67,7 @@ def _get(card: Mapping[str, Any], *path: str) -> Any:
     return node
 
 
-def devices_from_amd_smi(
-    list_doc: Any, static_doc: Any, metric_doc: Any | None
-) -> tuple[list[DeviceInfo], list[str]]:
+def devices_from_amd_smi(list_doc: Any, static_doc: Any, metric_doc: Any | None) -> tuple[list[DeviceInfo], list[str]]:
     """Join ``amd-smi list``, ``static`` and ``metric`` JSON by GPU index into devices (pure)."""
     problems: list[str] = []
     listed = {int(c["gpu"]): c for c in _cards(list_doc) if "gpu" in c}
@@ -171,9 +169,7 @@ def _records_from_library(
 class AmdBackend:
     """Discovery through ``amdsmi`` (library) or ``amd-smi`` (CLI via ``runner``)."""
 
-    def __init__(
-        self, runner: Runner | None = None, *, use_library: bool = True, amd_smi: str = "amd-smi"
-    ) -> None:
+    def __init__(self, runner: Runner | None = None, *, use_library: bool = True, amd_smi: str = "amd-smi") -> None:
         self._run = runner or subprocess_runner()
         self._use_library = use_library
         self._amd_smi = amd_smi

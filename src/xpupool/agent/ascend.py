@@ -135,9 +135,7 @@ def parse_npu_smi_info(text: str) -> tuple[list[NpuChip], list[str]]:
 def device_from_chip(chip: NpuChip) -> DeviceInfo:
     """Map one parsed chip to a :class:`DeviceInfo` (pure)."""
     healthy = chip.health.upper() in HEALTHY_STATES and bool(chip.memory_total_mb)
-    reason = (
-        "" if healthy else (f"npu-smi health {chip.health}" if chip.memory_total_mb else "no device memory")
-    )
+    reason = "" if healthy else (f"npu-smi health {chip.health}" if chip.memory_total_mb else "no device memory")
     return DeviceInfo(
         uuid=f"ascend-{chip.bus_id}-chip{chip.chip_id}",
         index=chip.device_id,
@@ -177,10 +175,7 @@ class AscendBackend:
             return Discovery(
                 Vendor.ASCEND,
                 (),
-                (
-                    f"npu-smi info failed ({result.returncode}): "
-                    f"{result.stderr.strip() or result.stdout.strip()[:200]}",
-                ),
+                (f"npu-smi info failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()[:200]}",),
             )
         chips, problems = parse_npu_smi_info(result.stdout)
         devices = tuple(device_from_chip(c) for c in chips)

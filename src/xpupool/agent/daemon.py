@@ -54,8 +54,8 @@ class AgentSettings(BaseModel):
     device_plugin: bool = True
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(default=9400, ge=0, le=65535)
-    shim_host_dir: str = RuntimePaths.shim_host_dir
-    region_host_root: str = RuntimePaths.region_host_root
+    shim_host_dir: str = RuntimePaths().shim_host_dir
+    region_host_root: str = RuntimePaths().region_host_root
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AgentSettings:
@@ -77,9 +77,7 @@ class AgentSettings(BaseModel):
         }
         for var, key in mapping.items():
             if var in env:
-                raw[key] = (
-                    [b.strip() for b in env[var].split(",") if b.strip()] if key == "backends" else env[var]
-                )
+                raw[key] = [b.strip() for b in env[var].split(",") if b.strip()] if key == "backends" else env[var]
         return cls.model_validate(raw)
 
     def make_backends(self) -> list[Backend]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -189,6 +190,9 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
     def reopen(self) -> None:
         self._closed = False
 
+    def _changed_since(self, sent: int) -> bool:
+        return self._closed or self._version != sent
+
     def _response(self) -> api_pb2.ListAndWatchResponse:
         devices = []
         for ident, health, numa in self._advertised:
@@ -209,7 +213,7 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
         sent = -1
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda sent=sent: self._closed or self._version != sent)
+                await self._changed.wait_for(functools.partial(self._changed_since, sent))
                 if self._closed:
                     return
                 sent = self._version
@@ -247,9 +251,7 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
             chosen: list[str] = []
             for index in pod.allocation.cards:
                 card = self._cards.get(index)
-                slot = next(
-                    (a for a in available if card and card_of_slot(a) == card.uuid and a not in chosen), None
-                )
+                slot = next((a for a in available if card and card_of_slot(a) == card.uuid and a not in chosen), None)
                 if slot is None:
                     break
                 chosen.append(slot)
@@ -302,19 +304,13 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
                 os.makedirs(wiring.region_host_dir, exist_ok=True)
                 # Only this container mounts the directory; its user may be non-root.
                 os.chmod(wiring.region_host_dir, 0o777)
-            log.info(
-                "allocated %s to %s (cards %s)", ids, outcome.pod.key, list(outcome.pod.allocation.cards)
-            )
+            log.info("allocated %s to %s (cards %s)", ids, outcome.pod.key, list(outcome.pod.allocation.cards))
             responses.append(
                 api_pb2.ContainerAllocateResponse(
                     envs=wiring.envs,
-                    mounts=[
-                        api_pb2.Mount(container_path=c, host_path=h, read_only=ro)
-                        for c, h, ro in wiring.mounts
-                    ],
+                    mounts=[api_pb2.Mount(container_path=c, host_path=h, read_only=ro) for c, h, ro in wiring.mounts],
                     devices=[
-                        api_pb2.DeviceSpec(container_path=c, host_path=h, permissions=p)
-                        for c, h, p in wiring.devices
+                        api_pb2.DeviceSpec(container_path=c, host_path=h, permissions=p) for c, h, p in wiring.devices
                     ],
                     annotations=wiring.annotations,
                 )
@@ -381,7 +377,7 @@ class DevicePluginServer:
             self.socket_path.unlink()
         self.plugin.reopen()
         server = grpc.aio.server()
-        api_pb2_grpc.add_DevicePluginServicer_to_server(self.plugin, server)
+        api_pb2_grpc.add_DevicePluginServicer_to_server(self.plugin, server)  # type: ignore[no-untyped-call]
         server.add_insecure_port(f"unix://{self.socket_path}")
         await server.start()
         self._server = server
@@ -398,15 +394,12 @@ class DevicePluginServer:
             version=API_VERSION,
             endpoint=self._socket_name,
             resource_name=self._resource,
-            options=api_pb2.DevicePluginOptions(
-                pre_start_required=False, get_preferred_allocation_available=True
-            ),
+            options=api_pb2.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True),
         )
         try:
             async with grpc.aio.insecure_channel(f"unix://{self.kubelet_socket}") as channel:
-                await api_pb2_grpc.RegistrationStub(channel).Register(
-                    request, timeout=self._register_timeout_s
-                )
+                stub = api_pb2_grpc.RegistrationStub(channel)  # type: ignore[no-untyped-call]
+                await stub.Register(request, timeout=self._register_timeout_s)
         except grpc.aio.AioRpcError as exc:
             return Status.error(
                 f"kubelet refused registration of {self._resource}: {exc.code().name}: {exc.details()}",

@@ -99,6 +99,4 @@ class EmulatedBackend:
 
 
 def make(options: Mapping[str, Any]) -> EmulatedBackend:
-    return EmulatedBackend(
-        options.get("config", DEFAULT_CONFIG), node_name=str(options.get("node_name", "node"))
-    )
+    return EmulatedBackend(options.get("config", DEFAULT_CONFIG), node_name=str(options.get("node_name", "node")))

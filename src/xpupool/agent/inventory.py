@@ -54,20 +54,20 @@ class InventoryDevice(BaseModel):
     index: int = Field(ge=0)
     vendor: Vendor
     model: str
-    memory_mib: int = Field(alias="memoryMiB", ge=0)
+    memory_mib: int = Field(validation_alias="memoryMiB", serialization_alias="memoryMiB", ge=0)
     healthy: bool
-    health_reason: str = Field(default="", alias="healthReason")
-    topology_group: int = Field(default=0, alias="topologyGroup", ge=0)
-    numa_node: int | None = Field(default=None, alias="numaNode")
+    health_reason: str = Field(default="", validation_alias="healthReason", serialization_alias="healthReason")
+    topology_group: int = Field(default=0, validation_alias="topologyGroup", serialization_alias="topologyGroup", ge=0)
+    numa_node: int | None = Field(default=None, validation_alias="numaNode", serialization_alias="numaNode")
 
 
 class Inventory(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
-    schema_version: int = Field(alias="schemaVersion")
+    schema_version: int = Field(validation_alias="schemaVersion", serialization_alias="schemaVersion")
     generation: int = Field(ge=1)
     node: str
-    slots_per_card: int = Field(alias="slotsPerCard", ge=1)
-    content_hash: str = Field(alias="contentHash")
+    slots_per_card: int = Field(validation_alias="slotsPerCard", serialization_alias="slotsPerCard", ge=1)
+    content_hash: str = Field(validation_alias="contentHash", serialization_alias="contentHash")
     devices: tuple[InventoryDevice, ...] = ()
     errors: tuple[str, ...] = ()
 
@@ -95,16 +95,13 @@ def parse_inventory(text: str | None) -> InventoryParse:
         return InventoryParse(None, "inventory is not a JSON object")
     version = raw.get("schemaVersion")
     if version != SCHEMA_VERSION:
-        return InventoryParse(
-            None, f"inventory schemaVersion {version!r} unknown (this reader knows {SCHEMA_VERSION})"
-        )
+        return InventoryParse(None, f"inventory schemaVersion {version!r} unknown (this reader knows {SCHEMA_VERSION})")
     try:
         return InventoryParse(Inventory.model_validate(raw))
     except ValidationError as exc:
         return InventoryParse(
             None,
-            "inventory invalid: "
-            + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
+            "inventory invalid: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()),
         )
 
 

@@ -42,9 +42,7 @@ class NodeApi(Protocol):
         """The Node object as JSON; :class:`ApiError` 404 when absent."""
         ...
 
-    async def patch_node_annotations(
-        self, name: str, annotations: Mapping[str, str | None]
-    ) -> dict[str, Any]:
+    async def patch_node_annotations(self, name: str, annotations: Mapping[str, str | None]) -> dict[str, Any]:
         """Merge-patch ``metadata.annotations`` (``None`` deletes a key); returns the updated Node."""
         ...
 
@@ -132,7 +130,7 @@ class KubeApi:
             self._base + path,
             params=params,
             data=data,
-            ssl=self._ssl,
+            ssl=self._ssl if self._ssl is not None else True,
             headers=self._headers(content_type),
         ) as resp:
             text = await resp.text()
@@ -147,9 +145,7 @@ class KubeApi:
     async def get_node(self, name: str) -> dict[str, Any]:
         return await self._request("GET", f"/api/v1/nodes/{name}")
 
-    async def patch_node_annotations(
-        self, name: str, annotations: Mapping[str, str | None]
-    ) -> dict[str, Any]:
+    async def patch_node_annotations(self, name: str, annotations: Mapping[str, str | None]) -> dict[str, Any]:
         body = {"metadata": {"annotations": dict(annotations)}}
         return await self._request("PATCH", f"/api/v1/nodes/{name}", body=body, content_type=MERGE_PATCH)
 

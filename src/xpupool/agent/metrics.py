@@ -47,9 +47,7 @@ class AgentCollector:
             labels=labels,
         )
         used = GaugeMetricFamily("xpupool_card_memory_used_mib", "Device memory in use, MiB", labels=labels)
-        total = GaugeMetricFamily(
-            "xpupool_card_memory_total_mib", "Schedulable device memory, MiB", labels=labels
-        )
+        total = GaugeMetricFamily("xpupool_card_memory_total_mib", "Schedulable device memory, MiB", labels=labels)
         healthy = GaugeMetricFamily("xpupool_card_healthy", "1 when the card is healthy", labels=labels)
         temp = GaugeMetricFamily("xpupool_card_temperature_celsius", "Card temperature", labels=labels)
         power = GaugeMetricFamily("xpupool_card_power_watts", "Card power draw", labels=labels)
@@ -88,7 +86,7 @@ class AgentCollector:
 
 def metrics_app(collector: AgentCollector) -> web.Application:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)  # type: ignore[arg-type]  # duck-typed Collector
+    registry.register(collector)  # duck-typed Collector
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(registry)

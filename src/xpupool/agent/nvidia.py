@@ -103,9 +103,7 @@ def sample_device(nvml: Any, index: int) -> NvmlSample:
         except nvml.NVMLError:
             util = None
         minor = _optional(nvml, nvml.nvmlDeviceGetMinorNumber, handle)
-        temp = _optional(
-            nvml, nvml.nvmlDeviceGetTemperature, handle, getattr(nvml, "NVML_TEMPERATURE_GPU", 0)
-        )
+        temp = _optional(nvml, nvml.nvmlDeviceGetTemperature, handle, getattr(nvml, "NVML_TEMPERATURE_GPU", 0))
         power = _optional(nvml, nvml.nvmlDeviceGetPowerUsage, handle)
         numa_fn = getattr(nvml, "nvmlDeviceGetNumaNodeId", None)
         numa = _optional(nvml, numa_fn, handle) if numa_fn else None

@@ -27,7 +27,7 @@ PROTOS = ("xpupool/_generated/deviceplugin/v1beta1/api.proto",)
 
 def generate(out_root: Path) -> list[Path]:
     """Generate stubs for :data:`PROTOS` into ``out_root``; raise ``RuntimeError`` if protoc fails."""
-    from grpc_tools import protoc  # dev dependency only
+    from grpc_tools import protoc  # type: ignore[import-untyped]  # dev dependency only
 
     written: list[Path] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -137,5 +137,13 @@ def check_request(
     console.print(f"[green]✓[/] {result.request}")
 
 
+def _register_optional_commands() -> None:
+    from xpupool.cli.timeshare import timeshare
+
+    app.command("timeshare", help="Exclusive cards vs shared vXPUs on the GenAI duty-cycle trace.")(timeshare)
+
+
+_register_optional_commands()
+
 if __name__ == "__main__":
     app()

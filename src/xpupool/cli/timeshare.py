@@ -41,7 +41,7 @@ RULES = {
 def results_table(results: list[ReplayResult], *, title: str) -> Table:
     table = Table(title=title)
     table.add_column("card", justify="right")
-    table.add_column("placement")
+    table.add_column("placement", no_wrap=True)
     for name in ("cards", "pods/card", "util %", "util busy %", "overload %", "overload card-min",
                  "cards >100 %", "worst card %", "peak mem %", "gain"):
         table.add_column(name, justify="right")

@@ -11,6 +11,7 @@ node have padding slots with ``card_exists == False`` and zero capacity.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
 
 VENDORS: tuple[Vendor, ...] = tuple(Vendor)
+_STATE_IDS = itertools.count(1)  # identity of ledgers for plugin caches (never reused, unlike id())
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,7 @@ class ClusterState:
 
     def __init__(self, nodes: Sequence[Node]) -> None:
         self.nodes: tuple[Node, ...] = tuple(nodes)
+        self.uid = next(_STATE_IDS)
         self.node_index: dict[str, int] = {n.name: i for i, n in enumerate(self.nodes)}
         if len(self.node_index) != len(self.nodes):
             raise ValueError("node names must be unique")
@@ -111,6 +114,7 @@ class ClusterState:
                 setattr(clone, key, value.copy())
             else:
                 setattr(clone, key, value)
+        clone.uid = next(_STATE_IDS)
         return clone
 
     def model_mask(self, request: Request) -> BoolArray:

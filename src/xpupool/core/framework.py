@@ -82,7 +82,13 @@ class FilterPlugin(Protocol):
 
 @runtime_checkable
 class ScorePlugin(Protocol):
-    """Ranks feasible nodes, 0..100, higher is better."""
+    """Ranks feasible nodes, 0..100, higher is better.
+
+    A plugin whose class sets ``node_local = True`` promises that the score (and card hint) of
+    node n depends only on node n's state and on the request's shape; the framework then caches
+    its results per request shape and asks it only about nodes whose ``node_version`` changed
+    (it passes those as ``feasible``), which makes a decision cost O(changed nodes).
+    """
 
     name: str
 
@@ -204,6 +210,46 @@ class Profile:
         return Profile(name, built_filters, built_scores, integer_scores=integer_scores, first_on_tie=first_on_tie)
 
 
+def shape_key(request: Request) -> tuple[object, ...]:
+    """Everything a node-local score may read from a request (not its name, queue, priority)."""
+    return (request.cpu_milli, request.memory_mib, request.count, request.share_milli, request.device_memory_mib,
+            request.device_memory_pct, request.vendor, request.models, request.exclusive)
+
+
+class _ShapeCache:
+    """Per (plugin, request shape): last scores/hints per node and the node versions they saw."""
+
+    def __init__(self, capacity: int = 128) -> None:
+        self.capacity = capacity
+        self.entries: dict[tuple[object, ...], tuple[IntArray, FloatArray, IntArray]] = {}
+        self.state_uid = -1
+
+    def score(self, plugin: ScorePlugin, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
+        if state.uid != self.state_uid:
+            self.entries.clear()
+            self.state_uid = state.uid
+        key = (plugin.name, *shape_key(ctx.request))
+        entry = self.entries.pop(key, None)
+        if entry is None:
+            versions = np.full(state.num_nodes, -1, dtype=np.int64)
+            scores = np.zeros(state.num_nodes)
+            hints = np.full(state.num_nodes, -1, dtype=np.int64)
+        else:
+            versions, scores, hints = entry
+        stale = state.node_version != versions
+        ask = stale & feasible
+        if ask.any():
+            fresh = plugin.score(state, ctx, ask)
+            scores[ask] = fresh.scores[ask]
+            hints[ask] = fresh.card_hint[ask] if fresh.card_hint is not None else -1
+        # infeasible stale nodes were not computed: mark them unseen so they are asked when feasible
+        versions = np.where(ask, state.node_version, np.where(stale, -1, versions))
+        self.entries[key] = (versions, scores, hints)
+        if len(self.entries) > self.capacity:
+            self.entries.pop(next(iter(self.entries)))
+        return ScoreResult(scores.copy(), hints.copy())
+
+
 @dataclass(frozen=True, slots=True)
 class PlacementResult:
     status: Status
@@ -220,6 +266,7 @@ class Scheduler:
     def __init__(self, profile: Profile, *, rng: np.random.Generator) -> None:
         self.profile = profile
         self.rng = rng
+        self._cache = _ShapeCache()
 
     # ---------------------------------------------------------------- local
     def _feasible(self, state: ClusterState, ctx: FitContext) -> tuple[BoolArray, list[str]]:
@@ -253,7 +300,10 @@ class Scheduler:
         hint: IntArray | None = None
         best_weight = -1.0
         for plugin, weight in self.profile.scores:
-            result = plugin.score(state, ctx, feasible)
+            if getattr(plugin, "node_local", False):
+                result = self._cache.score(plugin, state, ctx, feasible)
+            else:
+                result = plugin.score(state, ctx, feasible)
             total += weight * result.scores
             if result.card_hint is not None and weight > best_weight:
                 hint, best_weight = result.card_hint, weight

@@ -96,9 +96,7 @@ class Binder:
         METRICS.bind_total.labels(result.outcome.value).inc()
         return result
 
-    async def _after_error(
-        self, exc: ApiError, namespace: str, name: str, node: str, uid: str | None
-    ) -> BindResult:
+    async def _after_error(self, exc: ApiError, namespace: str, name: str, node: str, uid: str | None) -> BindResult:
         if exc.status == 404:
             return BindResult(BindOutcome.GONE, exc.message)
         if exc.status != 409:

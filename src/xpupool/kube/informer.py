@@ -176,10 +176,10 @@ class Informer:
             if key not in fresh:
                 self._apply(DELETED, old)
         for key, obj in fresh.items():
-            old = self.store.get(key)
-            old_rv = (old or {}).get("metadata", {}).get("resourceVersion")
-            if old is None or old_rv != obj.get("metadata", {}).get("resourceVersion"):
-                self._apply(ADDED if old is None else MODIFIED, obj)
+            known = self.store.get(key)
+            known_rv = (known or {}).get("metadata", {}).get("resourceVersion")
+            if known is None or known_rv != obj.get("metadata", {}).get("resourceVersion"):
+                self._apply(ADDED if known is None else MODIFIED, obj)
         self.synced.set()
 
     async def run(self) -> None:

@@ -69,9 +69,7 @@ class LeaderElector:
     # -- queries ---------------------------------------------------------------------------
     def is_leader(self) -> bool:
         """True while our last successful renew is younger than the renew deadline (fencing)."""
-        leading = (
-            self._renewed_at is not None and self.clock.now_s() < self._renewed_at + self.renew_deadline_s
-        )
+        leading = self._renewed_at is not None and self.clock.now_s() < self._renewed_at + self.renew_deadline_s
         if leading != self._was_leader:
             self._was_leader = leading
             METRICS.is_leader.set(1 if leading else 0)

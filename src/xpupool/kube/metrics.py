@@ -33,9 +33,7 @@ class KubeMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.placements = Counter(
-            "xpupool_placements", "Placement decisions by outcome", ["outcome"], registry=r
-        )
+        self.placements = Counter("xpupool_placements", "Placement decisions by outcome", ["outcome"], registry=r)
         self.pending_pods = Gauge("xpupool_pending_pods", "Pods waiting for placement", registry=r)
         self.assumed_pods = Gauge(
             "xpupool_assumed_pods", "Pods placed but not yet confirmed bound by the watch", registry=r

@@ -72,7 +72,7 @@ def pod_request(pod: JsonDict) -> ParseResult:
         requests = res.get("requests") or {}
         for name in set(limits) | set(requests):
             if name in _CARD_RESOURCES or name.startswith(f"{DOMAIN}/"):
-                raw = limits.get(name, requests.get(name))
+                raw: str | int | float = limits.get(name, requests.get(name, 0))
                 try:
                     value = parse_quantity(raw)
                 except QuantityError:
@@ -144,14 +144,10 @@ def node_model(node: JsonDict) -> Node:
             count = _qty(alloc.get(name, 0))
             if count <= 0:
                 continue
-            product = (
-                labels.get(LABEL_GPU_PRODUCT, model or vendor.value) if vendor is Vendor.NVIDIA else model
-            )
+            product = labels.get(LABEL_GPU_PRODUCT, model or vendor.value) if vendor is Vendor.NVIDIA else model
             memory = _qty(labels.get(LABEL_GPU_MEMORY, DEFAULT_CARD_MEMORY_MIB))
             devices.extend(
-                Device(
-                    index=len(devices) + i, vendor=vendor, model=product or vendor.value, memory_mib=memory
-                )
+                Device(index=len(devices) + i, vendor=vendor, model=product or vendor.value, memory_mib=memory)
                 for i in range(count)
             )
     return Node(

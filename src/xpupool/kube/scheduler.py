@@ -31,23 +31,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import heapq
 import logging
 import os
 import signal
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 from xpupool.core.cluster import BoolArray, ClusterState
 from xpupool.core.framework import FitContext, Scheduler
 from xpupool.core.model import WHOLE_CARD_MILLI, Allocation, Node, Request
+from xpupool.core.queues import (
+    PodGroup,
+    PreemptionPlan,
+    QueueBook,
+    QueueSpec,
+    Resources,
+    Running,
+    plan_preemption,
+    run_cycle,
+)
 from xpupool.core.request import LABEL_POD_GROUP, ParseResult
-from xpupool.core.statement import Statement
+from xpupool.core.status import Code
 from xpupool.kube.binder import Binder, BindOutcome
 from xpupool.kube.events import EventRecorder
 from xpupool.kube.informer import DELETED, Informer
@@ -168,6 +178,9 @@ class KubeScheduler:
         self.backoff: dict[str, _Backoff] = {}
         self.preempting: dict[str, set[str]] = {}
         self._requests: dict[str, tuple[str, ParseResult]] = {}
+        self._arrival: dict[str, float] = {}
+        #: queue name -> spec; unknown queues get defaults (weight 1, no quota, unlimited)
+        self.queue_specs: dict[str, QueueSpec] = {}
         self._nodes_dirty = True
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -197,6 +210,8 @@ class KubeScheduler:
         assert obj is not None
         key = pod_key(obj)
         if etype == DELETED or new is None or pod_is_terminal(new):
+            if key in self.accounted:
+                self.backoff.clear()  # capacity freed: every waiting pod may fit now
             self._forget(key)
             self._wake.set()
             return
@@ -250,6 +265,7 @@ class KubeScheduler:
     def _forget(self, key: str) -> None:
         self._release(key)
         self._requests.pop(key, None)
+        self._arrival.pop(key, None)
         self.pending.pop(key, None)
         self.backoff.pop(key, None)
         if self.assumed.pop(key, None) is not None:
@@ -305,9 +321,7 @@ class KubeScheduler:
         if not self._reserve(allocation, parsed.request):
             return
         self.pending.pop(key, None)
-        assumed = _Assumed(
-            allocation.node, pod["metadata"]["uid"], self.clock.now_s() + self.config.assume_ttl_s
-        )
+        assumed = _Assumed(allocation.node, pod["metadata"]["uid"], self.clock.now_s() + self.config.assume_ttl_s)
         self.assumed[key] = assumed
         self._spawn(self._bind(pod, allocation, assumed, annotate=False))
 
@@ -347,8 +361,8 @@ class KubeScheduler:
     def _may_write(self) -> bool:
         return not self._stopping and (self.elector is None or self.elector.is_leader())
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -370,9 +384,7 @@ class KubeScheduler:
         low, high = self.config.retry_backoff_s
         b.not_before_s = self.clock.now_s() + min(high, low * 2 ** min(b.attempts - 1, 10))
 
-    async def _bind(
-        self, pod: JsonDict, allocation: Allocation, assumed: _Assumed, *, annotate: bool
-    ) -> None:
+    async def _bind(self, pod: JsonDict, allocation: Allocation, assumed: _Assumed, *, annotate: bool) -> None:
         meta = pod["metadata"]
         key = pod_key(pod)
         annotation = {ANN_ALLOCATION: encode_allocation(allocation)}
@@ -429,55 +441,71 @@ class KubeScheduler:
             self._undo(key, assumed, requeue=not node)
 
     # ------------------------------------------------------------------ cycle
-    def _order(self, now: float) -> list[list[JsonDict]]:
-        """Units to place, in order: single pods and whole gangs.
+    def _queue_book(self, ours: dict[str, Running]) -> QueueBook:
+        """Queues (from ``queue_specs``; unknown names get a default spec) charged with our pods."""
+        capacity = Resources(
+            int(self.state.cpu_capacity.sum()),
+            int(self.state.memory_capacity.sum()),
+            int(self.state.card_exists.sum()) * WHOLE_CARD_MILLI,
+        )
+        book = QueueBook(self.queue_specs.values(), capacity)
+        for run in ours.values():
+            if run.request.queue not in book.queues:
+                book.queues[run.request.queue] = QueueSpec(run.request.queue)
+                book.usage[run.request.queue] = Resources()
+            book.charge(run.request)
+        return book
 
-        Higher priority first; within a priority, queues take turns by least allocated compute
-        (fair share); within a queue, oldest first.
-        """
-        groups: dict[str, list[JsonDict]] = defaultdict(list)
-        singles: list[JsonDict] = []
+    def _running(self) -> dict[str, Running]:
+        """Our pods holding resources that may be preemption victims (bound, not terminating)."""
+        out: dict[str, Running] = {}
+        for key, (allocation, request) in self.accounted.items():
+            if key in self.assumed:
+                continue
+            pod = self.pods.store.get(key)
+            if pod is None or not self._ours(pod) or (pod.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            out[key] = Running(request, allocation, self._arrival.get(key, 0.0))
+        return out
+
+    def _pending_requests(self, now: float) -> tuple[list[Request], dict[str, PodGroup]]:
+        requests: list[Request] = []
+        group_min: dict[str, int] = {}
         for key, pod in self.pending.items():
             b = self.backoff.get(key)
             if b is not None and now < b.not_before_s:
                 continue
-            group = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_POD_GROUP)
-            if group:
-                groups[f"{pod['metadata']['namespace']}/{group}"].append(pod)
-            else:
-                singles.append(pod)
-        units: list[list[JsonDict]] = [[p] for p in singles] + list(groups.values())
-        usage: dict[str, int] = defaultdict(int)
-        for _allocation, request in self.accounted.values():
-            usage[request.queue] += request.gpu_milli_total
-        by_queue: dict[tuple[int, str], list[tuple[str, str, list[JsonDict]]]] = defaultdict(list)
-        for unit in units:
-            prio = max(int((p.get("spec") or {}).get("priority") or 0) for p in unit)
-            queue = ((unit[0].get("metadata") or {}).get("labels") or {}).get("xpupool.io/queue") or "default"
-            created = min(str(p["metadata"].get("creationTimestamp", "")) for p in unit)
-            by_queue[(prio, queue)].append((created, pod_key(unit[0]), unit))
-        ordered: list[list[JsonDict]] = []
-        for prio in sorted({p for p, _ in by_queue}, reverse=True):
-            heads = []
-            for (p, queue), items in by_queue.items():
-                if p == prio:
-                    items.sort(key=lambda t: (t[0], t[1]))
-                    heads.append([usage[queue], queue, 0, items])
-            heap = [(h[0], h[1], i) for i, h in enumerate(heads)]
-            heapq.heapify(heap)
-            while heap:
-                _, queue, i = heapq.heappop(heap)
-                h = heads[i]
-                _created, _key, unit = h[3][h[2]]
-                ordered.append(unit)
-                h[2] += 1
-                h[0] += sum(self._gpu_milli(p) for p in unit)
-                if h[2] < len(h[3]):
-                    heapq.heappush(heap, (h[0], queue, i))
-        return ordered
+            parsed = self.request_of(pod)
+            if parsed.request is None:
+                self.events.pod_event(
+                    pod,
+                    reason="FailedScheduling",
+                    warning=True,
+                    note="invalid accelerator request: " + "; ".join(parsed.errors),
+                )
+                self._delay(key)
+                METRICS.placements.labels("invalid").inc()
+                continue
+            request = parsed.request
+            self._arrival.setdefault(key, now)
+            if request.pod_group:
+                # groups are namespaced: the same label in two namespaces is two gangs
+                request = replace(request, pod_group=f"{request.namespace}/{request.pod_group}")
+                wanted = _gang_min(pod)
+                if wanted:
+                    group_min[request.pod_group] = max(group_min.get(request.pod_group, 0), wanted)
+            requests.append(request)
+        return requests, {g: PodGroup(g, n) for g, n in group_min.items()}
 
     def cycle(self) -> _Outcome:
-        """One scheduling cycle. Synchronous: no other coroutine runs while it decides."""
+        """One scheduling cycle. Synchronous: no other coroutine runs while it decides.
+
+        Ordering (DRF across queues, priority, FIFO), quota gates, gangs and placement are the
+        core's :func:`~xpupool.core.queues.run_cycle`, the same code the simulator runs. The
+        adapter adds what needs the API: binding the placements, and preemption as "evict now,
+        place when the victims are gone" (victims keep their resources until the watch reports
+        them deleted, so a preemptor never shares a card with a still-running victim).
+        """
         start = time.perf_counter()
         out = _Outcome()
         if self._nodes_dirty:
@@ -487,203 +515,100 @@ class KubeScheduler:
             if now > assumed.deadline_s:
                 assumed.deadline_s = now + self.config.assume_ttl_s
                 self._spawn(self._verify(key, assumed))
-        preemptions_left = self.config.max_preemptions_per_cycle
-        for unit in self._order(now)[: self.config.max_pods_per_cycle]:
-            if not self._may_write():
-                break
-            if len(unit) == 1 and not _gang_min(unit[0]):
-                placed = self._place_one(unit[0], out)
+        requests, groups = self._pending_requests(now)
+        if requests and self._may_write():
+            running = self._running()
+            book = self._queue_book(running)
+            by_name = {r.name: r for r in requests}
+            result = run_cycle(
+                self.state,
+                self.core,
+                book,
+                requests,
+                running=running,
+                groups=groups,
+                arrival_s=self._arrival,
+                now_s=now,
+                preemption=False,
+            )
+            for allocation in result.placed:
+                self._assume(self.pending[allocation.pod], allocation, by_name[allocation.pod])
+                out.placed += 1
+            preemptions_left = self.config.max_preemptions_per_cycle if self.config.preemption else 0
+            for key, status in result.pending.items():
+                pod = self.pending.get(key)
+                if pod is None:
+                    continue
+                out.unschedulable += 1
+                METRICS.placements.labels("unschedulable").inc()
+                request = by_name[key]
                 if (
-                    not placed
-                    and preemptions_left > 0
-                    and self.config.preemption
-                    and self._try_preempt(unit[0], out)
+                    preemptions_left > 0
+                    and not request.pod_group
+                    and status.code is Code.UNSCHEDULABLE
+                    and self._preempt(pod, request, running, book)
                 ):
                     preemptions_left -= 1
-            else:
-                self._place_gang(unit, out)
+                    out.preemptions += 1
+                    continue
+                self._delay(key)
+                if key not in self.preempting:
+                    note = status.message()
+                    if status.plugin not in ("gang", "quota"):
+                        note = f"0/{self.state.num_nodes} nodes available: {note}"
+                    self.events.pod_event(pod, reason="FailedScheduling", warning=True, note=note)
         METRICS.pending_pods.set(len(self.pending))
         METRICS.cycle_latency.observe(time.perf_counter() - start)
         self.cycles += 1
         return out
 
-    def _gpu_milli(self, pod: JsonDict) -> int:
-        request = self.request_of(pod).request
-        return request.gpu_milli_total if request is not None else 0
-
-    def _request_or_reject(self, pod: JsonDict) -> Request | None:
-        parsed = self.request_of(pod)
-        if parsed.request is None:
-            key = pod_key(pod)
-            self.events.pod_event(
-                pod,
-                reason="FailedScheduling",
-                warning=True,
-                note="invalid accelerator request: " + "; ".join(parsed.errors),
-            )
-            self._delay(key)
-            METRICS.placements.labels("invalid").inc()
-            return None
-        return parsed.request
-
-    def _commit(self, pod: JsonDict, allocation: Allocation, request: Request) -> bool:
+    def _assume(self, pod: JsonDict, allocation: Allocation, request: Request) -> None:
+        """Record a placement the core already reserved on ``state``, then bind it."""
         key = pod_key(pod)
-        if not self._reserve(allocation, request):
-            return False
+        self.accounted[key] = (allocation, request)
         self.pending.pop(key, None)
         self.preempting.pop(key, None)
-        assumed = _Assumed(
-            allocation.node, pod["metadata"]["uid"], self.clock.now_s() + self.config.assume_ttl_s
-        )
+        deadline = self.clock.now_s() + self.config.assume_ttl_s
+        assumed = _Assumed(allocation.node, pod["metadata"]["uid"], deadline)
         self.assumed[key] = assumed
         METRICS.assumed_pods.set(len(self.assumed))
         METRICS.placements.labels("placed").inc()
         self._spawn(self._bind(pod, allocation, assumed, annotate=True))
-        return True
 
-    def _place_one(self, pod: JsonDict, out: _Outcome) -> bool:
-        request = self._request_or_reject(pod)
-        if request is None:
-            return False
-        result = self.core.place(self.state, request)
-        if (
-            result.status.ok
-            and result.allocation is not None
-            and self._commit(pod, result.allocation, request)
-        ):
-            out.placed += 1
-            return True
-        out.unschedulable += 1
-        METRICS.placements.labels("unschedulable").inc()
-        self._delay(pod_key(pod))
-        if pod_key(pod) not in self.preempting:
-            self.events.pod_event(
-                pod,
-                reason="FailedScheduling",
-                warning=True,
-                note=f"0/{self.state.num_nodes} nodes available: {result.status.message()}",
-            )
-        return False
+    def _preempt(self, pod: JsonDict, request: Request, running: dict[str, Running], book: QueueBook) -> bool:
+        """Plan with the core (:func:`~xpupool.core.queues.plan_preemption`), then evict.
 
-    def _place_gang(self, members: list[JsonDict], out: _Outcome) -> None:
-        """All-or-nothing: reserve every member in one Statement; commit only if all fit."""
-        need = max((_gang_min(p) for p in members), default=0) or len(members)
-        group = ((members[0].get("metadata") or {}).get("labels") or {}).get(LABEL_POD_GROUP, "")
-        ns = members[0]["metadata"]["namespace"]
-        running = sum(
-            1 for k, (_a, r) in self.accounted.items() if r.pod_group == group and k.startswith(f"{ns}/")
-        )
-        members = sorted(
-            members, key=lambda p: (p["metadata"].get("creationTimestamp", ""), p["metadata"]["name"])
-        )
-        if running + len(members) < need:
-            for pod in members:
-                self._delay(pod_key(pod))
-                self.events.pod_event(
-                    pod,
-                    reason="FailedScheduling",
-                    note=(f"gang {group}: waiting for members, {running + len(members)} of {need} exist"),
-                )
-            return
-        stmt = Statement(self.state)
-        chosen: list[tuple[JsonDict, Allocation, Request]] = []
-        failed: str = ""
-        for pod in members:
-            request = self._request_or_reject(pod)
-            if request is None:
-                failed = f"member {pod['metadata']['name']} has an invalid request"
-                break
-            result = self.core.place(self.state, request)
-            if (
-                not result.status.ok
-                or result.allocation is None
-                or not stmt.reserve(result.allocation, request).ok
-            ):
-                failed = f"member {pod['metadata']['name']}: {result.status.message()}"
-                break
-            chosen.append((pod, result.allocation, request))
-        if failed and running + len(chosen) < need:
-            stmt.rollback()
-            out.unschedulable += len(members)
-            for pod in members:
-                self._delay(pod_key(pod))
-                self.events.pod_event(
-                    pod,
-                    reason="FailedScheduling",
-                    warning=True,
-                    note=f"gang {group}: only {running + len(chosen)} of {need} fit ({failed})",
-                )
-            return
-        stmt.rollback()  # re-reserve through _commit, which also records the assumption
-        for pod, allocation, request in chosen:
-            if self._commit(pod, allocation, request):
-                out.placed += 1
-
-    # ------------------------------------------------------------------ preemption
-    def _try_preempt(self, pod: JsonDict, out: _Outcome) -> bool:
-        """Find the node where evicting the fewest, lowest-priority pods makes ``pod`` fit.
-
-        Only bound pods of lower priority placed by us are victims. While earlier victims are
-        still terminating, nothing new is evicted for the same preemptor.
+        True when the pod is waiting for victims (planned now or earlier and still terminating).
         """
         key = pod_key(pod)
-        request = self.request_of(pod).request
-        if request is None or request.priority <= 0:
-            return False
         waiting = self.preempting.get(key)
         if waiting and any(v in self.pods.store for v in waiting):
+            return True
+        groups: dict[str, list[str]] = defaultdict(list)
+        for name, run in running.items():
+            if run.request.pod_group:
+                groups[run.request.pod_group].append(name)
+        plan = plan_preemption(self.state, self.core, request, running, book, groups)
+        if not isinstance(plan, PreemptionPlan):
             return False
-        victims_by_node: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        for vkey, (allocation, vreq) in self.accounted.items():
-            if vreq.priority >= request.priority or vkey in self.assumed:
-                continue
-            vpod = self.pods.store.get(vkey)
-            if vpod is None or not self._ours(vpod) or (vpod.get("metadata") or {}).get("deletionTimestamp"):
-                continue
-            victims_by_node[allocation.node].append((vreq.priority, vkey))
-        best: tuple[tuple[int, int], str, list[str]] | None = None
-        for node, cands in victims_by_node.items():
-            idx = self.state.node_index.get(node)
-            if idx is None or not self._filter.mask[idx]:
-                continue
-            cands.sort()
-            stmt = Statement(self.state)
-            evicted: list[str] = []
-            fits = False
-            for _prio, vkey in cands:
-                stmt.evict(vkey)
-                evicted.append(vkey)
-                ctx = FitContext.build(self.state, request)
-                if ctx.cards_ok[idx] and ctx.host_ok[idx]:
-                    fits = True
-                    break
-            stmt.rollback()
-            if fits:
-                cost = (max(self.accounted[v][1].priority for v in evicted), len(evicted))
-                if best is None or cost < best[0]:
-                    best = (cost, node, evicted)
-        if best is None:
-            return False
-        _cost, node, victims = best
-        self.preempting[key] = set(victims)
-        for vkey in victims:
+        self.preempting[key] = set(plan.victims)
+        for vkey in plan.victims:
             vpod = self.pods.store[vkey]
             self.events.pod_event(
                 vpod,
                 reason="Preempted",
                 warning=True,
                 action="Preempting",
-                note=f"preempted by {key} (priority {request.priority}) on {node}",
+                note=f"preempted by {key} (priority {request.priority}) on {plan.node}",
             )
             self._spawn(self._evict(vpod))
         self.events.pod_event(
             pod,
             reason="Preempting",
             action="Preempting",
-            note=f"evicting {len(victims)} lower-priority pod(s) on {node}",
+            note=f"evicting {len(plan.victims)} pod(s) on {plan.node}: {', '.join(plan.victims)}",
         )
-        out.preemptions += len(victims)
-        METRICS.preemptions.inc(len(victims))
+        METRICS.preemptions.inc(len(plan.victims))
         return True
 
     async def _evict(self, pod: JsonDict) -> None:
@@ -755,11 +680,7 @@ def _gang_min(pod: JsonDict) -> int:
 
 def _describe(allocation: Allocation) -> str:
     share = "whole" if allocation.share_milli >= WHOLE_CARD_MILLI else f"{allocation.share_milli / 10:g}%"
-    where = (
-        allocation.node
-        if not allocation.is_remote
-        else f"{allocation.node} (cards on {allocation.device_node})"
-    )
+    where = allocation.node if not allocation.is_remote else f"{allocation.node} (cards on {allocation.device_node})"
     return (
         f"assigned to {where}: card(s) {','.join(map(str, allocation.cards))}, {share} compute, "
         f"{'+'.join(map(str, allocation.device_memory_mib))} MiB"
@@ -787,9 +708,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def amain(
-    argv: Sequence[str] | None = None, *, ready: Callable[[KubeScheduler], None] | None = None
-) -> None:
+async def amain(argv: Sequence[str] | None = None, *, ready: Callable[[KubeScheduler], None] | None = None) -> None:
     from xpupool.kube.transport import AiohttpTransport, KubeConfig
     from xpupool.plugins.profiles import build_scheduler
 

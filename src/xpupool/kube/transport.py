@@ -32,6 +32,8 @@ import aiohttp
 import yaml
 
 JsonDict = dict[str, Any]
+JsonList = list[JsonDict]
+JsonPatch = JsonDict | list[JsonDict]  # merge/strategic patch object, or JSON-patch operations
 PatchType = Literal["merge", "strategic", "json"]
 
 _PATCH_CONTENT_TYPES: Mapping[str, str] = {
@@ -93,7 +95,7 @@ class ApiError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ListResult:
-    items: list[JsonDict]
+    items: JsonList
     resource_version: str
     continue_token: str
 
@@ -142,13 +144,9 @@ class Transport(Protocol):
 
     async def get(self, resource: Resource, name: str, *, namespace: str | None = None) -> JsonDict: ...
 
-    async def create(
-        self, resource: Resource, body: JsonDict, *, namespace: str | None = None
-    ) -> JsonDict: ...
+    async def create(self, resource: Resource, body: JsonDict, *, namespace: str | None = None) -> JsonDict: ...
 
-    async def replace(
-        self, resource: Resource, name: str, body: JsonDict, *, namespace: str | None = None
-    ) -> JsonDict:
+    async def replace(self, resource: Resource, name: str, body: JsonDict, *, namespace: str | None = None) -> JsonDict:
         """PUT; the body's ``metadata.resourceVersion`` makes it a compare-and-swap (409 on mismatch)."""
         ...
 
@@ -156,7 +154,7 @@ class Transport(Protocol):
         self,
         resource: Resource,
         name: str,
-        patch: JsonDict | list[JsonDict],
+        patch: JsonPatch,
         *,
         namespace: str | None = None,
         patch_type: PatchType = "merge",
@@ -425,16 +423,14 @@ class AiohttpTransport:
         ns = namespace or (body.get("metadata") or {}).get("namespace")
         return await self._request("POST", resource.path(namespace=ns), body=body)
 
-    async def replace(
-        self, resource: Resource, name: str, body: JsonDict, *, namespace: str | None = None
-    ) -> JsonDict:
+    async def replace(self, resource: Resource, name: str, body: JsonDict, *, namespace: str | None = None) -> JsonDict:
         return await self._request("PUT", resource.path(namespace=namespace, name=name), body=body)
 
     async def patch(
         self,
         resource: Resource,
         name: str,
-        patch: JsonDict | list[JsonDict],
+        patch: JsonPatch,
         *,
         namespace: str | None = None,
         patch_type: PatchType = "merge",
@@ -483,6 +479,4 @@ class AiohttpTransport:
             "metadata": meta,
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
-        return await self._request(
-            "POST", PODS.path(namespace=namespace, name=name, sub="binding"), body=body
-        )
+        return await self._request("POST", PODS.path(namespace=namespace, name=name, sub="binding"), body=body)

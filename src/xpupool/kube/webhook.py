@@ -49,8 +49,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from xpupool.core.model import Node
-from xpupool.core.request import DOMAIN, OUR_RESOURCES, WHOLE_CARD_RESOURCES, Request, validate_against_pool
+from xpupool.core.model import Node, Request
+from xpupool.core.request import DOMAIN, OUR_RESOURCES, WHOLE_CARD_RESOURCES, validate_against_pool
 from xpupool.kube import certs
 from xpupool.kube.objects import SCHEDULER_NAME, node_model, pod_request
 from xpupool.kube.transport import NODES, ApiError, JsonDict, Resource, Transport

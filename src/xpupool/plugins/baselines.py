@@ -45,6 +45,7 @@ class RandomScore:
 
 class DotProductScore:
     name = "dotprod"
+    node_local = True
 
     def score(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
         r = ctx.request
@@ -70,6 +71,7 @@ def _affinity(count: int, share_milli: int) -> int:
 
 class GpuClusteringScore:
     name = "gpuclustering"
+    node_local = True
 
     def __init__(self) -> None:
         self._tags: dict[int, frozenset[int]] = {}
@@ -110,6 +112,7 @@ class GpuClusteringScore:
 
 class GpuPackingScore:
     name = "gpupacking"
+    node_local = True
 
     def score(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
         r = ctx.request
@@ -137,6 +140,7 @@ class GpuPackingScore:
 
 class BestFitScore:
     name = "bestfit"
+    node_local = True
 
     def score(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
         r = ctx.request
@@ -147,6 +151,7 @@ class BestFitScore:
 
 class BinpackScore:
     name = "binpack"
+    node_local = True
 
     def score(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
         cap = np.maximum(state.card_count * WHOLE_CARD_MILLI, 1)
@@ -157,6 +162,7 @@ class BinpackScore:
 
 class SpreadScore:
     name = "spread"
+    node_local = True
 
     def score(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
         packed = BinpackScore().score(state, ctx, feasible).scores

@@ -62,6 +62,7 @@ class FragmentGradient:
 
 class FGDScore:
     name = "fgd"
+    node_local = True
 
     def __init__(self, *, target: TargetWorkload) -> None:
         self.gradient = FragmentGradient(target)
@@ -76,6 +77,7 @@ class XpupoolFragScore:
     """Demand-weighted fragmentation gradient with a packing tie-breaker (continuous, 0..100)."""
 
     name = "xpupool-frag"
+    node_local = True
 
     def __init__(self, *, target: TargetWorkload, packing_weight: float = 0.02) -> None:
         self.gradient = FragmentGradient(target)

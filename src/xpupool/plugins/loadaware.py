@@ -14,6 +14,7 @@ from xpupool.core.framework import REGISTRY, FitContext, ScoreResult
 
 class LoadAwareScore:
     name = "loadaware"
+    node_local = True
 
     def score(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
         util = state.card_utilization

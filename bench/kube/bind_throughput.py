@@ -1,0 +1,177 @@
+"""Bind throughput: xpupool's scheduler vs upstream kube-scheduler on the same apiserver.
+
+A benchmark, not a test. One run starts a throw-away control plane (etcd + kube-apiserver built
+by ``make kube-bins``), then for each scheduler in turn:
+
+  1. creates ``--nodes`` fake Nodes (``nvidia.com/gpu`` in status.allocatable, GFD labels; a
+     fresh node pool per scheduler, labelled so each scheduler sees only its own pool),
+  2. creates ``--pods`` whole-GPU pods (``nvidia.com/gpu: 1``) while NO scheduler runs,
+  3. starts the scheduler as a separate process and records, from a watch, the moment each pod
+     is seen bound.
+
+Throughput = pods / (last bind seen - first bind seen), so informer start-up and the creation
+of the pods are excluded for both. kube-scheduler runs with client QPS/burst raised from 50/100
+to 5000 (its defaults would measure the rate limiter); ours has no client-side limit by default.
+Both share the machine with the apiserver, etcd and this watcher.
+
+    .venv/bin/python bench/kube/bind_throughput.py [--nodes 100] [--gpus-per-node 16] [--pods 1500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from xpupool.kube.testing import ControlPlane, create_all, fake_node, fake_pod, find_bin_dir
+from xpupool.kube.transport import NAMESPACES, NODES, PODS, AiohttpTransport, KubeConfig
+
+
+@dataclass
+class Result:
+    name: str
+    pods: int
+    first_s: float
+    last_s: float
+    start_s: float
+
+    @property
+    def window_s(self) -> float:
+        return max(self.last_s - self.first_s, 1e-9)
+
+    @property
+    def pods_per_s(self) -> float:
+        return (self.pods - 1) / self.window_s if self.pods > 1 else 0.0
+
+    @property
+    def end_to_end_s(self) -> float:
+        return self.last_s - self.start_s
+
+
+async def watch_binds(transport: AiohttpTransport, namespace: str, expected: int, timeout_s: float) -> list[float]:
+    """Local time at which each pod of ``namespace`` was first seen with ``spec.nodeName``."""
+    seen: dict[str, float] = {}
+    listed = await transport.list(PODS, namespace=namespace)
+    rv = listed.resource_version
+    for pod in listed.items:
+        if pod["spec"].get("nodeName"):
+            seen[pod["metadata"]["name"]] = time.perf_counter()
+    deadline = time.perf_counter() + timeout_s
+    while len(seen) < expected:
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{len(seen)}/{expected} pods bound after {timeout_s:.0f} s")
+        async for event in transport.watch(PODS, namespace=namespace, resource_version=rv, timeout_s=60):
+            obj = event.object
+            rv = obj.get("metadata", {}).get("resourceVersion", rv)
+            if event.type in ("ADDED", "MODIFIED") and obj["spec"].get("nodeName"):
+                seen.setdefault(obj["metadata"]["name"], time.perf_counter())
+                if len(seen) >= expected:
+                    break
+    return sorted(seen.values())
+
+
+async def run_one(cp: ControlPlane, transport: AiohttpTransport, name: str, args: argparse.Namespace) -> Result:
+    ns = f"bench-{name}"
+    pool = f"pool-{name}"
+    await transport.create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    nodes = [
+        fake_node(
+            f"{pool}-{i:04d}",
+            cards=args.gpus_per_node,
+            inventory="extended-resource",
+            labels={"xpupool.bench/pool": pool},
+        )
+        for i in range(args.nodes)
+    ]
+    await create_all(transport, NODES, nodes)
+    scheduler_name = "default-scheduler" if name == "kube-scheduler" else "xpupool"
+    pods = [fake_pod(ns, f"p{i:05d}", scheduler=scheduler_name, whole_gpus=1) for i in range(args.pods)]
+    await create_all(transport, PODS, pods, concurrency=64)
+    start = time.perf_counter()
+    if name == "kube-scheduler":
+        proc = cp.start_kube_scheduler(qps=5000)
+    else:
+        log = open(cp.workdir / "xpupool-scheduler.log", "ab")  # noqa: SIM115
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "xpupool.kube.scheduler",
+                "--kubeconfig",
+                str(cp.kubeconfig),
+                "--node-selector",
+                f"xpupool.bench/pool={pool}",
+                "--log-level",
+                "WARNING",
+                "--bind-concurrency",
+                str(args.bind_concurrency),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        log.close()
+    try:
+        times = await watch_binds(transport, ns, args.pods, args.timeout_s)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return Result(name, len(times), times[0], times[-1], start)
+
+
+async def amain(args: argparse.Namespace) -> int:
+    bin_dir, missing = find_bin_dir(("etcd", "kube-apiserver", "kube-scheduler"))
+    if missing:
+        print(f"missing binaries in {bin_dir}: {missing}; run `make kube-bins`", file=sys.stderr)
+        return 2
+    cp = ControlPlane.start(bin_dir)
+    transport = AiohttpTransport(KubeConfig.from_file(cp.kubeconfig))
+    results: list[Result] = []
+    try:
+        for name in args.order.split(","):
+            results.append(await run_one(cp, transport, name, args))
+            r = results[-1]
+            print(
+                f"{r.name:15s} {r.pods} pods bound: {r.pods_per_s:8.1f} pods/s "
+                f"(bind window {r.window_s:.2f} s, start->last bind {r.end_to_end_s:.2f} s)",
+                flush=True,
+            )
+    finally:
+        await transport.close()
+        cp.stop()
+    by_name = {r.name: r for r in results}
+    if "xpupool" in by_name and "kube-scheduler" in by_name:
+        ratio = by_name["xpupool"].pods_per_s / by_name["kube-scheduler"].pods_per_s
+        e2e = by_name["kube-scheduler"].end_to_end_s / by_name["xpupool"].end_to_end_s
+        print(
+            f"ratio xpupool/kube-scheduler: {ratio:.2f}x (bind window), {e2e:.2f}x (start->last bind); "
+            f"{args.nodes} nodes x {args.gpus_per_node} GPUs, {args.pods} whole-GPU pods"
+        )
+    return 0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nodes", type=int, default=100)
+    p.add_argument("--gpus-per-node", type=int, default=16)
+    p.add_argument("--pods", type=int, default=1500)
+    p.add_argument("--bind-concurrency", type=int, default=64)
+    p.add_argument("--order", default="kube-scheduler,xpupool", help="comma-separated, run in this order")
+    p.add_argument("--timeout-s", type=float, default=300)
+    args = p.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(asyncio.run(amain(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The admission webhook called by a real kube-apiserver, and its certificate keeper writing a real
+Secret and webhook configuration (marker ``e2e_apiserver``).
+
+The test webhook configuration points at our HTTPS server on 127.0.0.1 and matches only the
+test's namespace, so other tests sharing the control plane never reach it. Its matchConditions
+are the chart's own, so the chart's CEL selection runs in the apiserver here."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+
+from xpupool.kube import certs
+from xpupool.kube.testing import ControlPlane
+from xpupool.kube.transport import AiohttpTransport, KubeConfig
+from xpupool.kube.webhook import ANN_REQUEST, CertKeeper, WebhookState, make_app
+
+from .apiserver import RawApi
+from .helm import render
+
+pytestmark = pytest.mark.e2e_apiserver
+
+
+def chart_webhook() -> dict[str, Any]:
+    (config,) = [d for d in render() if d["kind"] == "MutatingWebhookConfiguration"]
+    return config["webhooks"][0]  # type: ignore[no-any-return]
+
+
+def vxpu_pod(name: str, core: int = 30) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"containers": [{"name": "main", "image": "busybox",
+                                     "resources": {"limits": {"xpupool.io/vxpu": "1", "xpupool.io/vxpu-core": str(core),
+                                                              "xpupool.io/vxpu-memory": "4096"}}}]}}
+
+
+@pytest.fixture
+async def https_webhook() -> AsyncIterator[tuple[str, certs.CertBundle, WebhookState]]:
+    bundle = certs.new_bundle(dns_names=["localhost"], ip_addresses=["127.0.0.1"], now=dt.datetime.now(dt.UTC))
+    tls = certs.ReloadableServerContext(bundle.cert_pem, bundle.key_pem)
+    state = WebhookState()
+    runner = web.AppRunner(make_app(state))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.context).start()
+    yield f"https://127.0.0.1:{runner.addresses[0][1]}/mutate", bundle, state
+    await runner.cleanup()
+
+
+async def test_apiserver_mutates_and_refuses_through_the_webhook(
+    raw_api: RawApi, test_namespace: str, https_webhook: tuple[str, certs.CertBundle, WebhookState]
+) -> None:
+    url, bundle, state = https_webhook
+    hook = chart_webhook()
+    hook["clientConfig"] = {"url": url, "caBundle": base64.b64encode(bundle.ca_cert_pem).decode()}
+    hook["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": test_namespace}}
+    name = f"xpupool-test-{test_namespace}"
+    config = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+              "metadata": {"name": name}, "webhooks": [hook]}
+    status, body = await raw_api.create(config)
+    assert status == 201, body
+    try:
+        pods = raw_api.path("Pod", test_namespace)
+        # The apiserver picks up new webhook configurations asynchronously: wait until it calls us.
+        for _ in range(100):
+            status, probe = await raw_api.request("POST", pods, vxpu_pod("probe"), dry_run=True)
+            if probe.get("spec", {}).get("schedulerName") == "xpupool":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"the apiserver never called the webhook: {status} {probe}")
+
+        status, created = await raw_api.request("POST", pods, vxpu_pod("trainer"))
+        assert status == 201, created
+        _, stored = await raw_api.request("GET", raw_api.path("Pod", test_namespace, "trainer"))
+        assert stored["spec"]["schedulerName"] == "xpupool"
+        assert stored["metadata"]["labels"]["xpupool.io/managed"] == "true"
+        assert '"shareMilli":300' in stored["metadata"]["annotations"][ANN_REQUEST]
+        env = {e["name"] for e in stored["spec"]["containers"][0]["env"]}
+        assert env == {"XPUPOOL_POD_NAME", "XPUPOOL_POD_NAMESPACE", "XPUPOOL_POD_UID"}
+
+        dry_before = state.stats.dry_run
+        status, dry = await raw_api.request("POST", pods, vxpu_pod("dry"), dry_run=True)
+        assert status == 201 and dry["spec"]["schedulerName"] == "xpupool"
+        assert (await raw_api.request("GET", raw_api.path("Pod", test_namespace, "dry")))[0] == 404
+        assert state.stats.dry_run == dry_before + 1
+
+        status, refused = await raw_api.request("POST", pods, vxpu_pod("greedy", core=150))
+        assert status == 400, refused
+        assert 'admission webhook "pods.xpupool.io" denied the request' in refused["message"]
+        assert "compute share is 1..100 percent of a card, got 150" in refused["message"]
+
+        reviews = state.stats.reviews
+        plain = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"},
+                 "spec": {"containers": [{"name": "main", "image": "busybox"}]}}
+        status, created = await raw_api.request("POST", pods, plain)
+        assert status == 201 and created["spec"]["schedulerName"] == "default-scheduler"
+        assert state.stats.reviews == reviews  # matchConditions kept it away from the webhook
+    finally:
+        await raw_api.request("DELETE", raw_api.path("MutatingWebhookConfiguration", name=name))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = dt.datetime.now(dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+async def test_cert_keeper_bootstraps_rotates_and_publishes_the_ca(
+    control_plane: ControlPlane, raw_api: RawApi, test_namespace: str
+) -> None:
+    name = f"xpupool-inert-{test_namespace}"
+    inert = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+             "metadata": {"name": name},
+             "webhooks": [{"name": "inert.xpupool.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                           "clientConfig": {"url": "https://127.0.0.1:1/mutate"},
+                           "namespaceSelector": {"matchLabels": {"xpupool.io/never": "true"}},
+                           "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                                      "resources": ["pods"]}]}]}
+    status, body = await raw_api.create(inert)
+    assert status == 201, body
+    transport = AiohttpTransport(KubeConfig.from_file(control_plane.kubeconfig))
+    clock = Clock()
+
+    def keeper() -> CertKeeper:
+        return CertKeeper(transport, namespace=test_namespace, secret_name="wh-tls", service="wh",
+                          webhook_configuration=name, now=clock)
+
+    async def ca_bundle() -> list[x509.Certificate]:
+        _, live = await raw_api.request("GET", raw_api.path("MutatingWebhookConfiguration", name=name))
+        return x509.load_pem_x509_certificates(base64.b64decode(live["webhooks"][0]["clientConfig"]["caBundle"]))
+
+    try:
+        first = keeper()
+        assert await first.sync() == "new-ca"
+        assert first.bundle is not None and first.context is not None
+        _, secret = await raw_api.request("GET", raw_api.path("Secret", test_namespace, "wh-tls"))
+        assert set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt", "ca.key"}
+        ca = x509.load_pem_x509_certificate(first.bundle.ca_cert_pem)
+        assert await ca_bundle() == [ca]
+
+        replica = keeper()  # a second replica adopts the stored bundle
+        assert await replica.sync() == "kept" and replica.bundle == first.bundle
+
+        clock.now += dt.timedelta(days=340)
+        assert await first.sync() == "reissued-serving"
+        assert first.bundle.ca_cert_pem == replica.bundle.ca_cert_pem
+        assert first.bundle.cert_pem != replica.bundle.cert_pem
+        assert first.context.loads == 2 and await ca_bundle() == [ca]
+        assert await replica.sync() == "kept" and replica.bundle == first.bundle  # picks up the rotation
+
+        clock.now += dt.timedelta(days=3300)
+        assert await first.sync() == "new-ca"
+        bundle_now = await ca_bundle()
+        assert len(bundle_now) == 2 and bundle_now[1] == ca  # old CA kept during the switch
+        assert bundle_now[0] == x509.load_pem_x509_certificate(first.bundle.ca_cert_pem)
+    finally:
+        await transport.close()
+        await raw_api.request("DELETE", raw_api.path("MutatingWebhookConfiguration", name=name))

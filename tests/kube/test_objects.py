@@ -1,0 +1,92 @@
+"""Translation of Kubernetes objects to core values, and the allocation annotation round trip.
+
+Pure tests: no apiserver. Pods and nodes are the JSON an apiserver returns.
+"""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from xpupool.core.model import Allocation, Vendor
+from xpupool.kube.objects import (
+    ANN_ALLOCATION,
+    decode_allocation,
+    encode_allocation,
+    node_model,
+    node_schedulable,
+    pod_request,
+)
+from xpupool.kube.testing import fake_node, fake_pod
+
+
+def test_fractional_pod_becomes_a_sharing_request() -> None:
+    pod = fake_pod("ns", "p", vxpu=1, core_pct=30, memory_mib=8192, cpu="1500m")
+    pod["spec"]["priority"] = 1000
+    pod["metadata"]["labels"] = {"xpupool.io/queue": "team-a"}
+    parsed = pod_request(pod)
+    assert parsed.ok, parsed.errors
+    req = parsed.request
+    assert req is not None
+    assert (req.name, req.count, req.share_milli, req.device_memory_mib) == ("ns/p", 1, 300, 8192)
+    assert (req.cpu_milli, req.priority, req.queue, req.is_sharing) == (1500, 1000, "team-a", True)
+
+
+def test_containers_are_summed_and_bad_requests_explained() -> None:
+    pod = fake_pod("ns", "p", whole_gpus=1)
+    pod["spec"]["containers"].append(json.loads(json.dumps(pod["spec"]["containers"][0])) | {"name": "side"})
+    req = pod_request(pod).request
+    assert req is not None and req.count == 2 and req.exclusive and req.vendor is Vendor.NVIDIA
+    bad = fake_pod("ns", "q", vxpu=2, core_pct=30)  # a share below 100 % is for one card only
+    parsed = pod_request(bad)
+    assert not parsed.ok and any("one card" in e for e in parsed.errors)
+
+
+def test_node_inventory_from_annotation_and_from_extended_resources() -> None:
+    annotated = node_model(fake_node("a", cards=4, card_memory_mib=40960, model="A100"))
+    assert [d.index for d in annotated.devices] == [0, 1, 2, 3]
+    assert {(d.model, d.memory_mib) for d in annotated.devices} == {("A100", 40960)}
+    assert annotated.cpu_milli == 64000 and annotated.memory_mib == 512 * 1024
+    gfd = node_model(fake_node("b", cards=8, card_memory_mib=81920, inventory="extended-resource"))
+    assert len(gfd.devices) == 8 and gfd.devices[0].vendor is Vendor.NVIDIA and gfd.devices[0].memory_mib == 81920
+
+
+def test_node_schedulable_honours_cordon_taints_and_readiness() -> None:
+    node = fake_node("n")
+    assert node_schedulable(node)
+    assert not node_schedulable(node | {"spec": {"unschedulable": True}})
+    assert not node_schedulable(node | {"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}})
+    assert node_schedulable(node | {"spec": {"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}})
+    not_ready = json.loads(json.dumps(node))
+    not_ready["status"]["conditions"][0]["status"] = "False"
+    assert not node_schedulable(not_ready)
+
+
+@given(
+    cards=st.lists(st.integers(0, 15), min_size=1, max_size=8, unique=True),
+    share=st.integers(1, 1000),
+    memory=st.integers(0, 200_000),
+    remote=st.booleans(),
+)
+def test_allocation_annotation_round_trip(cards: list[int], share: int, memory: int, remote: bool) -> None:
+    allocation = Allocation(
+        pod="ns/p",
+        node="n1",
+        device_node="gpu-7" if remote else "n1",
+        cards=tuple(cards),
+        share_milli=share,
+        device_memory_mib=tuple(memory for _ in cards),
+        remote_mbps=500 if remote else 0,
+    )
+    pod = {"metadata": {"namespace": "ns", "name": "p", "annotations": {ANN_ALLOCATION: encode_allocation(allocation)}}}
+    assert decode_allocation(pod) == allocation
+
+
+def test_unreadable_annotation_is_none_not_an_exception() -> None:
+    for raw in ("", "{", '{"v":1}', '{"node":"n","cards":"x","shareMilli":1,"memoryMiB":[]}'):
+        assert (
+            decode_allocation({"metadata": {"namespace": "ns", "name": "p", "annotations": {ANN_ALLOCATION: raw}}})
+            is None
+        )
