@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest native test-native kube-bins e2e bench simulate clean
+.PHONY: setup demo test lint typecheck pytest native test-native kube-bins helm e2e bench simulate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,11 +35,15 @@ test-native: native
 kube-bins:
 	bash hack/kube/build.sh
 
+# Builds helm from the Go module proxy (pinned, cached) for the chart lint/render tests.
+helm:
+	bash hack/helm/install.sh
+
 # pytest exit code 5 (no tests collected) is a failure, never hidden.
 pytest: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-test: setup kube-bins lint typecheck test-native pytest
+test: setup kube-bins helm lint typecheck test-native pytest
 
 e2e: setup kube-bins
 	$(PY) -m pytest -q -m e2e_apiserver tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 1; fi; exit $$rc

@@ -14,7 +14,10 @@ of the pods are excluded for both. kube-scheduler runs with client QPS/burst rai
 to 5000 (its defaults would measure the rate limiter); ours has no client-side limit by default.
 Both share the machine with the apiserver, etcd and this watcher.
 
-    .venv/bin/python bench/kube/bind_throughput.py [--nodes 100] [--gpus-per-node 16] [--pods 1500]
+    .venv/bin/python bench/kube/bind_throughput.py [--nodes 100] [--gpus-per-node 16] [--pods 1500] [--repeat 5]
+
+Each round uses a fresh control plane; the order alternates between rounds (the second scheduler
+of a round shares the apiserver with the first one's 1,500 bound pods). Prints the median ratio.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
+import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from xpupool.kube.testing import ControlPlane, create_all, fake_node, fake_pod, find_bin_dir
 from xpupool.kube.transport import NAMESPACES, NODES, PODS, AiohttpTransport, KubeConfig
@@ -98,9 +104,11 @@ async def run_one(cp: ControlPlane, transport: AiohttpTransport, name: str, args
     else:
         log = open(cp.workdir / "xpupool-scheduler.log", "ab")  # noqa: SIM115
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
         proc = subprocess.Popen(
             [
                 sys.executable,
+                *profile,
                 "-m",
                 "xpupool.kube.scheduler",
                 "--kubeconfig",
@@ -120,7 +128,7 @@ async def run_one(cp: ControlPlane, transport: AiohttpTransport, name: str, args
     try:
         times = await watch_binds(transport, ns, args.pods, args.timeout_s)
     finally:
-        proc.terminate()
+        proc.send_signal(signal.SIGINT if name == "xpupool" else signal.SIGTERM)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -129,33 +137,51 @@ async def run_one(cp: ControlPlane, transport: AiohttpTransport, name: str, args
     return Result(name, len(times), times[0], times[-1], start)
 
 
-async def amain(args: argparse.Namespace) -> int:
-    bin_dir, missing = find_bin_dir(("etcd", "kube-apiserver", "kube-scheduler"))
-    if missing:
-        print(f"missing binaries in {bin_dir}: {missing}; run `make kube-bins`", file=sys.stderr)
-        return 2
+async def one_round(bin_dir: Path, args: argparse.Namespace, order: list[str]) -> dict[str, Result]:
+    """Both schedulers, in ``order``, on one fresh control plane."""
     cp = ControlPlane.start(bin_dir)
     transport = AiohttpTransport(KubeConfig.from_file(cp.kubeconfig))
-    results: list[Result] = []
+    results: dict[str, Result] = {}
     try:
-        for name in args.order.split(","):
-            results.append(await run_one(cp, transport, name, args))
-            r = results[-1]
+        for name in order:
+            r = results[name] = await run_one(cp, transport, name, args)
             print(
-                f"{r.name:15s} {r.pods} pods bound: {r.pods_per_s:8.1f} pods/s "
+                f"  {r.name:15s} {r.pods} pods bound: {r.pods_per_s:8.1f} pods/s "
                 f"(bind window {r.window_s:.2f} s, start->last bind {r.end_to_end_s:.2f} s)",
                 flush=True,
             )
     finally:
         await transport.close()
         cp.stop()
-    by_name = {r.name: r for r in results}
-    if "xpupool" in by_name and "kube-scheduler" in by_name:
-        ratio = by_name["xpupool"].pods_per_s / by_name["kube-scheduler"].pods_per_s
-        e2e = by_name["kube-scheduler"].end_to_end_s / by_name["xpupool"].end_to_end_s
+    return results
+
+
+async def amain(args: argparse.Namespace) -> int:
+    bin_dir, missing = find_bin_dir(("etcd", "kube-apiserver", "kube-scheduler"))
+    if missing:
+        print(f"missing binaries in {bin_dir}: {missing}; run `make kube-bins`", file=sys.stderr)
+        return 2
+    order = args.order.split(",")
+    ratios: list[float] = []
+    e2e_ratios: list[float] = []
+    rates: dict[str, list[float]] = {n: [] for n in order}
+    for i in range(args.repeat):
+        this = order if i % 2 == 0 or len(order) != 2 else order[::-1]  # alternate who goes first
+        print(f"round {i + 1}/{args.repeat}: {' then '.join(this)}", flush=True)
+        results = await one_round(bin_dir, args, this)
+        for name, r in results.items():
+            rates[name].append(r.pods_per_s)
+        if "xpupool" in results and "kube-scheduler" in results:
+            ratios.append(results["xpupool"].pods_per_s / results["kube-scheduler"].pods_per_s)
+            e2e_ratios.append(results["kube-scheduler"].end_to_end_s / results["xpupool"].end_to_end_s)
+    for name, values in rates.items():
+        print(f"{name:15s} median {statistics.median(values):8.1f} pods/s over {len(values)} round(s)")
+    if ratios:
         print(
-            f"ratio xpupool/kube-scheduler: {ratio:.2f}x (bind window), {e2e:.2f}x (start->last bind); "
-            f"{args.nodes} nodes x {args.gpus_per_node} GPUs, {args.pods} whole-GPU pods"
+            f"ratio xpupool/kube-scheduler: median {statistics.median(ratios):.2f}x "
+            f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x) in the bind window; "
+            f"median {statistics.median(e2e_ratios):.2f}x start->last bind; "
+            f"{args.nodes} nodes x {args.gpus_per_node} GPUs, {args.pods} whole-GPU pods, {len(ratios)} round(s)"
         )
     return 0
 
@@ -166,8 +192,10 @@ def main() -> None:
     p.add_argument("--gpus-per-node", type=int, default=16)
     p.add_argument("--pods", type=int, default=1500)
     p.add_argument("--bind-concurrency", type=int, default=64)
-    p.add_argument("--order", default="kube-scheduler,xpupool", help="comma-separated, run in this order")
+    p.add_argument("--order", default="kube-scheduler,xpupool", help="comma-separated, first round's order")
+    p.add_argument("--repeat", type=int, default=5, help="rounds, each on a fresh control plane, order alternating")
     p.add_argument("--timeout-s", type=float, default=300)
+    p.add_argument("--profile", default="", help="write a cProfile of the xpupool process here")
     args = p.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(asyncio.run(amain(args)))

@@ -92,9 +92,11 @@ int main(int argc, char **argv)
     qsort(s, (size_t)rounds, sizeof s[0], cmp);
     qsort(l, (size_t)rounds, sizeof l[0], cmp);
     double dm = d[rounds / 2], sm = s[rounds / 2], lm = l[rounds / 2];
+    unsigned long long thr = r ? (unsigned long long)atomic_load(&r->dev[0].throttled_launches) : 0;
     printf("{\"double\": \"fake libcuda.so.1 (test double)\", \"region\": %s, \"calls_per_round\": %ld, "
            "\"rounds\": %d, \"direct_ns\": %.2f, \"shim_ns\": %.2f, \"shim_added_ns\": %.2f, "
-           "\"shim_ratio\": %.3f, \"limited_ns\": %.2f, \"limited_added_ns\": %.2f, \"limited_ratio\": %.3f}\n",
-           r ? "true" : "false", n, rounds, dm, sm, sm - dm, sm / dm, lm, r ? lm - dm : 0.0, r ? lm / dm : 0.0);
+           "\"shim_ratio\": %.3f, \"limited_ns\": %.2f, \"limited_added_ns\": %.2f, \"limited_ratio\": %.3f, "
+           "\"limited_throttled_launches\": %llu}\n",
+           r ? "true" : "false", n, rounds, dm, sm, sm - dm, sm / dm, lm, r ? lm - dm : 0.0, r ? lm / dm : 0.0, thr);
     return 0;
 }

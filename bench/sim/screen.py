@@ -24,6 +24,9 @@ from xpupool.core.framework import Profile, Scheduler
 from xpupool.sim.openb import default_nodes_file, load_nodes, load_pods, pods_file
 
 
+ORIGINAL_BUILD = replay_mod.build_scheduler
+
+
 def run_one(variant: str, seed: int, config: str) -> tuple[str, int, str, float, float]:
     nodes = load_nodes(default_nodes_file())
     pods = load_pods(pods_file(variant))
@@ -31,6 +34,7 @@ def run_one(variant: str, seed: int, config: str) -> tuple[str, int, str, float,
     target = TargetWorkload.from_requests(pods, models)
     demand = TargetWorkload.from_requests(pods, models, weights="demand")
     policy = "fgd"
+    replay_mod.build_scheduler = ORIGINAL_BUILD  # workers are reused: undo an earlier patch
     if config != "fgd":
         args: dict[str, Any] = json.loads(config)
         policy = "xpupool"

@@ -49,5 +49,8 @@ void xpu_region_read_cfg(struct xpu_region *r, unsigned d, struct xpu_dev_cfg *o
 uint64_t xpu_proc_start_time(pid_t pid);
 
 uint64_t xpu_now_mono_ns(void);
+/* CLOCK_MONOTONIC interpolated with the TSC where safe (launch hot path) */
+uint64_t xpu_now_fast_ns(void);
+void xpu_now_fast_fork_child(void);
 
 #endif

@@ -188,10 +188,11 @@ XPU_EXPORT aclError aclrtLaunchKernel(aclrtFuncHandle fn, uint32_t blockDim, con
     if (!f)
         return ACL_ERROR_FEATURE_UNSUPPORTED;
     int d = acl_dev();
-    int lim = d >= 0 && xpu_limit_before((unsigned)d, stream, &ACL_OPS);
+    uint64_t now = 0;
+    int lim = d >= 0 && xpu_limit_before((unsigned)d, stream, &ACL_OPS, &now);
     aclError rc = f(fn, blockDim, args, argsSize, stream);
     if (lim)
-        xpu_limit_after((unsigned)d, stream, &ACL_OPS, rc == ACL_SUCCESS, 0);
+        xpu_limit_after((unsigned)d, stream, &ACL_OPS, rc == ACL_SUCCESS, 0, now);
     return rc;
 }
 

@@ -13,6 +13,10 @@
 #include <string.h>
 #include <unistd.h>
 
+/* dlsym is called by sanitizer runtimes before their shadow memory exists: the lookup
+ * path must not be instrumented (only matters for the ASan/UBSan test build) */
+#define XPU_NO_SAN __attribute__((no_sanitize("address", "undefined")))
+
 struct xpu_core g_xpu;
 _Atomic int g_xpu_ready;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -23,83 +27,53 @@ typedef void *(*dlsym_fn)(void *, const char *);
 static dlsym_fn g_real_dlsym;
 static pthread_once_t g_dlsym_once = PTHREAD_ONCE_INIT;
 
-static void find_real_dlsym(void)
+XPU_NO_SAN static void find_real_dlsym(void)
 {
     static const char *const versions[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17", "GLIBC_2.0"};
     for (size_t i = 0; i < sizeof versions / sizeof versions[0] && !g_real_dlsym; i++)
         g_real_dlsym = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", versions[i]);
 }
 
-void *xpu_real_dlsym(void *handle, const char *name)
+XPU_NO_SAN void *xpu_real_dlsym(void *handle, const char *name)
 {
     pthread_once(&g_dlsym_once, find_real_dlsym);
     return g_real_dlsym ? g_real_dlsym(handle, name) : NULL;
 }
 
-/* RTLD_NEXT relative to the *caller*, not to this library: walk the loaded objects in
- * load order and search those after the caller's object. */
-struct next_ctx {
-    const void *caller_base;
-    int seen;
-    const char *name;
-    void *found;
-};
-
-static int next_cb(struct dl_phdr_info *info, size_t size, void *data)
-{
-    (void)size;
-    struct next_ctx *c = data;
-    if (c->found)
-        return 1;
-    if (!c->seen) {
-        if ((const void *)info->dlpi_addr == c->caller_base)
-            c->seen = 1;
-        return 0;
-    }
-    const char *path = info->dlpi_name;
-    if (!path || !path[0])
-        return 0;
-    void *h = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
-    if (!h)
-        return 0;
-    void *p = xpu_real_dlsym(h, c->name);
-    dlclose(h);
-    if (p) {
-        Dl_info di;
-        /* only accept a definition that lives in that object */
-        if (dladdr(p, &di) && di.dli_fbase && (uintptr_t)di.dli_fbase == (uintptr_t)info->dlpi_addr)
-            c->found = p;
-        else if (dladdr(p, &di) && di.dli_fname && strcmp(di.dli_fname, path) == 0)
-            c->found = p;
-    }
-    return c->found ? 1 : 0;
-}
-
-static void *dlsym_next_of(const void *caller, const char *name)
+/* RTLD_NEXT relative to the *caller*, not to this library. Callers loaded before us (the
+ * program, earlier preloads such as sanitizer runtimes) get glibc's answer relative to
+ * us, which is the same object list minus objects that cannot be "next" anyway. Callers
+ * loaded after us are resolved by walking the link-map list after the caller, with
+ * RTLD_NOLOAD handles. (Sanitizer runtimes call this before their dlopen works, hence the
+ * ordering of the cases.) */
+XPU_NO_SAN static void *dlsym_next_of(const void *caller, const char *name)
 {
     Dl_info di;
-    if (!dladdr(caller, &di) || !di.dli_fbase)
+    struct link_map *lm = NULL, *self = NULL;
+    if (!dladdr1(caller, &di, (void **)&lm, RTLD_DL_LINKMAP) || !lm ||
+        !dladdr1((void *)dlsym_next_of, &di, (void **)&self, RTLD_DL_LINKMAP) || !self)
         return xpu_real_dlsym(RTLD_NEXT, name);
-    struct next_ctx c = {0};
-    /* dl_iterate_phdr reports dlpi_addr (load bias); for PIE/shared objects it equals
-     * the base dladdr reports; for a non-PIE executable both are 0-ish: compare bias */
-    struct link_map *lm = NULL;
-    if (dladdr1(caller, &di, (void **)&lm, RTLD_DL_LINKMAP) && lm)
-        c.caller_base = (const void *)lm->l_addr;
-    else
-        c.caller_base = di.dli_fbase;
-    c.name = name;
-    dl_iterate_phdr(next_cb, &c);
-    if (c.found)
-        return c.found;
-    if (!c.seen) /* caller not found in the list: best effort */
-        return xpu_real_dlsym(RTLD_NEXT, name);
+    for (struct link_map *p = self; p; p = p->l_prev)
+        if (p == lm)
+            return xpu_real_dlsym(RTLD_NEXT, name); /* caller at or before us */
+    for (struct link_map *n = lm->l_next; n; n = n->l_next) {
+        if (!n->l_name || !n->l_name[0])
+            continue;
+        void *h = dlopen(n->l_name, RTLD_LAZY | RTLD_NOLOAD);
+        if (!h)
+            continue;
+        void *p = xpu_real_dlsym(h, name);
+        dlclose(h);
+        struct link_map *owner = NULL;
+        if (p && dladdr1(p, &di, (void **)&owner, RTLD_DL_LINKMAP) && owner == n)
+            return p;
+    }
     return NULL;
 }
 
 /* ------------------------------------------------------------------ hooks */
 
-const struct xpu_hook *xpu_hook_find(const char *name)
+XPU_NO_SAN const struct xpu_hook *xpu_hook_find(const char *name)
 {
     const struct xpu_hook *tab;
     size_t n;
@@ -124,7 +98,7 @@ const struct xpu_hook *xpu_hook_find(const char *name)
     return NULL;
 }
 
-XPU_EXPORT void *dlsym(void *handle, const char *name)
+XPU_EXPORT XPU_NO_SAN void *dlsym(void *handle, const char *name)
 {
     void *real;
     if (handle == RTLD_NEXT)
@@ -355,6 +329,7 @@ static void fork_child(void)
     xpu_region_forget_slot(); /* the child registers its own slot on first use */
     xpu_limit_fork_child();
     xpu_cuda_fork_child();
+    xpu_now_fast_fork_child();
 }
 
 static void at_exit(void)

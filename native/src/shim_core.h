@@ -85,9 +85,10 @@ struct xpu_meter_ops {
     int (*elapsed_ns)(void *start, void *end, uint64_t *ns);
 };
 /* Called before a launch on region device d. May sleep (bounded). Returns 1 if the
- * launch should be measured (then call xpu_limit_after). */
-int xpu_limit_before(unsigned d, void *stream, const struct xpu_meter_ops *ops);
-void xpu_limit_after(unsigned d, void *stream, const struct xpu_meter_ops *ops, int ok, int force_close);
+ * launch should be measured; then call xpu_limit_after with the same *now. */
+int xpu_limit_before(unsigned d, void *stream, const struct xpu_meter_ops *ops, uint64_t *now);
+void xpu_limit_after(unsigned d, void *stream, const struct xpu_meter_ops *ops, int ok, int force_close,
+                     uint64_t now);
 void xpu_limit_fork_child(void);
 /* host synchronisation point on stream (NULL = whole context): closes the open batch */
 void xpu_limit_sync_point(unsigned d, void *stream, const struct xpu_meter_ops *ops);

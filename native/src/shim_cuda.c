@@ -894,7 +894,7 @@ static const struct xpu_meter_ops OPS_LEGACY = {ev_create, ev_record, ev_query, 
 static const struct xpu_meter_ops OPS_PTSZ = {ev_create, ev_record_ptsz, ev_query, ev_sync, ev_elapsed};
 
 /* returns region device index to pass to launch_post, or -1 (not limited) */
-static inline int launch_pre(CUstream s, const struct xpu_meter_ops *ops)
+static inline int launch_pre(CUstream s, const struct xpu_meter_ops *ops, uint64_t *now)
 {
     struct xpu_core *c = xpu_core();
     if (c->status != XPU_REGION_OK)
@@ -902,22 +902,24 @@ static inline int launch_pre(CUstream s, const struct xpu_meter_ops *ops)
     int d = cur_dev();
     if (d < 0)
         return -1;
-    return xpu_limit_before((unsigned)d, s, ops) ? d : -1;
+    return xpu_limit_before((unsigned)d, s, ops, now) ? d : -1;
 }
 
-static inline void launch_post(int d, CUstream s, const struct xpu_meter_ops *ops, CUresult rc, int force)
+static inline void launch_post(int d, CUstream s, const struct xpu_meter_ops *ops, CUresult rc, int force,
+                               uint64_t now)
 {
     if (d >= 0)
-        xpu_limit_after((unsigned)d, s, ops, rc == CUDA_SUCCESS, force);
+        xpu_limit_after((unsigned)d, s, ops, rc == CUDA_SUCCESS, force, now);
 }
 
 #define LAUNCH_BODY(fn, ops, stream, force, ...)                                                      \
     __typeof__(&fn) f = REAL(fn);                                                                      \
     if (!f)                                                                                            \
         return CUDA_ERROR_NOT_FOUND;                                                                   \
-    int d = launch_pre((stream), (ops));                                                               \
+    uint64_t now_ = 0;                                                                                 \
+    int d = launch_pre((stream), (ops), &now_);                                                        \
     CUresult rc = f(__VA_ARGS__);                                                                      \
-    launch_post(d, (stream), (ops), rc, (force));                                                      \
+    launch_post(d, (stream), (ops), rc, (force), now_);                                                \
     return rc;
 
 XPU_EXPORT CUresult CUDAAPI cuLaunchKernel(CUfunction fn, unsigned int gx, unsigned int gy, unsigned int gz,
@@ -983,9 +985,10 @@ static CUresult graph_launch(__typeof__(&cuGraphLaunch) f, const struct xpu_mete
 {
     if (!f)
         return CUDA_ERROR_NOT_FOUND;
-    int d = launch_pre(s, ops);
+    uint64_t now = 0;
+    int d = launch_pre(s, ops, &now);
     CUresult rc = f(e, s);
-    launch_post(d, s, ops, rc, 1); /* a graph is measured as one unit */
+    launch_post(d, s, ops, rc, 1, now); /* a graph is measured as one unit */
     if (rc == CUDA_SUCCESS && atomic_load_explicit(&g_have_graph_mem, memory_order_relaxed))
         graph_mem_reconcile(gexec_dev(e));
     return rc;
@@ -1050,6 +1053,8 @@ static void *substitute(const char *symbol, void *p)
 {
     if (!p)
         return p;
+    /* the table must be complete even if a dlsym() lookup pre-filled this resolver's slot */
+    pthread_once(&g_cuda_once, cuda_init);
     for (size_t i = 0; i < xpu_cuda_nhooks; i++) {
         if (*xpu_cuda_hooks[i].real == p) {
             atomic_fetch_add_explicit(&g_resolver_swaps, 1, memory_order_relaxed);

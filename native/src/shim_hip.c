@@ -254,15 +254,16 @@ static int h_elapsed(void *a, void *b, uint64_t *ns)
 }
 static const struct xpu_meter_ops HIP_OPS = {h_create, h_record, h_query, h_sync, h_elapsed};
 
+static _Thread_local uint64_t t_now; /* launch time handed from hpre to hpost */
 static inline int hpre(hipStream_t s)
 {
     int d = hip_dev();
-    return d >= 0 && xpu_limit_before((unsigned)d, s, &HIP_OPS) ? d : -1;
+    return d >= 0 && xpu_limit_before((unsigned)d, s, &HIP_OPS, &t_now) ? d : -1;
 }
 static inline void hpost(int d, hipStream_t s, hipError_t rc, int force)
 {
     if (d >= 0)
-        xpu_limit_after((unsigned)d, s, &HIP_OPS, rc == hipSuccess, force);
+        xpu_limit_after((unsigned)d, s, &HIP_OPS, rc == hipSuccess, force, t_now);
 }
 
 XPU_EXPORT hipError_t hipLaunchKernel(const void *fn, dim3 grid, dim3 block, void **args, size_t shm, hipStream_t s)
@@ -305,6 +306,7 @@ XPU_EXPORT hipError_t hipGetProcAddress(const char *symbol, void **pfn, int hipV
     if (!f)
         return hipErrorNotSupported;
     hipError_t rc = f(symbol, pfn, hipVersion, flags, status);
+    pthread_once(&g_hip_once, hip_init); /* complete table even if dlsym pre-filled a slot */
     if (rc == hipSuccess && pfn && *pfn)
         for (size_t i = 0; i < xpu_hip_nhooks; i++)
             if (*xpu_hip_hooks[i].real == *pfn) {

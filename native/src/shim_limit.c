@@ -25,7 +25,9 @@ struct mark {
     void *start, *end;
     uint32_t n;
     uint32_t has_start;
-    uint64_t est_charged;          /* provisional charge made at launch time */
+    uint64_t est_charged;          /* provisional charge made when the batch closed */
+    uint32_t late;                 /* end event recorded after a host idle gap: not measurable */
+    uint32_t pad;
 };
 
 struct meter {
@@ -38,6 +40,7 @@ struct meter {
     uint64_t batch_est;
     uint64_t batch_open_ns, last_launch_ns, last_gap_ns;
     uint64_t est_ns;               /* EWMA GPU ns per launch */
+    int have_est;                  /* at least one batch measured */
     uint64_t next_refresh_ns, last_poll_ns;
     uint64_t gen;
     struct xpu_dev_cfg cfg;
@@ -187,9 +190,14 @@ static void poll(struct meter *m, unsigned d, uint64_t now, const struct xpu_met
             break;
         uint64_t ns = 0;
         void *ref = k->has_start ? k->start : m->last_end;
-        if (q < 0 || !ref || ops->elapsed_ns(ref, k->end, &ns) != 0) {
-            ns = m->est_ns * k->n; /* measurement failed: charge the estimate */
+        int measured = 0;
+        if (k->late) {
+            ns = k->est_charged; /* the elapsed time would include the idle gap: keep the estimate */
+        } else if (q < 0 || !ref || ops->elapsed_ns(ref, k->end, &ns) != 0) {
+            ns = k->est_charged; /* measurement failed: charge the estimate */
             atomic_fetch_add_explicit(&e->accounting_errors, 1, memory_order_relaxed);
+        } else {
+            measured = 1;
         }
         /* measured minus what was charged provisionally at launch time */
         int64_t corr = (int64_t)(ns > INT64_MAX / 2 ? INT64_MAX / 2 : ns) - (int64_t)k->est_charged;
@@ -199,9 +207,10 @@ static void poll(struct meter *m, unsigned d, uint64_t now, const struct xpu_met
         if (m->card && m->cfg.card_slot < m->card->hdr.ntenants)
             atomic_fetch_add_explicit(&m->card->tenant[m->cfg.card_slot].gpu_time_ns, ns, memory_order_relaxed);
         m->win_busy_ns += ns;
-        if (k->n) {
+        if (k->n && measured) {
             uint64_t per = ns / k->n;
-            m->est_ns = m->est_ns ? (m->est_ns * 3 + per) / 4 : per;
+            m->est_ns = m->have_est ? (m->est_ns * 3 + per) / 4 : per;
+            m->have_est = 1;
         }
         m->last_end = k->end;
         m->head = (m->head + 1) % RING;
@@ -224,17 +233,24 @@ static int ensure_events(struct meter *m, const struct xpu_meter_ops *ops)
     return 0;
 }
 
-static void close_batch(struct meter *m, void *stream, const struct xpu_meter_ops *ops)
+/* ends the open batch with an end event; its estimated GPU time is charged now (one CAS per
+ * batch, not per launch) and corrected when the batch's measurement arrives */
+static void close_batch(struct meter *m, unsigned d, uint64_t now, void *stream, const struct xpu_meter_ops *ops)
 {
     struct mark *k = &m->ring[m->tail];
+    if (m->batch_est)
+        xpu_lim_charge(&g_xpu.region->dev[d].lim_tat_ns, now, (int64_t)m->batch_est, m->eff_bp);
     if (ops->record(k->end, stream) != 0) {
         m->batch_n = 0;
-        m->batch_est = 0;
+        m->batch_est = 0; /* stays charged: no measurement will correct it */
         return;
     }
     k->n = m->batch_n;
     k->has_start = m->batch_has_start;
     k->est_charged = m->batch_est;
+    /* closed long after its last launch (host idle without a sync): the end event's time
+     * includes that idle gap, so this batch is charged by estimate, not by measurement */
+    k->late = m->last_launch_ns && now - m->last_launch_ns >= SPARSE_GAP_NS;
     m->batch_est = 0;
     m->tail = (m->tail + 1) % RING;
     m->outstanding++;
@@ -249,9 +265,10 @@ void xpu_limit_sync_point(unsigned d, void *stream, const struct xpu_meter_ops *
     struct meter *m = &g_m[d];
     if (!m->enabled || !m->batch_n)
         return;
+    uint64_t now = xpu_now_fast_ns();
     mlock(m);
     if (m->batch_n) /* the host is about to wait: the batch ends here, not after the wait */
-        close_batch(m, stream, ops);
+        close_batch(m, d, now, stream, ops);
     munlock(m);
 }
 
@@ -266,15 +283,17 @@ static void sleep_ns(uint64_t ns)
     nanosleep(&ts, NULL);
 }
 
-int xpu_limit_before(unsigned d, void *stream, const struct xpu_meter_ops *ops)
+int xpu_limit_before(unsigned d, void *stream, const struct xpu_meter_ops *ops, uint64_t *now_out)
 {
     if (d >= XPU_MAX_DEVICES)
         return 0;
     struct meter *m = &g_m[d];
     struct xpu_region *r = g_xpu.region;
     struct xpu_device_entry *e = &r->dev[d];
-    uint64_t now = xpu_now_mono_ns();
     uint64_t gen = atomic_load_explicit(&r->hdr.generation, memory_order_relaxed);
+    if (XPU_LIKELY(!m->enabled && gen == m->gen))
+        return 0; /* no compute limit: no clock read, no lock */
+    uint64_t now = xpu_now_fast_ns();
     if (XPU_UNLIKELY(gen != m->gen || now >= m->next_refresh_ns)) {
         mlock(m);
         refresh(m, d, now);
@@ -282,18 +301,6 @@ int xpu_limit_before(unsigned d, void *stream, const struct xpu_meter_ops *ops)
     }
     if (!m->enabled || m->broken)
         return 0;
-    mlock(m);
-    if (XPU_UNLIKELY(!m->ev_ready) && ensure_events(m, ops) != 0) {
-        munlock(m);
-        return 0;
-    }
-    if (m->outstanding && now - m->last_poll_ns >= POLL_EVERY_NS)
-        poll(m, d, now, ops);
-    while (m->outstanding >= MAX_OUTSTANDING) { /* bound the work queued ahead of the limiter */
-        ops->sync(m->ring[m->head].end);
-        poll(m, d, now, ops);
-    }
-    munlock(m);
 
     uint64_t delay = xpu_lim_delay_ns(atomic_load_explicit(&e->lim_tat_ns, memory_order_acquire), now,
                                       m->period_ns);
@@ -301,11 +308,11 @@ int xpu_limit_before(unsigned d, void *stream, const struct xpu_meter_ops *ops)
         uint64_t start = now;
         mlock(m);
         if (m->batch_n) /* end the open batch before idling, or the sleep would be measured */
-            close_batch(m, stream, ops);
+            close_batch(m, d, now, stream, ops);
         munlock(m);
         while (delay && now - start < MAX_WAIT_PER_LAUNCH_NS) {
             sleep_ns(delay < 2000000ull ? delay : 2000000ull);
-            now = xpu_now_mono_ns();
+            now = xpu_now_fast_ns();
             mlock(m);
             if (m->outstanding)
                 poll(m, d, now, ops);
@@ -323,9 +330,19 @@ int xpu_limit_before(unsigned d, void *stream, const struct xpu_meter_ops *ops)
     }
 
     mlock(m);
+    if (XPU_UNLIKELY(!m->ev_ready) && ensure_events(m, ops) != 0) {
+        munlock(m);
+        return 0;
+    }
+    if (m->outstanding && now - m->last_poll_ns >= POLL_EVERY_NS)
+        poll(m, d, now, ops);
+    while (m->outstanding >= MAX_OUTSTANDING) { /* bound the work queued ahead of the limiter */
+        ops->sync(m->ring[m->head].end);
+        poll(m, d, now, ops);
+    }
     m->last_gap_ns = m->last_launch_ns ? now - m->last_launch_ns : UINT64_MAX;
     if (m->batch_n && m->last_gap_ns >= SPARSE_GAP_NS)
-        close_batch(m, stream, ops); /* the open batch ended before this idle gap */
+        close_batch(m, d, now, stream, ops); /* the open batch ended before this idle gap */
     if (m->batch_n == 0) {
         if (m->outstanding)
             poll(m, d, now, ops);
@@ -335,28 +352,26 @@ int xpu_limit_before(unsigned d, void *stream, const struct xpu_meter_ops *ops)
         m->batch_open_ns = now;
     }
     munlock(m);
+    *now_out = now;
     return 1;
 }
 
-void xpu_limit_after(unsigned d, void *stream, const struct xpu_meter_ops *ops, int ok, int force_close)
+void xpu_limit_after(unsigned d, void *stream, const struct xpu_meter_ops *ops, int ok, int force_close,
+                     uint64_t now)
 {
     struct meter *m = &g_m[d];
-    uint64_t now = xpu_now_mono_ns();
     mlock(m);
     if (ok) {
         m->batch_n++;
         m->local_launches++;
-        if (m->est_ns) { /* provisional charge now, corrected when the batch is measured */
-            xpu_lim_charge(&g_xpu.region->dev[d].lim_tat_ns, now, (int64_t)m->est_ns, m->eff_bp);
-            m->batch_est += m->est_ns;
-        }
+        m->batch_est += m->est_ns; /* provisional, charged when the batch closes */
     }
     m->last_launch_ns = now;
     uint64_t quarter = m->period_ns / 4;
     /* until a first measurement exists every launch is its own batch (<= MAX_OUTSTANDING
      * unmeasured launches in flight) */
-    if (m->batch_n && (force_close || !m->est_ns || m->batch_n >= BATCH_MAX || now - m->batch_open_ns >= quarter ||
+    if (m->batch_n && (force_close || !m->have_est || m->batch_n >= BATCH_MAX || now - m->batch_open_ns >= quarter ||
                        m->est_ns * m->batch_n >= quarter || m->last_gap_ns >= SPARSE_GAP_NS))
-        close_batch(m, stream, ops);
+        close_batch(m, d, now, stream, ops);
     munlock(m);
 }

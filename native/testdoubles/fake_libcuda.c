@@ -548,7 +548,8 @@ static void *lookup(const char *n)
     return NULL;
 }
 
-/* test-double helper: the fake's own address of an export (bypasses any dlsym hook) */
+/* test-double helper: the fake's own address of an export (linked -Bsymbolic, so this is
+ * never an interposed wrapper) */
 EXPORT void *fake_cuda_raw(const char *name) { return lookup(name); }
 
 /* symbols that became _v2 at a given CUDA version */

@@ -58,6 +58,8 @@ for mode in basic async graph procaddr fork; do
     "$REG" create "$R" mem_mib=1024
     run "cuda $mode (fake libcuda test double)" "$R" "$B/tests/t_cuda" "$mode"
 done
+"$REG" create "$R" mem_mib=1024 req=5000 lim=5000
+run "cuda threads: concurrent alloc/launch/free, one slot (fake libcuda test double)" "$R" "$B/tests/t_cuda" threads
 
 # quota shared by two processes of one container, then kill -9 reconciliation
 "$REG" create "$R" mem_mib=1024

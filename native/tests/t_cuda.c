@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <pthread.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -168,6 +169,8 @@ static void mode_graph(void)
     CHECK(cuDeviceGraphMemTrim(0) == CUDA_SUCCESS, "trim");
     CHECK(used() == u0, "trim uncharges graph memory");
     CHECK(cuGraphInstantiateWithFlags(&e2, g2, 0) == CUDA_SUCCESS, "instantiate fits after trim");
+    CHECK(cuGraphExecDestroy(e2) == CUDA_SUCCESS && cuGraphDestroy(g) == CUDA_SUCCESS &&
+              cuGraphDestroy(g2) == CUDA_SUCCESS, "graph teardown");
     printf("graph ok\n");
 }
 
@@ -250,6 +253,7 @@ static void mode_procaddr(void)
 }
 
 static CUgraphExec g_exec;
+static CUgraph g_graph;
 static CUresult do_launch(const char *kind, unsigned us)
 {
     typedef CUresult (*lk_t)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
@@ -282,8 +286,8 @@ static CUresult do_launch(const char *kind, unsigned us)
 static void mode_launch(double secs, unsigned us, const char *kind)
 {
     if (!strcmp(kind, "graph")) {
-        CUgraph g;
-        CHECK(cuGraphCreate(&g, 0) == CUDA_SUCCESS && cuGraphInstantiateWithFlags(&g_exec, g, 0) == CUDA_SUCCESS, "graph");
+        CHECK(cuGraphCreate(&g_graph, 0) == CUDA_SUCCESS &&
+                  cuGraphInstantiateWithFlags(&g_exec, g_graph, 0) == CUDA_SUCCESS, "graph");
     }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -320,6 +324,10 @@ static void mode_launch(double secs, unsigned us, const char *kind)
         printf("metered_ratio %.3f\n", (double)(atomic_load(&R->dev[0].gpu_time_ns) - m0) /
                                             (double)(fake_cuda_busy_ns() - f0));
     printf("share %.2f launches %ld\n", 100.0 * (double)busy / (el * 1e9), n);
+    if (g_exec) {
+        cuGraphExecDestroy(g_exec);
+        cuGraphDestroy(g_graph);
+    }
 }
 
 static void mode_fork(void)
@@ -347,6 +355,35 @@ static void mode_fork(void)
     CUdeviceptr c;
     CHECK(cuMemAlloc(&c, 1024 * MIB - 100 * MIB) == CUDA_SUCCESS, "dead child's charge reclaimed");
     printf("fork ok\n");
+}
+
+static void *thread_body(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 300; i++) {
+        CUdeviceptr p;
+        CHECK(cuMemAlloc(&p, 3 * MIB) == CUDA_SUCCESS, "thread alloc");
+        CHECK(cuLaunchKernel(NULL, 20, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL) == CUDA_SUCCESS, "thread launch");
+        CHECK(cuMemFree(p) == CUDA_SUCCESS, "thread free");
+    }
+    return NULL;
+}
+
+/* 8 threads allocate, launch (through the limiter) and free concurrently */
+static void mode_threads(void)
+{
+    pthread_t t[8];
+    for (int i = 0; i < 8; i++)
+        CHECK(pthread_create(&t[i], NULL, thread_body, NULL) == 0, "pthread_create");
+    for (int i = 0; i < 8; i++)
+        pthread_join(t[i], NULL);
+    CHECK(used() == 0, "all charges released: %llu", (unsigned long long)used());
+    int slots = 0;
+    for (unsigned s = 0; s < XPU_MAX_SLOTS; s++)
+        slots += atomic_load(&R->slot[s].state) == XPU_SLOT_ACTIVE;
+    CHECK(slots == 1, "one slot per process, not per thread (%d)", slots);
+    CHECK(atomic_load(&R->dev[0].accounting_errors) == 0, "no accounting errors");
+    printf("threads ok\n");
 }
 
 int main(int argc, char **argv)
@@ -407,6 +444,8 @@ int main(int argc, char **argv)
         mode_launch(atof(argv[2]), (unsigned)atoi(argv[3]), argc >= 5 ? argv[4] : "kernel");
     } else if (!strcmp(m, "fork")) {
         mode_fork();
+    } else if (!strcmp(m, "threads")) {
+        mode_threads();
     } else {
         return 2;
     }

@@ -55,8 +55,7 @@ int main(int argc, char **argv)
         int found = 0;
         for (int a = 2; a < argc; a++)
             found |= (unsigned)atoi(argv[a]) == procs[i].pid;
-        CHECK(found, "pid %u belongs to the container", procs[i].pid);
-        CHECK(procs[i].pid < 1001 || procs[i].pid > 1003, "host processes of other tenants hidden");
+        CHECK(found, "pid %u belongs to the container (other tenants' host pids are hidden)", procs[i].pid);
         sum += procs[i].used;
     }
     CHECK(sum == expect, "per-process memory sums to the container usage");

@@ -7,6 +7,7 @@ remote vXPUs) on emulated nodes: NVIDIA and Ascend GPU nodes plus CPU-only nodes
 from __future__ import annotations
 
 import math
+
 import numpy as np
 from rich.console import Console
 from rich.table import Table
@@ -107,8 +108,9 @@ def run_demo(console: Console, *, pods: int = 60, seed: int = 7) -> dict[str, fl
         req = next(r for r in stream if r.name == allocation.pod)
         running[allocation.pod] = Running(req, allocation)
     # a latency-critical inference service arrives when the pool is busy: priority preemption
-    urgent = _pod("urgent-serving", {"xpupool.io/vxpu": "4"}, {"xpupool.io/vendor": "nvidia", "xpupool.io/model": "H100"},
-                  {"xpupool.io/queue": "prod"}, cpu=16_000, mem=65_536, priority=1000)
+    urgent = _pod("urgent-serving", {"xpupool.io/vxpu": "4"},
+                  {"xpupool.io/vendor": "nvidia", "xpupool.io/model": "H100"}, {"xpupool.io/queue": "prod"},
+                  cpu=16_000, mem=65_536, priority=1000)
     second = run_cycle(state, scheduler, book, [urgent], running=running, groups=groups)
     for victim in second.preempted:
         running.pop(victim, None)

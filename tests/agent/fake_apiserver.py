@@ -126,9 +126,7 @@ class FakeApiServer:
         patch = json.loads(await request.text())
         wanted_rv = patch.get("metadata", {}).pop("resourceVersion", None)
         if wanted_rv is not None and wanted_rv != pod["metadata"]["resourceVersion"]:
-            return _status(
-                409, "the object has been modified; please apply your changes to the latest version"
-            )
+            return _status(409, "the object has been modified; please apply your changes to the latest version")
         _merge(pod, patch)
         self._bump(pod)
         return web.json_response(pod)

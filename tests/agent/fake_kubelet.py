@@ -68,9 +68,7 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer):
         self._channels.append(channel)
         return api_pb2_grpc.DevicePluginStub(channel)
 
-    async def Register(
-        self, request: api_pb2.RegisterRequest, context: grpc.aio.ServicerContext
-    ) -> api_pb2.Empty:
+    async def Register(self, request: api_pb2.RegisterRequest, context: grpc.aio.ServicerContext) -> api_pb2.Empty:
         if self.refuse:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, self.refuse)
         if request.version != "v1beta1":

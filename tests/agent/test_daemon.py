@@ -9,12 +9,16 @@ from pathlib import Path
 import aiohttp
 from aiohttp.test_utils import TestServer
 
+from xpupool._generated.deviceplugin.v1beta1 import api_pb2
+from xpupool.agent.allocation import ANN_ALLOCATION
 from xpupool.agent.daemon import Agent, AgentSettings, merge_discoveries
 from xpupool.agent.discovery import DeviceInfo, Discovery
 from xpupool.agent.inventory import ANN_INVENTORY, parse_inventory
 from xpupool.agent.kubeapi import KubeApi
 from xpupool.agent.metrics import metrics_app
-from xpupool.core.model import Vendor
+from xpupool.agent.shim_region import ShimRegion
+from xpupool.core.model import Allocation, Vendor
+from xpupool.kube.objects import encode_allocation
 
 from .fake_apiserver import FakeApiServer
 from .fake_kubelet import FakeKubelet
@@ -32,6 +36,7 @@ def settings(short_dir: Path, config: Path) -> AgentSettings:
             "XPUPOOL_METRICS_HOST": "127.0.0.1",
             "XPUPOOL_METRICS_PORT": "0",
             "XPUPOOL_REGION_HOST_ROOT": str(short_dir / "regions"),
+            "XPUPOOL_CARD_HOST_DIR": str(short_dir / "cards"),
         }
     )
 
@@ -52,16 +57,46 @@ async def test_agent_publishes_serves_and_restarts_without_rewriting(
     try:
         listed = await kubelet.next_list(0)
         assert len(listed.devices) == 6 and {d.health for d in listed.devices} == {"Healthy"}
+
+        # A pod the scheduler placed on card 1 at 25 %: Allocate writes its shim region.
+        apiserver.add_pod(
+            "ns",
+            "job",
+            node="kw-1",
+            uid="uid-job",
+            created="2026-11-25T10:00:00Z",
+            annotations={
+                ANN_ALLOCATION: encode_allocation(
+                    Allocation(
+                        pod="ns/job",
+                        node="kw-1",
+                        device_node="kw-1",
+                        cards=(1,),
+                        share_milli=250,
+                        device_memory_mib=(10240,),
+                    )
+                )
+            },
+        )
+        stub = kubelet.plugin_stub(s.plugin_socket)
+        response = await stub.Allocate(
+            api_pb2.AllocateRequest(
+                container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=["EMU-kw-1-0::2"])]
+            )
+        )
+        wiring = response.container_responses[0]
+        assert wiring.envs["XPUPOOL_EMULATED_VISIBLE_DEVICES"] == "1"
+        host_dir = {m.container_path: m.host_path for m in wiring.mounts}["/run/xpupool/shim"]
+        with ShimRegion.open(Path(host_dir) / "region") as region:
+            entry = region.view.dev[0]
+            assert (entry.uuid.decode(), entry.mem_limit, entry.share_request_bp) == ("EMU-kw-1-1", 10240 << 20, 2500)
+        assert (short_dir / "cards" / "EMU-kw-1-1").is_file()
         for _ in range(200):
             if ANN_INVENTORY in apiserver.nodes["kw-1"]["metadata"]["annotations"]:
                 break
             await asyncio.sleep(0.01)
         inv = parse_inventory(apiserver.nodes["kw-1"]["metadata"]["annotations"][ANN_INVENTORY]).inventory
-        assert (
-            inv is not None
-            and inv.generation == 1
-            and [d.uuid for d in inv.devices] == ["EMU-kw-1-0", "EMU-kw-1-1"]
-        )
+        assert inv is not None and inv.generation == 1 and [d.uuid for d in inv.devices] == ["EMU-kw-1-0", "EMU-kw-1-1"]
 
         # Health change in the config: the kubelet sees Unhealthy slots, the generation moves once.
         seen = len(kubelet.lists)
@@ -93,8 +128,7 @@ async def test_metrics_endpoint_exports_per_card_series(
 ) -> None:
     config = short_dir / "emulated.yaml"
     config.write_text(
-        "cards:\n  - {model: EMU-40G, memory_mib: 40960, count: 2, utilization_pct: 12, "
-        "memory_used_mib: 1024}\n"
+        "cards:\n  - {model: EMU-40G, memory_mib: 40960, count: 2, utilization_pct: 12, memory_used_mib: 1024}\n"
     )
     apiserver.add_node("kw-1")
     s = settings(short_dir, config)

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import grpc
 import pytest
 
 from xpupool._generated.deviceplugin.v1beta1 import api_pb2
-from xpupool.agent.allocation import ANN_ALLOCATED, ANN_ALLOCATION, RuntimePaths, slot_id
+from xpupool.agent.allocation import ANN_ALLOCATED, ANN_ALLOCATION, PendingPod, RuntimePaths, slot_id
 from xpupool.agent.deviceplugin import ApiAllocationResolver, DevicePluginServer, VxpuDevicePlugin
 from xpupool.agent.discovery import DeviceInfo
 from xpupool.agent.kubeapi import KubeApi
 from xpupool.agent.nvidia import NvmlSample, device_from_sample
+from xpupool.core.model import Allocation
+from xpupool.core.status import Status
+from xpupool.kube.objects import encode_allocation
 
 from .fake_apiserver import FakeApiServer
 from .fake_kubelet import FakeKubelet
@@ -63,8 +66,20 @@ def allocation(cards: list[int], share_milli: int, memory: list[int], node: str 
     )
 
 
+class RecordingRegionWriter:
+    """A RegionWriter that records calls (the real one lives with the shim region layout)."""
+
+    def __init__(self, status: Status) -> None:
+        self.status = status
+        self.calls: list[tuple[Path, str, list[str]]] = []
+
+    def write(self, *, path: Path, pod: PendingPod, cards: Sequence[DeviceInfo]) -> Status:
+        self.calls.append((path, pod.key, [c.uuid for c in cards]))
+        return self.status
+
+
 class Harness:
-    def __init__(self, short_dir: Path, kube: KubeApi) -> None:
+    def __init__(self, short_dir: Path, kube: KubeApi, writer: RecordingRegionWriter | None = None) -> None:
         self.dir = short_dir / "dp"
         self.dir.mkdir()
         self.regions = short_dir / "regions"
@@ -73,6 +88,7 @@ class Harness:
             slots_per_card=4,
             resolver=ApiAllocationResolver(kube, node=NODE),
             paths=RuntimePaths(region_host_root=str(self.regions)),
+            region_writer=writer,
         )
         self.server = DevicePluginServer(self.plugin, plugin_dir=self.dir, poll_s=0.02, retry_s=0.05)
         self.kubelet = FakeKubelet(self.dir)
@@ -141,9 +157,7 @@ async def test_serves_first_then_registers_and_streams_health(harness: Harness) 
     assert await harness.plugin.update_devices(h100s(healthy=(True, False))) is False
 
 
-async def test_allocate_wires_the_container_to_the_schedulers_slice(
-    harness: Harness, apiserver: FakeApiServer
-) -> None:
+async def test_allocate_wires_the_container_to_the_schedulers_slice(harness: Harness, apiserver: FakeApiServer) -> None:
     """Two pods were bound with allocations; the kubelet asks for one slot at a time. The hint
     steers it to the oldest pod's card; Allocate returns env, mounts and device nodes of the
     scheduler's card (by UUID) and claims the pod, so the next Allocate serves the other pod."""
@@ -161,7 +175,19 @@ async def test_allocate_wires_the_container_to_the_schedulers_slice(
         node=NODE,
         uid="uid-newer",
         created="2026-11-25T10:00:05Z",
-        annotations={ANN_ALLOCATION: allocation([0], 500, [40960])},
+        # Written exactly as the scheduler writes it (versioned camelCase form).
+        annotations={
+            ANN_ALLOCATION: encode_allocation(
+                Allocation(
+                    pod="team-a/newer",
+                    node=NODE,
+                    device_node=NODE,
+                    cards=(0,),
+                    share_milli=500,
+                    device_memory_mib=(40960,),
+                )
+            )
+        },
     )
     apiserver.add_pod(
         "team-b",
@@ -194,13 +220,13 @@ async def test_allocate_wires_the_container_to_the_schedulers_slice(
     assert wiring.envs["XPUPOOL_CORE_LIMIT_PCT"] == "30"
     assert wiring.envs["XPUPOOL_MEMORY_LIMIT_MIB"] == "24576"
     assert wiring.envs["LD_PRELOAD"] == "/usr/local/xpupool/lib/libxpushim.so"
-    assert wiring.envs["XPUPOOL_SHIM_REGION"] == "/var/run/xpupool/region"
+    assert wiring.envs["XPUPOOL_SHIM_REGION"] == wiring.envs["XPUSHIM_REGION"] == "/run/xpupool/shim/region"
     assert next((d.container_path, d.permissions) for d in wiring.devices) == ("/dev/nvidia1", "rw")
     assert "/dev/nvidia0" not in {d.host_path for d in wiring.devices}
     assert "/dev/nvidiactl" in {d.host_path for d in wiring.devices}
     mounts = {m.container_path: (m.host_path, m.read_only) for m in wiring.mounts}
     assert mounts["/usr/local/xpupool/lib"] == ("/var/lib/xpupool/shim", True)
-    region_host, read_only = mounts["/var/run/xpupool"]
+    region_host, read_only = mounts["/run/xpupool/shim"]
     assert not read_only and Path(region_host).is_dir()
     assert Path(region_host).parent == harness.regions and Path(region_host).name.startswith("uid-older-")
     assert wiring.annotations["xpupool.io/pod"] == "team-a/older"
@@ -234,9 +260,7 @@ async def test_allocate_wires_the_container_to_the_schedulers_slice(
     assert "no pod on gpu-1 has an unclaimed xpupool allocation" in (err.value.details() or "")
 
 
-async def test_allocate_refuses_unhealthy_cards_and_bad_allocations(
-    harness: Harness, apiserver: FakeApiServer
-) -> None:
+async def test_allocate_refuses_unhealthy_cards_and_bad_allocations(harness: Harness, apiserver: FakeApiServer) -> None:
     apiserver.add_pod(
         "ns",
         "on-lost-card",
@@ -299,5 +323,42 @@ async def test_refused_registration_is_reported_and_retried(short_dir: Path, kub
         await asyncio.wait_for(h.kubelet.registered.wait(), 5)
         await wait_until(lambda: h.server.last_status.ok)
         assert h.server.registrations == 1
+    finally:
+        await h.close()
+
+
+async def test_region_is_written_before_the_container_starts_and_failure_is_fatal(
+    short_dir: Path, kube: KubeApi, apiserver: FakeApiServer
+) -> None:
+    apiserver.add_pod(
+        "ns",
+        "a",
+        node=NODE,
+        uid="uid-a",
+        created="2026-11-25T10:00:00Z",
+        annotations={ANN_ALLOCATION: allocation([1, 0], 1000, [81920, 81920])},
+    )
+    writer = RecordingRegionWriter(Status.success())
+    h = Harness(short_dir, kube, writer)
+    await h.start(h100s())
+    try:
+        stub = h.stub()
+        ids = [slot_id(UUIDS[0], 0), slot_id(UUIDS[1], 0)]
+        response = await stub.Allocate(
+            api_pb2.AllocateRequest(container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=ids)])
+        )
+        ((path, pod_key, cards),) = writer.calls
+        mounts = {m.container_path: m.host_path for m in response.container_responses[0].mounts}
+        assert path == Path(mounts["/run/xpupool/shim"]) / "region"
+        assert (pod_key, cards) == ("ns/a", [UUIDS[1], UUIDS[0]])  # the scheduler's card order
+        assert response.container_responses[0].envs["CUDA_VISIBLE_DEVICES"] == f"{UUIDS[1]},{UUIDS[0]}"
+
+        writer.status = Status.error("region file system is read-only")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Allocate(
+                api_pb2.AllocateRequest(container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=ids)])
+            )
+        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "region file system is read-only" in (err.value.details() or "")
     finally:
         await h.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 from pathlib import Path
 
 from xpupool._generated.deviceplugin.v1beta1 import api_pb2
@@ -9,14 +11,23 @@ from xpupool.agent import protogen
 
 
 def test_generated_stubs_match_a_fresh_generation(tmp_path: Path) -> None:
+    checked_in_grpc = re.search(
+        r"GRPC_GENERATED_VERSION = '([^']+)'",
+        (protogen.SRC_ROOT / "xpupool/_generated/deviceplugin/v1beta1/api_pb2_grpc.py").read_text(),
+    )
+    assert checked_in_grpc is not None
+    installed = importlib.metadata.version("grpcio-tools")
+    assert installed == checked_in_grpc.group(1), (
+        f"the stubs were generated with grpcio-tools {checked_in_grpc.group(1)} but {installed} is installed: "
+        f"pin grpcio-tools=={checked_in_grpc.group(1)} (or regenerate with the new pin)"
+    )
     written = protogen.generate(tmp_path)
     assert len(written) == 3 * len(protogen.PROTOS)
     for fresh in written:
         checked_in = protogen.SRC_ROOT / fresh.relative_to(tmp_path)
         assert checked_in.exists(), f"{checked_in} missing: run python -m xpupool.agent.protogen"
         assert checked_in.read_text() == fresh.read_text(), (
-            f"{checked_in} drifted from its proto (or grpcio-tools changed): "
-            "run python -m xpupool.agent.protogen"
+            f"{checked_in} drifted from its proto (or grpcio-tools changed): run python -m xpupool.agent.protogen"
         )
 
 

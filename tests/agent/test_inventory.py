@@ -47,16 +47,10 @@ def test_generation_changes_iff_content_changes() -> None:
     same = build_inventory(
         node="n1", devices=reversed(cards()), errors=["a problem"], slots_per_card=10, published=first
     )
-    assert (
-        same.generation == 1 and same.content_hash == first.content_hash
-    )  # order and errors are not content
-    sick = build_inventory(
-        node="n1", devices=cards(healthy=False), errors=[], slots_per_card=10, published=same
-    )
+    assert same.generation == 1 and same.content_hash == first.content_hash  # order and errors are not content
+    sick = build_inventory(node="n1", devices=cards(healthy=False), errors=[], slots_per_card=10, published=same)
     assert sick.generation == 2
-    more_slots = build_inventory(
-        node="n1", devices=cards(healthy=False), errors=[], slots_per_card=20, published=sick
-    )
+    more_slots = build_inventory(node="n1", devices=cards(healthy=False), errors=[], slots_per_card=20, published=sick)
     assert more_slots.generation == 3
 
 
@@ -120,9 +114,7 @@ async def test_publisher_is_idempotent_and_survives_restart(apiserver: FakeApiSe
     out = await publisher.publish(cards(util=60), [])
     assert (out.inventory_patched, out.utilization_patched) == (False, False)
 
-    restarted = InventoryPublisher(
-        kube, node="n1", slots_per_card=10, utilization_interval_s=30, monotonic=clock
-    )
+    restarted = InventoryPublisher(kube, node="n1", slots_per_card=10, utilization_interval_s=30, monotonic=clock)
     before = len(apiserver.requests)
     restarted._last_util_s = clock.now  # the restart happens right after a utilisation write
     out = await restarted.publish(cards(util=60), [])

@@ -79,10 +79,7 @@ def test_npu_smi_missing_or_garbage_is_an_error_not_an_exception() -> None:
 
 
 def test_amd_smi_mi300x_joined_by_index() -> None:
-    docs = [
-        json.loads((FIXTURES / f"amd-smi-{kind}-mi300x.json").read_text())
-        for kind in ("list", "static", "metric")
-    ]
+    docs = [json.loads((FIXTURES / f"amd-smi-{kind}-mi300x.json").read_text()) for kind in ("list", "static", "metric")]
     devices, problems = devices_from_amd_smi(*docs)
     assert problems == []
     first, second = devices
@@ -115,9 +112,7 @@ def test_amd_backend_cli_path_with_metric_failure() -> None:
     found = AmdBackend(run, use_library=False).discover()
     assert [d.memory_mib for d in found.devices] == [196592, 196592]
     assert all(d.utilization_pct is None for d in found.devices)
-    bad = AmdBackend(
-        replay({("amd-smi", "list", "--json"): CommandResult(0, "{not json")}), use_library=False
-    )
+    bad = AmdBackend(replay({("amd-smi", "list", "--json"): CommandResult(0, "{not json")}), use_library=False)
     assert "invalid JSON" in bad.discover().errors[0]
 
 
@@ -221,10 +216,7 @@ def test_emulated_backend_reads_yaml_each_time(tmp_path: Path) -> None:
     assert [d.healthy for d in backend.discover().devices] == [False, False]
     config.write_text("cards:\n  - {model: EMU-80G, memory_mib: -1}\n")
     assert "memory_mib" in backend.discover().errors[0]
-    assert (
-        "No such file"
-        in make_backend("emulated", {"config": str(tmp_path / "nope.yaml")}).discover().errors[0]
-    )
+    assert "No such file" in make_backend("emulated", {"config": str(tmp_path / "nope.yaml")}).discover().errors[0]
 
 
 def test_registry_knows_every_vendor_and_rejects_unknown_names() -> None:

@@ -10,8 +10,8 @@ from conftest import cpu_node, gpu_node, share, whole
 
 import xpupool.plugins  # noqa: F401
 from xpupool.core.cluster import ClusterState
-from xpupool.core.framework import REGISTRY, FilterPlugin, Profile, ScorePlugin, Scheduler
 from xpupool.core.frag import TargetWorkload
+from xpupool.core.framework import REGISTRY, FilterPlugin, Profile, Scheduler, ScorePlugin
 from xpupool.core.model import RemotePolicy, Request, Vendor
 from xpupool.plugins.profiles import POLICIES, build_scheduler
 

@@ -38,8 +38,11 @@ PLURALS = {
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
     "MutatingWebhookConfiguration": ("/apis/admissionregistration.k8s.io/v1", "mutatingwebhookconfigurations", False),
     "ValidatingAdmissionPolicy": ("/apis/admissionregistration.k8s.io/v1", "validatingadmissionpolicies", False),
-    "ValidatingAdmissionPolicyBinding": ("/apis/admissionregistration.k8s.io/v1",
-                                         "validatingadmissionpolicybindings", False),
+    "ValidatingAdmissionPolicyBinding": (
+        "/apis/admissionregistration.k8s.io/v1",
+        "validatingadmissionpolicybindings",
+        False,
+    ),
     "CustomResourceDefinition": ("/apis/apiextensions.k8s.io/v1", "customresourcedefinitions", False),
     "XPUPool": ("/apis/xpupool.io/v1alpha1", "xpupools", False),
     "XPUQueue": ("/apis/xpupool.io/v1alpha1", "xpuqueues", False),
@@ -65,17 +68,25 @@ class RawApi:
         path = base + (f"/namespaces/{namespace}" if namespaced and namespace else "") + f"/{plural}"
         return path + (f"/{name}" if name else "")
 
-    async def request(self, method: str, path: str, body: Any = None, *, dry_run: bool = False,
-                      content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
+    async def request(
+        self, method: str, path: str, body: Any = None, *, dry_run: bool = False, content_type: str = "application/json"
+    ) -> tuple[int, dict[str, Any]]:
         params = {"dryRun": "All"} if dry_run else None
         data = None if body is None else json.dumps(body)
-        async with self._session.request(method, self.config.server + path, data=data, params=params,
-                                         ssl=self._ssl, headers={"Content-Type": content_type}) as resp:
+        async with self._session.request(
+            method,
+            self.config.server + path,
+            data=data,
+            params=params,
+            ssl=self._ssl,
+            headers={"Content-Type": content_type},
+        ) as resp:
             text = await resp.text()
             return resp.status, (json.loads(text) if text else {})
 
-    async def create(self, obj: dict[str, Any], *, dry_run: bool = False,
-                     namespace: str | None = None) -> tuple[int, dict[str, Any]]:
+    async def create(
+        self, obj: dict[str, Any], *, dry_run: bool = False, namespace: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
         ns = namespace or obj.get("metadata", {}).get("namespace")
         return await self.request("POST", self.path(obj["kind"], ns), obj, dry_run=dry_run)
 
@@ -99,7 +110,7 @@ async def raw_api(control_plane: ControlPlane) -> AsyncIterator[RawApi]:
 
 
 @pytest.fixture
-async def test_namespace(raw_api: RawApi) -> AsyncIterator[str]:
+async def e2e_namespace(raw_api: RawApi) -> AsyncIterator[str]:
     name = f"xp-{uuid.uuid4().hex[:10]}"
     status, body = await raw_api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     assert status == 201, body

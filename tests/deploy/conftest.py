@@ -1,3 +1,3 @@
-from .apiserver import control_plane, raw_api, test_namespace
+from .apiserver import control_plane, e2e_namespace, raw_api
 
-__all__ = ["control_plane", "raw_api", "test_namespace"]
+__all__ = ["control_plane", "e2e_namespace", "raw_api"]

@@ -20,8 +20,10 @@ def helm_binary() -> str:
     done = subprocess.run(["bash", str(INSTALL), "--path"], capture_output=True, text=True, check=False)
     path = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     if done.returncode != 0 or not path:
-        pytest.fail(f"helm is not installed at {path or '?'}: run `bash hack/helm/install.sh` (builds the pinned "
-                    "helm from the Go module proxy into the xpupool cache)")
+        pytest.fail(
+            f"helm is not installed at {path or '?'}: run `bash hack/helm/install.sh` (builds the pinned "
+            "helm from the Go module proxy into the xpupool cache)"
+        )
     return path
 
 

@@ -36,9 +36,12 @@ def node(name: str) -> dict[str, Any]:
 
 def bound_pod(name: str, node_name: str, allocation: dict[str, Any] | None = None) -> dict[str, Any]:
     annotations = {ANN_ALLOCATION: json.dumps(allocation)} if allocation else {}
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "annotations": annotations},
-            "spec": {"nodeName": node_name, "containers": [{"name": "main", "image": "busybox"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"nodeName": node_name, "containers": [{"name": "main", "image": "busybox"}]},
+    }
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
@@ -50,39 +53,68 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15
 
 
 async def test_agent_rbac_and_policy_confine_it_to_its_node(
-    control_plane: ControlPlane, raw_api: RawApi, test_namespace: str
+    control_plane: ControlPlane, raw_api: RawApi, e2e_namespace: str
 ) -> None:
     release = f"r{uuid.uuid4().hex[:8]}"
     sa = f"{release}-xpupool-agent"
     own, other = f"{release}-gpu-1", f"{release}-gpu-2"
-    docs = render("agent.backends={emulated}", "scheduler.enabled=false", "webhook.enabled=false",
-                  namespace=test_namespace, release=release)
-    wanted = [d for d in docs if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                                              "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")]
+    docs = render(
+        "agent.backends={emulated}",
+        "scheduler.enabled=false",
+        "webhook.enabled=false",
+        namespace=e2e_namespace,
+        release=release,
+    )
+    wanted = [
+        d
+        for d in docs
+        if d["kind"]
+        in (
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        )
+    ]
     assert len(wanted) == 5
     created: list[dict[str, Any]] = []
     try:
         for doc in wanted:
-            status, body = await raw_api.create(doc, namespace=test_namespace)
+            status, body = await raw_api.create(doc, namespace=e2e_namespace)
             assert status == 201, body
             created.append(doc)
         for name in (own, other):
             status, body = await raw_api.create(node(name))
             assert status == 201, body
-        status, agent_pod = await raw_api.create(bound_pod("agent", own), namespace=test_namespace)
+        agent_spec = bound_pod("agent", own)
+        agent_spec["spec"]["serviceAccountName"] = sa
+        status, agent_pod = await raw_api.create(agent_spec, namespace=e2e_namespace)
         assert status == 201, agent_pod
-        token_request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                         "spec": {"expirationSeconds": 3600,
-                                  "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "agent",
-                                                     "uid": agent_pod["metadata"]["uid"]}}}
+        token_request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "expirationSeconds": 3600,
+                "boundObjectRef": {
+                    "kind": "Pod",
+                    "apiVersion": "v1",
+                    "name": "agent",
+                    "uid": agent_pod["metadata"]["uid"],
+                },
+            },
+        }
         status, token = await raw_api.request(
-            "POST", raw_api.path("ServiceAccount", test_namespace, sa) + "/token", token_request)
-        assert status == 201, token
+            "POST", raw_api.path("ServiceAccount", e2e_namespace, sa) + "/token", token_request
+        )
+        assert status == 201, token.get("message", token)
         agent = KubeApi(control_plane.server, token=token["status"]["token"], ca_path=control_plane.ca_file)
         try:
             # Its own Node: publishing works (and keeps working after the policy is active).
-            cards = devices_from_config(EmulatedConfig.model_validate(
-                {"cards": [{"model": "EMU-40G", "memory_mib": 40960, "count": 2}]}), node_name=own)
+            cards = devices_from_config(
+                EmulatedConfig.model_validate({"cards": [{"model": "EMU-40G", "memory_mib": 40960, "count": 2}]}),
+                node_name=own,
+            )
             published = await InventoryPublisher(agent, node=own, slots_per_card=10).publish(cards, [])
             assert published.inventory_patched
             _, live = await raw_api.request("GET", f"/api/v1/nodes/{own}")
@@ -94,9 +126,12 @@ async def test_agent_rbac_and_policy_confine_it_to_its_node(
                     await agent.patch_node_annotations(other, {"xpupool.io/inventory": "{}"})
                 except ApiError as exc:
                     return exc.status == 403 and "may only change its own Node" in exc.message
-                await raw_api.request("PATCH", f"/api/v1/nodes/{other}",
-                                      {"metadata": {"annotations": {"xpupool.io/inventory": None}}},
-                                      content_type="application/merge-patch+json")
+                await raw_api.request(
+                    "PATCH",
+                    f"/api/v1/nodes/{other}",
+                    {"metadata": {"annotations": {"xpupool.io/inventory": None}}},
+                    content_type="application/merge-patch+json",
+                )
                 return False
 
             await eventually(refused_elsewhere)
@@ -108,22 +143,23 @@ async def test_agent_rbac_and_policy_confine_it_to_its_node(
             # Pods: the allocation claim on its own node works, a pod on another node is refused.
             alloc = {"node": own, "device_node": own, "cards": [1], "share_milli": 250, "device_memory_mib": [8192]}
             for name, on in (("job", own), ("foreign", other)):
-                status, body = await raw_api.create(bound_pod(name, on, {**alloc, "node": on, "device_node": on}),
-                                                    namespace=test_namespace)
+                status, body = await raw_api.create(
+                    bound_pod(name, on, {**alloc, "node": on, "device_node": on}), namespace=e2e_namespace
+                )
                 assert status == 201, body
             resolver = ApiAllocationResolver(agent, node=own)
             outcome = await resolver.resolve([f"EMU-{own}-1::0"], frozenset({1}))
             assert outcome.pod is not None and outcome.pod.name == "job", outcome.error
-            _, job = await raw_api.request("GET", raw_api.path("Pod", test_namespace, "job"))
+            _, job = await raw_api.request("GET", raw_api.path("Pod", e2e_namespace, "job"))
             assert json.loads(job["metadata"]["annotations"][ANN_ALLOCATED]) == {"deviceIDs": [f"EMU-{own}-1::0"]}
             with pytest.raises(ApiError) as err:
-                await agent.patch_pod_annotations(test_namespace, "foreign", {ANN_ALLOCATED: "{}"})
+                await agent.patch_pod_annotations(e2e_namespace, "foreign", {ANN_ALLOCATED: "{}"})
             assert err.value.status == 403 and "may only change pods bound to it" in err.value.message
         finally:
             await agent.close()
     finally:
         for doc in reversed(created):
-            ns = test_namespace if doc["kind"] == "ServiceAccount" else None
+            ns = e2e_namespace if doc["kind"] == "ServiceAccount" else None
             await raw_api.request("DELETE", raw_api.path(doc["kind"], ns, doc["metadata"]["name"]))
         for name in (own, other):
             await raw_api.request("DELETE", f"/api/v1/nodes/{name}")

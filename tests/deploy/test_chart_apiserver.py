@@ -45,12 +45,11 @@ async def install_crds(api: RawApi) -> None:
             pytest.fail(f"{crd['metadata']['name']} never became Established: {live.get('status')}")
 
 
-async def test_rendered_chart_passes_apiserver_validation(raw_api: RawApi, test_namespace: str) -> None:
-    docs = render("agent.backends={emulated,nvidia}", "webhook.adoptWholeCardResources=true",
-                  namespace=test_namespace)
+async def test_rendered_chart_passes_apiserver_validation(raw_api: RawApi, e2e_namespace: str) -> None:
+    docs = render("agent.backends={emulated,nvidia}", "webhook.adoptWholeCardResources=true", namespace=e2e_namespace)
     assert len(docs) > 20
     for doc in docs:
-        status, body = await raw_api.create(doc, dry_run=True, namespace=test_namespace)
+        status, body = await raw_api.create(doc, dry_run=True, namespace=e2e_namespace)
         assert status == 201, f"{doc['kind']} {doc['metadata']['name']}: {body.get('message', body)}"
 
 
@@ -73,10 +72,14 @@ async def test_crds_install_and_enforce_their_rules(raw_api: RawApi) -> None:
 
     cases = [
         (broken(lambda q: q["spec"].__setitem__("parent", "")), "omit parent for a root queue"),
-        (broken(lambda q: q["spec"]["quota"][2].__setitem__("model", "H100")),
-         "model applies to xpupool.io/ resources only"),
-        (broken(lambda q: q["spec"]["quota"].append({"resource": "xpupool.io/vxpu"})),
-         "give guaranteed, limit or both"),
+        (
+            broken(lambda q: q["spec"]["quota"][2].__setitem__("model", "H100")),
+            "model applies to xpupool.io/ resources only",
+        ),
+        (
+            broken(lambda q: q["spec"]["quota"].append({"resource": "xpupool.io/vxpu"})),
+            "give guaranteed, limit or both",
+        ),
         (broken(lambda q: q["spec"]["quota"].append(dict(q["spec"]["quota"][0]))), "Duplicate value"),
         (broken(lambda q: q["spec"].__setitem__("weight", 0)), "spec.weight"),
     ]

@@ -43,7 +43,8 @@ def test_chart_crds_are_generated_from_the_module(tmp_path: Path) -> None:
     assert sorted(p.name for p in written) == sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
     for fresh in written:
         assert (CHART / "crds" / fresh.name).read_text() == fresh.read_text(), (
-            f"{fresh.name} drifted: run python -m xpupool.kube.crds deploy/helm/xpupool/crds")
+            f"{fresh.name} drifted: run python -m xpupool.kube.crds deploy/helm/xpupool/crds"
+        )
 
 
 @pytest.mark.parametrize("kind", ["XPUPool", "XPUQueue"])
@@ -56,15 +57,24 @@ def test_schemas_are_structural_and_valid_json_schema(kind: str) -> None:
 
 
 def test_structural_checker_catches_the_usual_mistakes() -> None:
-    bad = {"type": "object", "properties": {
-        "untyped": {"description": "no type"},
-        "both": {"type": "object", "properties": {}, "additionalProperties": {"type": "string"}},
-        "typed-anyof": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
-                        "x-kubernetes-int-or-string": True},
-        "list": {"type": "array", "items": {"type": "object", "properties": {"k": {"type": "string"}}},
-                 "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["k"]},
-        "ref": {"$ref": "#/x", "type": "object"},
-    }}
+    bad = {
+        "type": "object",
+        "properties": {
+            "untyped": {"description": "no type"},
+            "both": {"type": "object", "properties": {}, "additionalProperties": {"type": "string"}},
+            "typed-anyof": {
+                "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
+                "x-kubernetes-int-or-string": True,
+            },
+            "list": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"k": {"type": "string"}}},
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["k"],
+            },
+            "ref": {"$ref": "#/x", "type": "object"},
+        },
+    }
     problems = crds.structural_problems(bad)
     assert ".untyped: missing type" in problems
     assert ".both: properties and additionalProperties together" in problems
@@ -98,5 +108,7 @@ def test_broken_objects_are_rejected_with_the_field() -> None:
     pool = yaml.safe_load_all((EXAMPLES / "pools.yaml").read_text()).__next__()
     pool["spec"]["vendors"] = ["intel"]
     pool["spec"]["sharing"]["slotsPerCard"] = 0
-    assert errors("XPUPool", pool) == ["spec/sharing/slotsPerCard: 0 is less than the minimum of 1",
-                                       "spec/vendors/0: 'intel' is not one of ['nvidia', 'ascend', 'amd', 'emulated']"]
+    assert errors("XPUPool", pool) == [
+        "spec/sharing/slotsPerCard: 0 is less than the minimum of 1",
+        "spec/vendors/0: 'intel' is not one of ['nvidia', 'ascend', 'amd', 'emulated']",
+    ]

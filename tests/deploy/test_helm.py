@@ -5,17 +5,24 @@ safety settings, DaemonSet wiring). Real-apiserver acceptance of the rendered ob
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import pytest
 
-from .helm import CHART, helm, render
+from .helm import CHART, helm, helm_binary, render
 
 VARIANTS = [
     (),
     ("agent.backends={emulated}", "serviceMonitor.enabled=true", "webhook.adoptWholeCardResources=true"),
-    ("scheduler.preemption=false", "webhook.poolCheck=off", "webhook.replicas=1", "agent.restrictToOwnNode=false",
-     "agent.shim.install=false", "webhook.excludedNamespaces={ci,infra}"),
+    (
+        "scheduler.preemption=false",
+        "webhook.poolCheck=off",
+        "webhook.replicas=1",
+        "agent.restrictToOwnNode=false",
+        "agent.shim.install=false",
+        "webhook.excludedNamespaces={ci,infra}",
+    ),
 ]
 
 
@@ -45,13 +52,29 @@ def rules(role: dict[str, Any]) -> set[tuple[str, str, str, str]]:
 def test_default_render_has_every_component() -> None:
     docs = render()
     kinds = sorted({d["kind"] for d in docs})
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Deployment", "MutatingWebhookConfiguration",
-                     "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount",
-                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "DaemonSet",
+        "Deployment",
+        "MutatingWebhookConfiguration",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ]
     assert set(by_kind(docs, "Deployment")) == {"rel-xpupool-scheduler", "rel-xpupool-webhook"}
     for doc in docs:
-        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
-                               "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
+        if doc["kind"] not in (
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "MutatingWebhookConfiguration",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        ):
             assert doc["metadata"]["namespace"] == "xpupool-system", doc["metadata"]["name"]
 
 
@@ -62,31 +85,48 @@ def test_rbac_is_least_privilege() -> None:
         for group, resource, verb, _ in rules(role):
             assert "*" not in (group, resource, verb), role["metadata"]["name"]
     assert rules(cluster_roles["rel-xpupool-scheduler"]) == {
-        ("", "pods", "get", ""), ("", "pods", "list", ""), ("", "pods", "watch", ""), ("", "pods", "patch", ""),
-        ("", "pods", "delete", ""), ("", "pods/binding", "create", ""),
-        ("", "nodes", "get", ""), ("", "nodes", "list", ""), ("", "nodes", "watch", ""),
-        ("events.k8s.io", "events", "create", ""), ("events.k8s.io", "events", "patch", ""),
-        ("xpupool.io", "xpupools", "get", ""), ("xpupool.io", "xpupools", "list", ""),
-        ("xpupool.io", "xpupools", "watch", ""), ("xpupool.io", "xpuqueues", "get", ""),
-        ("xpupool.io", "xpuqueues", "list", ""), ("xpupool.io", "xpuqueues", "watch", ""),
-        ("xpupool.io", "xpupools/status", "patch", ""), ("xpupool.io", "xpuqueues/status", "patch", ""),
+        ("", "pods", "get", ""),
+        ("", "pods", "list", ""),
+        ("", "pods", "watch", ""),
+        ("", "pods", "patch", ""),
+        ("", "pods", "delete", ""),
+        ("", "pods/binding", "create", ""),
+        ("", "nodes", "get", ""),
+        ("", "nodes", "list", ""),
+        ("", "nodes", "watch", ""),
+        ("events.k8s.io", "events", "create", ""),
+        ("xpupool.io", "xpupools", "get", ""),
+        ("xpupool.io", "xpupools", "list", ""),
+        ("xpupool.io", "xpupools", "watch", ""),
+        ("xpupool.io", "xpuqueues", "get", ""),
+        ("xpupool.io", "xpuqueues", "list", ""),
+        ("xpupool.io", "xpuqueues", "watch", ""),
     }
     # Leases only in the release namespace, get/update only on its own Lease.
     lease = roles["rel-xpupool-scheduler-lease"]
     assert lease["metadata"]["namespace"] == "xpupool-system"
-    assert rules(lease) == {("coordination.k8s.io", "leases", "create", ""),
-                            ("coordination.k8s.io", "leases", "get", "rel-xpupool-scheduler"),
-                            ("coordination.k8s.io", "leases", "update", "rel-xpupool-scheduler")}
+    assert rules(lease) == {
+        ("coordination.k8s.io", "leases", "create", ""),
+        ("coordination.k8s.io", "leases", "get", "rel-xpupool-scheduler"),
+        ("coordination.k8s.io", "leases", "update", "rel-xpupool-scheduler"),
+    }
     assert not any(r[1] == "leases" for r in rules(cluster_roles["rel-xpupool-scheduler"]))
     assert rules(cluster_roles["rel-xpupool-agent"]) == {
-        ("", "nodes", "get", ""), ("", "nodes", "patch", ""), ("", "pods", "list", ""), ("", "pods", "patch", "")}
+        ("", "nodes", "get", ""),
+        ("", "nodes", "patch", ""),
+        ("", "pods", "list", ""),
+        ("", "pods", "patch", ""),
+    }
     assert rules(cluster_roles["rel-xpupool-webhook"]) == {
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get", "rel-xpupool"),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "rel-xpupool"),
-        ("", "nodes", "list", "")}
+        ("", "nodes", "list", ""),
+    }
     assert rules(roles["rel-xpupool-webhook"]) == {
-        ("", "secrets", "create", ""), ("", "secrets", "get", "rel-xpupool-webhook-tls"),
-        ("", "secrets", "update", "rel-xpupool-webhook-tls")}
+        ("", "secrets", "create", ""),
+        ("", "secrets", "get", "rel-xpupool-webhook-tls"),
+        ("", "secrets", "update", "rel-xpupool-webhook-tls"),
+    }
     no_preemption = by_kind(render("scheduler.preemption=false", "webhook.poolCheck=off"), "ClusterRole")
     assert ("", "pods", "delete", "") not in rules(no_preemption["rel-xpupool-scheduler"])
     assert ("", "nodes", "list", "") not in rules(no_preemption["rel-xpupool-webhook"])
@@ -98,7 +138,8 @@ def test_agent_is_confined_to_its_own_node_by_policy() -> None:
     (binding,) = by_kind(docs, "ValidatingAdmissionPolicyBinding").values()
     assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
     assert policy["spec"]["matchConditions"][0]["expression"] == (
-        'request.userInfo.username == "system:serviceaccount:xpupool-system:rel-xpupool-agent"')
+        'request.userInfo.username == "system:serviceaccount:xpupool-system:rel-xpupool-agent"'
+    )
     assert policy["spec"]["failurePolicy"] == "Fail"
     assert not by_kind(render("agent.restrictToOwnNode=false"), "ValidatingAdmissionPolicy")
 
@@ -109,13 +150,24 @@ def test_webhook_configuration_is_safe_by_default() -> None:
     (hook,) = config["webhooks"]
     assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
     assert hook["timeoutSeconds"] <= 10 and hook["reinvocationPolicy"] == "IfNeeded"
-    assert hook["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                              "resources": ["pods"], "scope": "Namespaced"}]
+    assert hook["rules"] == [
+        {
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
     (expr,) = hook["namespaceSelector"]["matchExpressions"]
     assert expr["key"] == "kubernetes.io/metadata.name" and expr["operator"] == "NotIn"
     assert set(expr["values"]) == {"kube-system", "xpupool-system"}
-    assert hook["clientConfig"]["service"] == {"name": "rel-xpupool-webhook", "namespace": "xpupool-system",
-                                               "path": "/mutate", "port": 443}
+    assert hook["clientConfig"]["service"] == {
+        "name": "rel-xpupool-webhook",
+        "namespace": "xpupool-system",
+        "path": "/mutate",
+        "port": 443,
+    }
     assert "xpupool.io/" in hook["matchConditions"][0]["expression"]
     assert "nvidia.com/gpu" not in hook["matchConditions"][0]["expression"]
     adopt = by_kind(render("webhook.adoptWholeCardResources=true"), "MutatingWebhookConfiguration")
@@ -163,3 +215,24 @@ def test_service_monitor_is_optional() -> None:
     assert not [d for d in render() if d["kind"] == "ServiceMonitor"]
     monitors = [d for d in render("serviceMonitor.enabled=true") if d["kind"] == "ServiceMonitor"]
     assert {m["metadata"]["name"] for m in monitors} == {"rel-xpupool-agent", "rel-xpupool-scheduler"}
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        ("webhook.poolCheck=maybe", "/webhook/poolCheck"),
+        ("agent.backends={intel}", "/agent/backends/0"),
+        ("agent.slotsPerCard=0", "/agent/slotsPerCard"),
+        ("webhook.failurePolicy=Sometimes", "/webhook/failurePolicy"),
+    ],
+)
+def test_values_schema_rejects_typos(bad: str, expected: str) -> None:
+    done = subprocess.run(
+        [helm_binary(), "lint", str(CHART), "--strict", "--set", bad],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert expected in done.stdout + done.stderr

@@ -246,7 +246,7 @@ async def test_burst_1000_pods_on_100_nodes_with_gangs(
         transport,
         namespace,
         lambda ps: sum(1 for p in ps if p["spec"].get("nodeName")) >= 1008,
-        240,
+        120,
         "1008 pods bound",
         sched,
     )

@@ -90,3 +90,46 @@ def test_unreadable_annotation_is_none_not_an_exception() -> None:
             decode_allocation({"metadata": {"namespace": "ns", "name": "p", "annotations": {ANN_ALLOCATION: raw}}})
             is None
         )
+
+
+def test_reads_exactly_what_the_node_agent_publishes() -> None:
+    """Contract with xpupool.agent.inventory: its published annotations -> our core Node."""
+    from xpupool.agent.discovery import DeviceInfo
+    from xpupool.agent.inventory import (
+        ANN_INVENTORY,
+        ANN_UTILIZATION,
+        build_inventory,
+        core_devices,
+        utilization_document,
+    )
+    from xpupool.kube.objects import node_utilization
+
+    found = [
+        DeviceInfo(
+            uuid=f"GPU-{i}",
+            index=i,
+            vendor=Vendor.NVIDIA,
+            model="H100-80GB-HBM3",
+            memory_mib=81079,
+            healthy=i != 2,
+            health_reason="" if i != 2 else "XID 79",
+            utilization_pct=10 * i,
+            topology_group=i // 2,
+        )
+        for i in (3, 0, 2, 1)
+    ]
+    inventory = build_inventory(node="gpu-3", devices=found, errors=(), slots_per_card=10, published=None)
+    node = fake_node("gpu-3")
+    node["metadata"]["annotations"] = {
+        ANN_INVENTORY: inventory.to_json(),
+        ANN_UTILIZATION: utilization_document(inventory=inventory, devices=found, sampled_at="2026-11-25T10:00:00Z"),
+    }
+    model = node_model(node)
+    assert model.devices == tuple(sorted(core_devices(inventory), key=lambda d: d.index))
+    assert [d.healthy for d in model.devices] == [True, True, False, True]
+    assert node_utilization(node) == [0.0, 0.1, 0.2, 0.3]
+    stale = json.loads(node["metadata"]["annotations"][ANN_UTILIZATION]) | {"inventoryGeneration": 99}
+    node["metadata"]["annotations"][ANN_UTILIZATION] = json.dumps(stale)
+    assert node_utilization(node) is None  # samples of another generation are ignored
+    node["metadata"]["annotations"][ANN_INVENTORY] = json.dumps({"schemaVersion": 2, "devices": []})
+    assert node_model(node).devices == ()  # unknown schema: no cards rather than a misread

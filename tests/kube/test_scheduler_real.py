@@ -81,5 +81,148 @@ async def test_places_fractional_pods_and_explains_pending(
         assert asyncio.get_running_loop().time() < deadline, "no FailedScheduling event"
         await asyncio.sleep(0.1)
     assert "0/2 nodes available" in failed[0]["note"]
-    too_big = await transport.get(PODS, "too-big", namespace=namespace)
-    assert not too_big["spec"].get("nodeName")
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        too_big = await transport.get(PODS, "too-big", namespace=namespace)
+        assert not too_big["spec"].get("nodeName")
+        conds = [c for c in too_big["status"].get("conditions", []) if c["type"] == "PodScheduled"]
+        if conds:
+            break
+        assert asyncio.get_running_loop().time() < deadline, "no PodScheduled condition"
+        await asyncio.sleep(0.1)
+    assert conds[0]["status"] == "False" and conds[0]["reason"] == "Unschedulable"
+    assert "memory" in conds[0]["message"]
+
+
+async def test_only_the_leader_binds_and_a_standby_takes_over(transport: AiohttpTransport, namespace: str) -> None:
+    """Two replicas share a Lease: the standby keeps informers warm but writes nothing; when the
+    leader shuts down gracefully (releasing the Lease) the standby takes over and binds."""
+    from xpupool.kube.lease import LeaderElector
+    from xpupool.kube.scheduler import MonotonicClock
+
+    pool = {"xpupool.test/pool": namespace}
+    await create_all(transport, NODES, [fake_node(f"{namespace}-n0", cards=4, labels=pool)])
+    name = f"xpupool-{namespace}"
+    replicas = []
+    for identity in ("a", "b"):
+        elector = LeaderElector(
+            transport,
+            namespace=namespace,
+            name="sched",
+            identity=identity,
+            clock=MonotonicClock(),
+            lease_duration_s=6,
+            renew_deadline_s=4,
+            retry_period_s=0.5,
+        )
+        config = SchedulerConfig(scheduler_name=name, node_label_selector=f"xpupool.test/pool={namespace}")
+        sched = KubeScheduler(
+            transport, scheduler=build_scheduler("binpack", seed=1), config=config, elector=elector, identity=identity
+        )
+        replicas.append((sched, asyncio.create_task(sched.run())))
+    try:
+        await transport.create(PODS, fake_pod(namespace, "first", scheduler=name, vxpu=1, core_pct=50))
+        await wait_bound(transport, namespace, 1)
+        leaders = [s for s, _ in replicas if s.elector is not None and s.elector.is_leader()]
+        assert len(leaders) == 1
+        leader = leaders[0]
+        standby = next(s for s, _ in replicas if s is not leader)
+        assert standby.cycles == 0 and standby.pods.has_synced  # warm, idle
+        leader_task = next(t for s, t in replicas if s is leader)
+        leader_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await leader_task
+        await leader.stop()  # releases the Lease
+        await transport.create(PODS, fake_pod(namespace, "second", scheduler=name, vxpu=1, core_pct=50))
+        bound = await wait_bound(transport, namespace, 2, timeout_s=20)
+        assert {p["metadata"]["name"] for p in bound} == {"first", "second"}
+        assert standby.elector is not None and standby.elector.is_leader() and standby.cycles > 0
+    finally:
+        for sched, task in replicas:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await sched.stop()
+
+
+async def test_metrics_count_binds(transport: AiohttpTransport, namespace: str, daemon: KubeScheduler) -> None:
+    from prometheus_client import generate_latest
+
+    from xpupool.kube.metrics import METRICS
+
+    before = METRICS.registry.get_sample_value("xpupool_bind_total", {"outcome": "bound"}) or 0.0
+    pool = {"xpupool.test/pool": namespace}
+    await create_all(transport, NODES, [fake_node(f"{namespace}-n0", cards=2, labels=pool)])
+    name = daemon.config.scheduler_name
+    await create_all(
+        transport, PODS, [fake_pod(namespace, f"m{i}", scheduler=name, vxpu=1, core_pct=25) for i in range(3)]
+    )
+    await wait_bound(transport, namespace, 3)
+    after = METRICS.registry.get_sample_value("xpupool_bind_total", {"outcome": "bound"})
+    assert after is not None and after - before >= 3
+    text = generate_latest(METRICS.registry).decode()
+    assert "xpupool_schedule_cycle_seconds_bucket" in text and "xpupool_informer_events_total" in text
+
+
+async def test_xpuqueue_limit_is_enforced_and_raising_it_admits(transport: AiohttpTransport, namespace: str) -> None:
+    """An XPUQueue (CRD from xpupool.kube.crds) caps its pods; raising the cap lets them in."""
+    from xpupool.kube.crds import crds
+    from xpupool.kube.queues import XPUQUEUES
+    from xpupool.kube.transport import ApiError, Resource
+
+    crd_res = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", False, "CustomResourceDefinition")
+    for crd in crds():
+        try:
+            await transport.create(crd_res, crd)
+        except ApiError as exc:
+            assert exc.status == 409, exc  # installed by an earlier test
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:  # the CRD is served a moment after it is established
+        try:
+            await transport.list(XPUQUEUES, limit=1)
+            break
+        except ApiError:
+            assert asyncio.get_running_loop().time() < deadline, "XPUQueue CRD never served"
+            await asyncio.sleep(0.2)
+    queue = f"q-{namespace}"
+    await transport.create(
+        XPUQUEUES,
+        {
+            "apiVersion": "xpupool.io/v1alpha1",
+            "kind": "XPUQueue",
+            "metadata": {"name": queue},
+            "spec": {"weight": 1, "quota": [{"resource": "xpupool.io/vxpu-core", "limit": 100}]},
+        },
+    )
+    pool = {"xpupool.test/pool": namespace}
+    await create_all(transport, NODES, [fake_node(f"{namespace}-n0", cards=4, labels=pool)])
+    name = f"xpupool-{namespace}"
+    config = SchedulerConfig(
+        scheduler_name=name, node_label_selector=f"xpupool.test/pool={namespace}", retry_backoff_s=(0.2, 1.0)
+    )
+    sched = KubeScheduler(transport, scheduler=build_scheduler("binpack", seed=1), config=config)
+    task = asyncio.create_task(sched.run())
+    try:
+        await create_all(
+            transport,
+            PODS,
+            [
+                fake_pod(namespace, f"q{i}", scheduler=name, vxpu=1, core_pct=50, labels={"xpupool.io/queue": queue})
+                for i in range(3)
+            ],
+        )
+        await wait_bound(transport, namespace, 2)
+        await asyncio.sleep(1.0)
+        pods = (await transport.list(PODS, namespace=namespace)).items
+        assert sum(1 for p in pods if p["spec"].get("nodeName")) == 2  # the third would exceed the limit
+        events = (await transport.list(EVENTS, namespace=namespace)).items
+        assert any("exceed its limit" in e["note"] for e in events), [e["note"] for e in events]
+        await transport.patch(
+            XPUQUEUES, queue, {"spec": {"quota": [{"resource": "xpupool.io/vxpu-core", "model": "", "limit": 150}]}}
+        )
+        await wait_bound(transport, namespace, 3)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await sched.stop()

@@ -25,8 +25,12 @@ def verify(bundle: certs.CertBundle, name: str, at: dt.datetime) -> None:
 
 def test_bundle_chains_to_its_ca_for_every_service_name() -> None:
     bundle = certs.new_bundle(dns_names=NAMES, now=NOW)
-    assert NAMES == ["xpupool-webhook", "xpupool-webhook.xpupool-system", "xpupool-webhook.xpupool-system.svc",
-                     "xpupool-webhook.xpupool-system.svc.cluster.local"]
+    assert NAMES == [
+        "xpupool-webhook",
+        "xpupool-webhook.xpupool-system",
+        "xpupool-webhook.xpupool-system.svc",
+        "xpupool-webhook.xpupool-system.svc.cluster.local",
+    ]
     for name in NAMES[2:]:
         verify(bundle, name, NOW)
     with pytest.raises(VerificationError):

@@ -27,8 +27,12 @@ def pod(*containers: dict[str, Any], annotations: dict[str, str] | None = None, 
     meta: dict[str, Any] = {"name": "trainer", "namespace": "team-a"}
     if annotations is not None:
         meta["annotations"] = annotations
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-            "spec": {"containers": list(containers) or [container()], **spec}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": list(containers) or [container()], **spec},
+    }
 
 
 def container(name: str = "main", limits: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
@@ -39,13 +43,23 @@ def container(name: str = "main", limits: dict[str, Any] | None = None, **extra:
     return c
 
 
-def review(obj: dict[str, Any], *, operation: str = "CREATE", dry_run: bool = False,
-           namespace: str = "team-a") -> dict[str, Any]:
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {"uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                        "resource": {"group": "", "version": "v1", "resource": "pods"},
-                        "namespace": namespace, "operation": operation, "object": obj, "dryRun": dry_run,
-                        "userInfo": {"username": "alice"}}}
+def review(
+    obj: dict[str, Any], *, operation: str = "CREATE", dry_run: bool = False, namespace: str = "team-a"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": operation,
+            "object": obj,
+            "dryRun": dry_run,
+            "userInfo": {"username": "alice"},
+        },
+    }
 
 
 async def post(served: Served, body: dict[str, Any], ca_pem: bytes | None = None) -> dict[str, Any]:
@@ -66,8 +80,11 @@ FRACTION = {"xpupool.io/vxpu": 1, "xpupool.io/vxpu-core": 30, "xpupool.io/vxpu-m
 
 
 async def test_valid_fractional_pod_is_mutated(served: Served) -> None:
-    obj = pod(container("main", FRACTION, env=[{"name": "A", "value": "1"}]), container("sidecar"),
-              annotations={"xpupool.io/vendor": "nvidia"})
+    obj = pod(
+        container("main", FRACTION, env=[{"name": "A", "value": "1"}]),
+        container("sidecar"),
+        annotations={"xpupool.io/vendor": "nvidia"},
+    )
     response = await post(served, review(obj))
     assert response["allowed"] is True
     out = patched(obj, response)
@@ -75,14 +92,27 @@ async def test_valid_fractional_pod_is_mutated(served: Served) -> None:
     assert out["metadata"]["labels"] == {LABEL_MANAGED: "true"}
     assert out["metadata"]["annotations"]["xpupool.io/vendor"] == "nvidia"
     normalized = json.loads(out["metadata"]["annotations"][ANN_REQUEST])
-    assert normalized == {"v": 1, "count": 1, "shareMilli": 300, "deviceMemoryMiB": 8192, "deviceMemoryPercent": 0,
-                          "vendor": "nvidia", "models": [], "exclusive": False, "remote": "never",
-                          "remoteMbps": 1000, "queue": "default", "podGroup": ""}
+    assert normalized == {
+        "v": 1,
+        "count": 1,
+        "shareMilli": 300,
+        "deviceMemoryMiB": 8192,
+        "deviceMemoryPercent": 0,
+        "vendor": "nvidia",
+        "models": [],
+        "exclusive": False,
+        "remote": "never",
+        "remoteMbps": 1000,
+        "queue": "default",
+        "podGroup": "",
+    }
     env = out["spec"]["containers"][0]["env"]
     assert env[0] == {"name": "A", "value": "1"}
     assert {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in env[1:]} == {
-        "XPUPOOL_POD_NAME": "metadata.name", "XPUPOOL_POD_NAMESPACE": "metadata.namespace",
-        "XPUPOOL_POD_UID": "metadata.uid"}
+        "XPUPOOL_POD_NAME": "metadata.name",
+        "XPUPOOL_POD_NAMESPACE": "metadata.namespace",
+        "XPUPOOL_POD_UID": "metadata.uid",
+    }
     assert "env" not in out["spec"]["containers"][1]  # only the vXPU container is wired
     assert served.state.stats.mutated == 1
 
@@ -92,37 +122,63 @@ async def test_valid_fractional_pod_is_mutated(served: Served) -> None:
 
 
 async def test_requests_only_and_whole_card_forms_are_normalised(served: Served) -> None:
-    obj = pod({"name": "main", "image": "x", "resources": {"requests": {"xpupool.io/vxpu": "2", "cpu": "1"}}},
-              schedulerName="default-scheduler")
+    obj = pod(
+        {"name": "main", "image": "x", "resources": {"requests": {"xpupool.io/vxpu": "2", "cpu": "1"}}},
+        schedulerName="default-scheduler",
+    )
     out = patched(obj, await post(served, review(obj)))
     assert out["spec"]["containers"][0]["resources"]["limits"] == {"xpupool.io/vxpu": "2"}
     assert out["spec"]["schedulerName"] == "xpupool"
     assert json.loads(out["metadata"]["annotations"][ANN_REQUEST])["shareMilli"] == 1000
 
-    whole = pod(container("main", {"nvidia.com/gpu": 2}))
-    normalized = json.loads(patched(whole, await post(served, review(whole)))["metadata"]["annotations"][ANN_REQUEST])
-    assert (normalized["count"], normalized["exclusive"], normalized["vendor"]) == (2, True, "nvidia")
+    served.state.settings = WebhookSettings(adopt_whole_card=True)
+    whole = pod(container("main", {"huawei.com/Ascend910B": 2}))
+    translated = patched(whole, await post(served, review(whole)))
+    normalized = json.loads(translated["metadata"]["annotations"][ANN_REQUEST])
+    assert (normalized["count"], normalized["exclusive"], normalized["vendor"]) == (2, True, "ascend")
+    assert normalized["models"] == ["Ascend910B"]
+    # Our device plugin must wire it, so the vendor resource becomes xpupool.io/vxpu.
+    assert translated["spec"]["containers"][0]["resources"] == {"limits": {"xpupool.io/vxpu": 2}}
+    assert {k: v for k, v in translated["metadata"]["annotations"].items() if k != ANN_REQUEST} == {
+        "xpupool.io/exclusive": "true",
+        "xpupool.io/vendor": "ascend",
+        "xpupool.io/model": "Ascend910B",
+    }
+    again = await post(served, review(translated))
+    assert again["allowed"] and "patch" not in again  # the translated pod normalises to the same request
 
 
 @pytest.mark.parametrize(
     ("obj", "expected"),
     [
-        (pod(container("main", {"xpupool.io/vxpu": 1, "xpupool.io/vxpu-core": 150})),
-         "compute share is 1..100 percent of a card, got 150"),
-        (pod(container("main", {"xpupool.io/vxpu": 2, "xpupool.io/vxpu-core": 30})),
-         "a share below 100 is for one card"),
+        (
+            pod(container("main", {"xpupool.io/vxpu": 1, "xpupool.io/vxpu-core": 150})),
+            "compute share is 1..100 percent of a card, got 150",
+        ),
+        (
+            pod(container("main", {"xpupool.io/vxpu": 2, "xpupool.io/vxpu-core": 30})),
+            "a share below 100 is for one card",
+        ),
         (pod(container("main", {"xpupool.io/vxpu": 1, "nvidia.com/gpu": 1})), "cannot be mixed in one pod"),
         (pod(container("main", {"xpupool.io/vxpu-cores": 1})), "xpupool.io/vxpu-cores: unknown resource"),
-        (pod(container("a", {"xpupool.io/vxpu": 1}), container("b", {"xpupool.io/vxpu": 1})),
-         "only one container per pod may request vXPUs, found a, b"),
-        (pod(container("main", {"xpupool.io/vxpu": 1}, securityContext={"privileged": True})),
-         "privileged containers cannot share vXPUs"),
+        (
+            pod(container("a", {"xpupool.io/vxpu": 1}), container("b", {"xpupool.io/vxpu": 1})),
+            "only one container per pod may request vXPUs, found a, b",
+        ),
+        (
+            pod(container("main", {"xpupool.io/vxpu": 1}, securityContext={"privileged": True})),
+            "privileged containers cannot share vXPUs",
+        ),
         (pod(container("main", {"xpupool.io/vxpu": 1}), nodeName="gpu-1"), "spec.nodeName is set (gpu-1)"),
         (pod(container("main", {"xpupool.io/vxpu": 1}), schedulerName="volcano"), "spec.schedulerName is 'volcano'"),
-        (pod(container("main", {"xpupool.io/vxpu": 1}), initContainers=[container("init", {"xpupool.io/vxpu": 1})]),
-         "init containers cannot use vXPUs (init)"),
-        (pod(container("main", {"xpupool.io/vxpu": 1}), annotations={"xpupool.io/remote": "sometimes"}),
-         "xpupool.io/remote: expected one of never, allowed, preferred, required"),
+        (
+            pod(container("main", {"xpupool.io/vxpu": 1}), initContainers=[container("init", {"xpupool.io/vxpu": 1})]),
+            "init containers cannot use vXPUs (init)",
+        ),
+        (
+            pod(container("main", {"xpupool.io/vxpu": 1}), annotations={"xpupool.io/remote": "sometimes"}),
+            "xpupool.io/remote: expected one of never, allowed, preferred, required",
+        ),
     ],
 )
 async def test_malformed_pods_are_refused_with_the_reason(served: Served, obj: dict[str, Any], expected: str) -> None:
@@ -148,8 +204,11 @@ async def test_dry_run_gets_the_same_answer_without_side_effects(served: Served)
 
 async def test_other_pods_and_operations_pass_untouched(served: Served) -> None:
     plain = pod(container("main", {"cpu": "1"}))
-    for body in (review(plain), review(pod(container("m", FRACTION)), operation="UPDATE"),
-                 review(pod(container("m", FRACTION)), namespace="kube-system")):
+    for body in (
+        review(plain),
+        review(pod(container("m", FRACTION)), operation="UPDATE"),
+        review(pod(container("m", FRACTION)), namespace="kube-system"),
+    ):
         response = await post(served, body)
         assert response == {"uid": body["request"]["uid"], "allowed": True}
     assert served.state.stats.mutated == 0
@@ -166,10 +225,16 @@ async def test_garbage_is_a_400_not_a_crash(served: Served) -> None:
 
 
 def test_pool_check_warns_by_default_and_can_deny() -> None:
-    emulated = Node(name="kw-1", cpu_milli=8000, memory_mib=32768,
-                    devices=(Device(index=0, vendor=Vendor.EMULATED, model="EMU-40G", memory_mib=40960),))
-    obj = pod(container("main", {"xpupool.io/vxpu": 1, "xpupool.io/vxpu-memory": 8192}),
-              annotations={"xpupool.io/vendor": "nvidia"})
+    emulated = Node(
+        name="kw-1",
+        cpu_milli=8000,
+        memory_mib=32768,
+        devices=(Device(index=0, vendor=Vendor.EMULATED, model="EMU-40G", memory_mib=40960),),
+    )
+    obj = pod(
+        container("main", {"xpupool.io/vxpu": 1, "xpupool.io/vxpu-memory": 8192}),
+        annotations={"xpupool.io/vendor": "nvidia"},
+    )
     request = review(obj)["request"]
     warned = admit_pod(request, settings=WebhookSettings(), pool=[emulated])
     assert warned.allowed and warned.warnings
@@ -181,14 +246,17 @@ def test_pool_check_warns_by_default_and_can_deny() -> None:
     too_big = copy.deepcopy(request)
     too_big["object"]["metadata"]["annotations"] = {}
     too_big["object"]["spec"]["containers"][0]["resources"]["limits"]["xpupool.io/vxpu-memory"] = 65536
-    assert "largest matching card has 40960 MiB" in admit_pod(
-        too_big, settings=WebhookSettings(pool_check="deny"), pool=[emulated]).message
+    assert (
+        "largest matching card has 40960 MiB"
+        in admit_pod(too_big, settings=WebhookSettings(pool_check="deny"), pool=[emulated]).message
+    )
 
 
 def test_whole_card_adoption_can_be_turned_off() -> None:
     request = review(pod(container("main", {"nvidia.com/gpu": 1})))["request"]
-    settings = dataclasses.replace(WebhookSettings(), adopt_whole_card=False)
-    assert admit_pod(request, settings=settings, pool=None).patch == ()
+    assert admit_pod(request, settings=WebhookSettings(), pool=None).patch == ()  # default: vendor plugins keep them
+    adopted = admit_pod(request, settings=dataclasses.replace(WebhookSettings(), adopt_whole_card=True), pool=None)
+    assert adopted.allowed and adopted.patch
 
 
 async def test_tls_is_verified_and_a_reloaded_chain_serves_new_handshakes(served: Served) -> None:

@@ -27,9 +27,11 @@ admits pods in creation order). The planned replacement is an NRI hook that sees
 
 Wiring (environment, mounts, device nodes) per container, for an allocation of cards C:
 
-* ``LD_PRELOAD`` = the shim inside the container, ``XPUPOOL_SHIM_REGION`` = the per-container
-  shared region file, ``XPUPOOL_MEMORY_LIMIT_MIB`` = per-card limits, comma-separated in the order
-  of the visible devices, ``XPUPOOL_CORE_LIMIT_PCT`` = compute share in percent;
+* ``LD_PRELOAD`` = the shim inside the container, ``XPUPOOL_SHIM_REGION`` (and ``XPUSHIM_REGION``,
+  the name the C shim reads) = the per-container shared region file
+  (``/run/xpupool/shim/region``, the shim's default path, in a per-container host directory),
+  ``XPUPOOL_MEMORY_LIMIT_MIB`` = per-card limits, comma-separated in the order of the visible
+  devices, ``XPUPOOL_CORE_LIMIT_PCT`` = compute share in percent;
 * NVIDIA: ``CUDA_VISIBLE_DEVICES`` and ``NVIDIA_VISIBLE_DEVICES`` = card UUIDs (never positions);
   Ascend: ``ASCEND_VISIBLE_DEVICES`` = logical device ids; AMD: ``HIP_VISIBLE_DEVICES`` = 0..n-1
   (only the allocated render nodes are in the container, so HIP numbers them from 0);
@@ -81,7 +83,19 @@ def parse_allocation(text: str | None, *, pod: str) -> AllocationParse:
     if not isinstance(raw, dict):
         return AllocationParse(None, (f"{ANN_ALLOCATION} of {pod} is not a JSON object",))
     errors: list[str] = []
-    node, device_node = raw.get("node"), raw.get("device_node", raw.get("node"))
+    if "v" in raw:
+        # The scheduler's versioned camelCase form (xpupool.kube.objects.encode_allocation).
+        if raw["v"] != 1:
+            return AllocationParse(None, (f"{ANN_ALLOCATION} of {pod}: unknown version {raw['v']!r}",))
+        raw = {
+            "node": raw.get("node"),
+            "device_node": raw.get("deviceNode") or raw.get("node"),
+            "cards": raw.get("cards"),
+            "share_milli": raw.get("shareMilli"),
+            "device_memory_mib": raw.get("memoryMiB"),
+            "remote_mbps": raw.get("remoteMbps", 0),
+        }
+    node, device_node = raw.get("node"), raw.get("device_node") or raw.get("node")
     cards, share, memory = raw.get("cards"), raw.get("share_milli"), raw.get("device_memory_mib")
     if not isinstance(node, str) or not node:
         errors.append("node must be a non-empty string")
@@ -196,8 +210,10 @@ class RuntimePaths:
     shim_container_dir: str = "/usr/local/xpupool/lib"
     shim_library: str = "libxpushim.so"
     region_host_root: str = "/var/lib/xpupool/regions"
-    region_container_dir: str = "/var/run/xpupool"
+    region_container_dir: str = "/run/xpupool/shim"  # native/include/xpushim_region.h default
     region_file: str = "region"
+    card_host_dir: str = "/var/lib/xpupool/cards"
+    card_container_dir: str = "/run/xpupool/cards"
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +279,7 @@ def container_wiring(
     envs = {
         "LD_PRELOAD": str(PurePosixPath(paths.shim_container_dir) / paths.shim_library),
         "XPUPOOL_SHIM_REGION": str(PurePosixPath(paths.region_container_dir) / paths.region_file),
+        "XPUSHIM_REGION": str(PurePosixPath(paths.region_container_dir) / paths.region_file),
         "XPUPOOL_MEMORY_LIMIT_MIB": ",".join(str(m) for m in alloc.device_memory_mib),
         "XPUPOOL_CORE_LIMIT_PCT": str(-(-alloc.share_milli // 10)),
         "XPUPOOL_VENDOR": vendor.value,
@@ -286,6 +303,7 @@ def container_wiring(
     mounts = [
         (paths.shim_container_dir, paths.shim_host_dir, True),
         (paths.region_container_dir, region_dir, False),
+        (paths.card_container_dir, paths.card_host_dir, False),
     ]
     annotations = {f"{DOMAIN}/pod": pod.key, f"{DOMAIN}/pod-uid": pod.uid}
     return WiringResult(

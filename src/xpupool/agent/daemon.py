@@ -16,25 +16,29 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from xpupool.agent import regions
 from xpupool.agent.allocation import RuntimePaths
 from xpupool.agent.deviceplugin import (
     DEFAULT_SOCKET,
     DEVICE_PLUGIN_DIR,
     ApiAllocationResolver,
     DevicePluginServer,
+    RegionWriter,
     VxpuDevicePlugin,
 )
 from xpupool.agent.discovery import Backend, DeviceInfo, Discovery, make_backend
 from xpupool.agent.kubeapi import KubeApi, NodeApi, PodApi
 from xpupool.agent.metrics import AgentCollector, AgentSnapshot, metrics_app
 from xpupool.agent.publisher import InventoryPublisher
+from xpupool.agent.regions import ShimRegionWriter
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,9 @@ class AgentSettings(BaseModel):
     metrics_port: int = Field(default=9400, ge=0, le=65535)
     shim_host_dir: str = RuntimePaths().shim_host_dir
     region_host_root: str = RuntimePaths().region_host_root
+    card_host_dir: str = RuntimePaths().card_host_dir
+    shim_regions: bool = True  # write per-container shim regions at Allocate (limits owned by the agent)
+    gc_interval_s: float = Field(default=60.0, gt=0)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AgentSettings:
@@ -73,6 +80,9 @@ class AgentSettings(BaseModel):
             "XPUPOOL_METRICS_HOST": "metrics_host",
             "XPUPOOL_METRICS_PORT": "metrics_port",
             "XPUPOOL_SHIM_HOST_DIR": "shim_host_dir",
+            "XPUPOOL_CARD_HOST_DIR": "card_host_dir",
+            "XPUPOOL_SHIM_REGIONS": "shim_regions",
+            "XPUPOOL_GC_INTERVAL_S": "gc_interval_s",
             "XPUPOOL_REGION_HOST_ROOT": "region_host_root",
         }
         for var, key in mapping.items():
@@ -110,7 +120,14 @@ class Agent:
     """One agent: wire with fakes in tests, with :class:`KubeApi` in production."""
 
     def __init__(
-        self, settings: AgentSettings, *, node_api: NodeApi, pod_api: PodApi, backends: Sequence[Backend]
+        self,
+        settings: AgentSettings,
+        *,
+        node_api: NodeApi,
+        pod_api: PodApi,
+        backends: Sequence[Backend],
+        region_writer: RegionWriter | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self._backends = list(backends)
@@ -122,12 +139,24 @@ class Agent:
             slots_per_card=settings.slots_per_card,
             utilization_interval_s=settings.utilization_interval_s,
         )
-        paths = RuntimePaths(shim_host_dir=settings.shim_host_dir, region_host_root=settings.region_host_root)
+        paths = RuntimePaths(
+            shim_host_dir=settings.shim_host_dir,
+            region_host_root=settings.region_host_root,
+            card_host_dir=settings.card_host_dir,
+        )
+        if region_writer is None and settings.shim_regions:
+            region_writer = ShimRegionWriter(
+                region_root=Path(settings.region_host_root), card_host_dir=Path(settings.card_host_dir)
+            )
+        self._pod_api = pod_api
+        self._monotonic = monotonic
+        self._last_gc_s: float | None = None
         self.plugin = VxpuDevicePlugin(
             node=settings.node_name,
             slots_per_card=settings.slots_per_card,
             resolver=ApiAllocationResolver(pod_api, node=settings.node_name),
             paths=paths,
+            region_writer=region_writer,
         )
         self.server = DevicePluginServer(
             self.plugin, plugin_dir=Path(settings.plugin_dir), socket_name=settings.plugin_socket
@@ -136,8 +165,34 @@ class Agent:
     def discover(self) -> list[Discovery]:
         return [backend.discover() for backend in self._backends]
 
+    async def collect_garbage(self) -> list[str]:
+        """Remove shim regions of pods gone from this node (see :func:`regions.collect_garbage`)."""
+        pods = await self._pod_api.list_pods_on_node(self.settings.node_name)
+        live = {
+            str((p.get("metadata") or {}).get("uid", ""))
+            for p in pods
+            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        }
+        return await asyncio.to_thread(
+            regions.collect_garbage,
+            region_root=Path(self.settings.region_host_root),
+            card_host_dir=Path(self.settings.card_host_dir),
+            live_pod_uids=live,
+        )
+
     async def tick(self) -> None:
-        """One round: discover, update the device plugin, publish, refresh metrics."""
+        """One round: discover, update the device plugin, publish, refresh metrics, and every
+        ``gc_interval_s`` remove the shim regions of pods that are gone."""
+        now = self._monotonic()
+        if self._last_gc_s is None or now - self._last_gc_s >= self.settings.gc_interval_s:
+            self._last_gc_s = now
+            try:
+                removed = await self.collect_garbage()
+            except Exception as exc:  # transport: retried next interval
+                log.warning("region garbage collection failed: %s", exc)
+            else:
+                if removed:
+                    log.info("removed shim regions of finished pods: %s", removed)
         devices, errors = merge_discoveries(await asyncio.to_thread(self.discover))
         await self.plugin.update_devices(devices)
         snap = self.snapshot

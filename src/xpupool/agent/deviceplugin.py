@@ -126,6 +126,15 @@ class ApiAllocationResolver:
         return ResolveOutcome(None, f"gave up claiming a pod after {self._attempts} conflicts")
 
 
+class RegionWriter(Protocol):
+    """Writes the per-container shared region the shim reads (layout: native/include/xpushim_region.h,
+    Python mirror: ``xpupool.agent.shim_region``). Called by ``Allocate`` before the container
+    exists; must be idempotent (the kubelet may repeat ``Allocate``). A non-ok Status fails the
+    ``Allocate`` (fail closed: a managed container never starts without its limits)."""
+
+    def write(self, *, path: Path, pod: PendingPod, cards: Sequence[DeviceInfo]) -> Status: ...
+
+
 class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
     """The ``DevicePlugin`` service. Feed it discoveries with :meth:`update_devices`."""
 
@@ -137,6 +146,7 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
         slots_per_card: int = 10,
         paths: RuntimePaths | None = None,
         create_region_dirs: bool = True,
+        region_writer: RegionWriter | None = None,
     ) -> None:
         if slots_per_card < 1:
             raise ValueError("slots_per_card must be >= 1")
@@ -145,6 +155,7 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
         self._slots = slots_per_card
         self._paths = paths or RuntimePaths()
         self._create_dirs = create_region_dirs
+        self._region_writer = region_writer
         self._cards: dict[int, DeviceInfo] = {}
         self._by_uuid: dict[str, DeviceInfo] = {}
         self._advertised: tuple[tuple[str, str, int | None], ...] = ()
@@ -304,6 +315,12 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
                 os.makedirs(wiring.region_host_dir, exist_ok=True)
                 # Only this container mounts the directory; its user may be non-root.
                 os.chmod(wiring.region_host_dir, 0o777)
+            if self._region_writer is not None:
+                region_cards = [self._cards[i] for i in outcome.pod.allocation.cards]
+                region = Path(wiring.region_host_dir) / self._paths.region_file
+                written = self._region_writer.write(path=region, pod=outcome.pod, cards=region_cards)
+                if not written.ok:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, written.message())
             log.info("allocated %s to %s (cards %s)", ids, outcome.pod.key, list(outcome.pod.allocation.cards))
             responses.append(
                 api_pb2.ContainerAllocateResponse(

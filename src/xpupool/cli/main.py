@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, help="xpupool: one pool of GPUs/NPUs for Kubernetes.")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 140)  # wide tables when piped
 DEFAULT_POLICIES = "random,dotprod,gpuclustering,gpupacking,bestfit,fgd,xpupool"
 
 

@@ -97,6 +97,11 @@ class EventRecorder:
                 log.debug("event %s not written: %s", reason, exc)
 
     async def flush(self) -> None:
-        """Wait for queued writes (tests, shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Wait for queued writes (tests, shutdown); cancelling the wait cancels the writes."""
+        try:
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        except asyncio.CancelledError:
+            for task in list(self._tasks):
+                task.cancel()
+            raise

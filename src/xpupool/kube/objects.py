@@ -3,9 +3,11 @@
 * :func:`pod_request` - a Pod -> core :class:`~xpupool.core.model.Request` (containers summed,
   init containers as the max, like kube-scheduler), via :func:`xpupool.core.request.parse_request`;
 * :func:`node_model` - a Node -> core :class:`~xpupool.core.model.Node`. Cards come from the
-  node annotation ``xpupool.io/devices`` (JSON list written by the node agent) or, without it,
-  from whole-card extended resources in ``status.allocatable`` (``nvidia.com/gpu: 8``) with the
-  GPU-feature-discovery labels ``nvidia.com/gpu.product`` / ``nvidia.com/gpu.memory`` (MiB);
+  node annotation ``xpupool.io/inventory`` that the node agent publishes (``schemaVersion: 1``,
+  format in docs/components.md; parsed here, not imported from the agent, per the layer rule) or,
+  without it, from whole-card extended resources in ``status.allocatable`` (``nvidia.com/gpu: 8``)
+  with the GPU-feature-discovery labels ``nvidia.com/gpu.product`` / ``nvidia.com/gpu.memory``
+  (MiB); :func:`node_utilization` reads the agent's ``xpupool.io/utilization`` samples;
 * the allocation annotation ``xpupool.io/allocation`` (:func:`encode_allocation`,
   :func:`decode_allocation`): the scheduler writes it on the pod BEFORE binding; it is the
   durable record from which a restarted scheduler rebuilds its ledger.
@@ -35,7 +37,9 @@ from xpupool.core.request import (
 from xpupool.kube.transport import JsonDict
 
 ANN_ALLOCATION = f"{DOMAIN}/allocation"
-ANN_DEVICES = f"{DOMAIN}/devices"
+ANN_INVENTORY = f"{DOMAIN}/inventory"
+ANN_UTILIZATION = f"{DOMAIN}/utilization"
+INVENTORY_SCHEMA = 1
 ANN_POD_GROUP_MIN = f"{DOMAIN}/pod-group-min-member"
 SCHEDULER_NAME = "xpupool"
 LABEL_GPU_PRODUCT = "nvidia.com/gpu.product"
@@ -123,17 +127,17 @@ def node_model(node: JsonDict) -> Node:
     alloc: Mapping[str, Any] = status.get("allocatable") or status.get("capacity") or {}
     labels: Mapping[str, str] = meta.get("labels") or {}
     devices: list[Device] = []
-    raw = (meta.get("annotations") or {}).get(ANN_DEVICES)
-    if raw:
+    inventory = _inventory(meta.get("annotations") or {})
+    if inventory is not None:
         try:
-            for d in json.loads(raw):
+            for d in inventory.get("devices") or []:
                 devices.append(
                     Device(
                         index=int(d["index"]),
-                        vendor=Vendor(d.get("vendor", "nvidia")),
+                        vendor=Vendor(d["vendor"]),
                         model=str(d.get("model", "")),
-                        memory_mib=int(d.get("memory_mib", d.get("memoryMiB", DEFAULT_CARD_MEMORY_MIB))),
-                        topology_group=int(d.get("topology_group", d.get("topologyGroup", 0))),
+                        memory_mib=int(d["memoryMiB"]),
+                        topology_group=int(d.get("topologyGroup", 0)),
                         healthy=bool(d.get("healthy", True)),
                     )
                 )
@@ -150,6 +154,7 @@ def node_model(node: JsonDict) -> Node:
                 Device(index=len(devices) + i, vendor=vendor, model=product or vendor.value, memory_mib=memory)
                 for i in range(count)
             )
+    devices.sort(key=lambda d: d.index)
     return Node(
         name=str(meta.get("name")),
         cpu_milli=_qty(alloc.get("cpu", 0), 0.001),
@@ -157,6 +162,43 @@ def node_model(node: JsonDict) -> Node:
         devices=tuple(devices),
         labels=dict(labels),
     )
+
+
+def _inventory(annotations: Mapping[str, str]) -> JsonDict | None:
+    raw = annotations.get(ANN_INVENTORY)
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("schemaVersion") != INVENTORY_SCHEMA:
+        return None  # unknown schema: ignore rather than misread (the agent documents this rule)
+    return doc
+
+
+def node_utilization(node: JsonDict) -> list[float] | None:
+    """Per-card utilisation 0..1 in card-index order from ``xpupool.io/utilization``, or None.
+
+    Samples of another inventory generation than the published one are ignored (cards may have
+    changed in between)."""
+    annotations = (node.get("metadata") or {}).get("annotations") or {}
+    inventory = _inventory(annotations)
+    raw = annotations.get(ANN_UTILIZATION)
+    if inventory is None or not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+        if doc.get("schemaVersion") != 1 or doc.get("inventoryGeneration") != inventory.get("generation"):
+            return None
+        cards = doc.get("cards") or {}
+        out: list[float] = []
+        for d in sorted(inventory.get("devices") or [], key=lambda d: int(d["index"])):
+            pct = (cards.get(d.get("uuid")) or {}).get("utilizationPct")
+            out.append(float("nan") if pct is None else float(pct) / 100)
+        return out
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def encode_allocation(allocation: Allocation) -> str:

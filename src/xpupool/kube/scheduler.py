@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import logging
 import os
 import signal
@@ -71,10 +72,12 @@ from xpupool.kube.objects import (
     encode_allocation,
     node_model,
     node_schedulable,
+    node_utilization,
     pod_is_terminal,
     pod_key,
     pod_request,
 )
+from xpupool.kube.queues import XPUQUEUES, queue_spec
 from xpupool.kube.transport import NODES, PODS, ApiError, JsonDict, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,8 @@ class SchedulerConfig:
     #: write the allocation annotation with a PATCH before binding (two writes) instead of on
     #: the Binding itself (one atomic write, the default)
     annotate_before_bind: bool = False
+    #: read queue specs from XPUQueue objects (when the CRD is installed)
+    queue_crd: bool = True
 
 
 @dataclass(eq=False)
@@ -167,6 +172,7 @@ class KubeScheduler:
         self.identity = identity or f"{socket.gethostname()}-{os.getpid()}"
         self.pods = Informer(transport, PODS)
         self.nodes = Informer(transport, NODES, label_selector=self.config.node_label_selector)
+        self.queues: Informer | None = None  # XPUQueues, when the CRD is installed
         self.binder = Binder(transport, concurrency=self.config.bind_concurrency, qps=self.config.bind_qps)
         self.events = EventRecorder(transport, clock=self.clock, instance=self.identity)
         self._filter = _SchedulableFilter()
@@ -183,6 +189,7 @@ class KubeScheduler:
         self.queue_specs: dict[str, QueueSpec] = {}
         self._nodes_dirty = True
         self._wake = asyncio.Event()
+        self._status_sem = asyncio.Semaphore(8)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.cycles = 0
@@ -194,16 +201,25 @@ class KubeScheduler:
         return (pod.get("spec") or {}).get("schedulerName") == self.config.scheduler_name
 
     def _on_node(self, etype: str, old: JsonDict | None, new: JsonDict | None) -> None:
-        # heartbeats change only status.conditions times: rebuild only on relevant changes
+        # Heartbeats and utilisation samples change no capacity: no rebuild, no wake-up.
         if (
             old is not None
             and new is not None
             and node_model(old) == node_model(new)
             and node_schedulable(old) == node_schedulable(new)
         ):
+            self._apply_utilization(new)
             return
         self._nodes_dirty = True
         self._wake.set()
+
+    def _apply_utilization(self, node: JsonDict) -> None:
+        name = node["metadata"]["name"]
+        if self._nodes_dirty or name not in self.state.node_index:
+            return
+        values = node_utilization(node)
+        if values is not None:
+            self.state.set_utilization(name, values)
 
     def _on_pod(self, etype: str, old: JsonDict | None, new: JsonDict | None) -> None:
         obj = new if new is not None else old
@@ -247,13 +263,17 @@ class KubeScheduler:
         self._wake.set()
 
     def request_of(self, pod: JsonDict) -> ParseResult:
-        """``pod_request`` memoised by (key, resourceVersion)."""
+        """``pod_request`` memoised by (key, resourceVersion); gang names namespaced ("ns/group")."""
         key = pod_key(pod)
         rv = str(pod["metadata"].get("resourceVersion", ""))
         hit = self._requests.get(key)
         if hit is not None and hit[0] == rv:
             return hit[1]
         parsed = pod_request(pod)
+        if parsed.request is not None and parsed.request.pod_group:
+            # the same label in two namespaces is two gangs
+            request = parsed.request
+            parsed = ParseResult(replace(request, pod_group=f"{request.namespace}/{request.pod_group}"))
         self._requests[key] = (rv, parsed)
         return parsed
 
@@ -334,6 +354,9 @@ class KubeScheduler:
             mask.append(node_schedulable(obj))
         self.state = ClusterState(nodes)
         self._filter.mask = np.array(mask, dtype=bool)
+        self._nodes_dirty = False
+        for obj in self.nodes.store.values():
+            self._apply_utilization(obj)
         old = self.accounted
         self.accounted = {}
         for key, (allocation, request) in old.items():
@@ -469,14 +492,19 @@ class KubeScheduler:
         return out
 
     def _pending_requests(self, now: float) -> tuple[list[Request], dict[str, PodGroup]]:
+        """Pending pods out of backoff, as core requests; gangs as a whole (one group backoff)."""
         requests: list[Request] = []
         group_min: dict[str, int] = {}
         for key, pod in self.pending.items():
-            b = self.backoff.get(key)
+            parsed = self.request_of(pod)
+            request = parsed.request
+            backoff_key = key
+            if request is not None and request.pod_group:
+                backoff_key = _GANG + request.pod_group
+            b = self.backoff.get(backoff_key)
             if b is not None and now < b.not_before_s:
                 continue
-            parsed = self.request_of(pod)
-            if parsed.request is None:
+            if request is None:
                 self.events.pod_event(
                     pod,
                     reason="FailedScheduling",
@@ -486,11 +514,8 @@ class KubeScheduler:
                 self._delay(key)
                 METRICS.placements.labels("invalid").inc()
                 continue
-            request = parsed.request
             self._arrival.setdefault(key, now)
             if request.pod_group:
-                # groups are namespaced: the same label in two namespaces is two gangs
-                request = replace(request, pod_group=f"{request.namespace}/{request.pod_group}")
                 wanted = _gang_min(pod)
                 if wanted:
                     group_min[request.pod_group] = max(group_min.get(request.pod_group, 0), wanted)
@@ -535,6 +560,7 @@ class KubeScheduler:
                 self._assume(self.pending[allocation.pod], allocation, by_name[allocation.pod])
                 out.placed += 1
             preemptions_left = self.config.max_preemptions_per_cycle if self.config.preemption else 0
+            delayed_groups: set[str] = set()
             for key, status in result.pending.items():
                 pod = self.pending.get(key)
                 if pod is None:
@@ -551,16 +577,61 @@ class KubeScheduler:
                     preemptions_left -= 1
                     out.preemptions += 1
                     continue
-                self._delay(key)
+                if request.pod_group:
+                    if _GANG + request.pod_group not in delayed_groups:
+                        delayed_groups.add(_GANG + request.pod_group)
+                        self._delay(_GANG + request.pod_group)
+                else:
+                    self._delay(key)
                 if key not in self.preempting:
                     note = status.message()
                     if status.plugin not in ("gang", "quota"):
                         note = f"0/{self.state.num_nodes} nodes available: {note}"
                     self.events.pod_event(pod, reason="FailedScheduling", warning=True, note=note)
+                    self._mark_unschedulable(pod, note)
         METRICS.pending_pods.set(len(self.pending))
         METRICS.cycle_latency.observe(time.perf_counter() - start)
         self.cycles += 1
         return out
+
+    def _mark_unschedulable(self, pod: JsonDict, message: str) -> None:
+        """Set ``PodScheduled=False/Unschedulable`` (what kube-scheduler does; the cluster
+        autoscaler and ``kubectl get pods`` read it). Skipped when the pod already says so."""
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("message") == message:
+                return
+        meta = pod["metadata"]
+        patch = {
+            "status": {
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": message[:2048],
+                        "lastTransitionTime": _now_rfc3339(),
+                    }
+                ]
+            }
+        }
+
+        async def write() -> None:
+            if not self._may_write():
+                return
+            async with self._status_sem:
+                try:
+                    await self.transport.patch(
+                        PODS,
+                        meta["name"],
+                        patch,
+                        namespace=meta["namespace"],
+                        patch_type="strategic",
+                        subresource="status",
+                    )
+                except (ApiError, TransportError) as exc:
+                    log.debug("PodScheduled condition on %s: %s", pod_key(pod), exc)
+
+        self._spawn(write())
 
     def _assume(self, pod: JsonDict, allocation: Allocation, request: Request) -> None:
         """Record a placement the core already reserved on ``state``, then bind it."""
@@ -622,13 +693,51 @@ class KubeScheduler:
 
     # ------------------------------------------------------------------ lifecycle
     async def wait_synced(self) -> None:
-        await asyncio.gather(self.pods.synced.wait(), self.nodes.synced.wait())
+        waits = [self.pods.synced.wait(), self.nodes.synced.wait()]
+        if self.queues is not None:
+            waits.append(self.queues.synced.wait())
+        await asyncio.gather(*waits)
+
+    def _on_queue(self, etype: str, old: JsonDict | None, new: JsonDict | None) -> None:
+        if new is None:
+            assert old is not None
+            self.queue_specs.pop(str(old["metadata"]["name"]), None)
+        else:
+            spec, warnings = queue_spec(new)
+            for warning in warnings:
+                log.warning("%s", warning)
+            self.queue_specs[spec.name] = spec
+        self.backoff.clear()  # a quota change may let waiting pods in
+        self._wake.set()
+
+    async def _start_queue_informer(self) -> asyncio.Task[None] | None:
+        """Watch XPUQueues when the CRD is installed; without it every queue gets defaults."""
+        if not self.config.queue_crd:
+            return None
+        while True:
+            try:
+                await self.transport.list(XPUQUEUES, limit=1)
+                break
+            except ApiError as exc:
+                if exc.status == 404:
+                    log.info("XPUQueue CRD not installed: queues get default specs")
+                    return None
+                log.warning("probing XPUQueue CRD: %s", exc)
+            except TransportError as exc:
+                log.warning("probing XPUQueue CRD: %s", exc)
+            await asyncio.sleep(1.0)
+        self.queues = Informer(self.transport, XPUQUEUES)
+        self.queues.add_handler(self._on_queue)
+        return asyncio.create_task(self.queues.run())
 
     async def run(self) -> None:
         """Informers (always, standby replicas keep them warm), then lead, then cycle."""
         informers = [asyncio.create_task(self.pods.run()), asyncio.create_task(self.nodes.run())]
         renew: asyncio.Task[None] | None = None
         try:
+            queue_task = await self._start_queue_informer()
+            if queue_task is not None:
+                informers.append(queue_task)
             await self.wait_synced()
             while not self._stopping:
                 if self.elector is not None and not self.elector.is_leader():
@@ -658,14 +767,25 @@ class KubeScheduler:
             wait = min(wait, max(0.0, (b.not_before_s if b else now) - now))
         return max(wait, 0.01)
 
-    async def stop(self) -> None:
-        """Stop writing, let in-flight binds finish, release the Lease."""
+    async def stop(self, *, grace_s: float = 5.0) -> None:
+        """Stop writing, give in-flight binds and queued events ``grace_s``, release the Lease."""
         self._stopping = True
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        await self.events.flush()
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            _done, late = await asyncio.wait(pending, timeout=grace_s)
+            for task in late:
+                task.cancel()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.events.flush(), timeout=grace_s)
         if self.elector is not None:
             await self.elector.release()
+
+
+_GANG = "gang:"  # backoff key prefix of a whole gang
+
+
+def _now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _gang_min(pod: JsonDict) -> int:

@@ -31,6 +31,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -155,7 +156,7 @@ class ControlPlane:
     # -- processes -------------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_detach_and_die_with_parent)
         log.close()
         self.processes[name] = proc
         return proc
@@ -312,6 +313,17 @@ class ControlPlane:
         self.stop()
 
 
+def _detach_and_die_with_parent() -> None:
+    """Child set-up: own process group (clean group kill), SIGKILL when the test process dies."""
+    os.setsid()
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
@@ -399,8 +411,8 @@ def fake_node(
 ) -> JsonDict:
     """A Node as an emulated cluster has it: Ready, capacity == allocatable, no kubelet behind.
 
-    ``inventory="annotation"``: cards in the ``xpupool.io/devices`` annotation (what our node
-    agent publishes); ``"extended-resource"``: ``nvidia.com/gpu`` in allocatable plus the GPU
+    ``inventory="annotation"``: cards in the ``xpupool.io/inventory`` annotation (the format our
+    node agent publishes); ``"extended-resource"``: ``nvidia.com/gpu`` in allocatable plus the GPU
     feature discovery labels (what the NVIDIA device plugin + GFD publish; kube-scheduler can
     place whole-GPU pods on these).
     """
@@ -410,9 +422,28 @@ def fake_node(
     meta: JsonDict = {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}}
     if inventory == "annotation":
         devices = [
-            {"index": i, "vendor": "nvidia", "model": model, "memory_mib": card_memory_mib} for i in range(cards)
+            {
+                "uuid": f"GPU-{name}-{i}",
+                "index": i,
+                "vendor": "nvidia",
+                "model": model,
+                "memoryMiB": card_memory_mib,
+                "healthy": True,
+                "healthReason": "",
+                "topologyGroup": 0,
+            }
+            for i in range(cards)
         ]
-        meta["annotations"] = {"xpupool.io/devices": json.dumps(devices)}
+        doc = {
+            "schemaVersion": 1,
+            "generation": 1,
+            "node": name,
+            "slotsPerCard": 10,
+            "contentHash": "sha256:emulated",
+            "devices": devices,
+            "errors": [],
+        }
+        meta["annotations"] = {"xpupool.io/inventory": json.dumps(doc)}
     else:
         resources["nvidia.com/gpu"] = str(cards)
         meta["labels"].update({"nvidia.com/gpu.product": model, "nvidia.com/gpu.memory": str(card_memory_mib)})

@@ -20,7 +20,10 @@ vendor's whole-card resource when ``adopt_whole_card`` is on):
   scale-from-zero clusters are not blocked);
 * mutates with a JSONPatch: ``spec.schedulerName`` = ``xpupool``; label ``xpupool.io/managed``;
   annotation ``xpupool.io/request`` (the normalised request, versioned JSON); limits copied from
-  requests for our resources where only requests were given; downward-API env
+  requests for our resources where only requests were given; a whole-card resource
+  (``nvidia.com/gpu: 2``) rewritten as ``xpupool.io/vxpu: 2`` plus the ``xpupool.io/exclusive``,
+  ``vendor`` (and ``model``) annotations, so xpupool's device plugin, not the vendor's, wires the
+  cards the scheduler chose; downward-API env
   ``XPUPOOL_POD_NAME/NAMESPACE/UID`` in the vXPU container (the shim reports with them).
   The patch is idempotent: a reinvoked webhook (``reinvocationPolicy: IfNeeded``) adds nothing twice.
 
@@ -50,7 +53,16 @@ from typing import Any, Literal
 from aiohttp import web
 
 from xpupool.core.model import Node, Request
-from xpupool.core.request import DOMAIN, OUR_RESOURCES, WHOLE_CARD_RESOURCES, validate_against_pool
+from xpupool.core.request import (
+    ANN_EXCLUSIVE,
+    ANN_MODEL,
+    ANN_VENDOR,
+    DOMAIN,
+    OUR_RESOURCES,
+    RES_VXPU,
+    WHOLE_CARD_RESOURCES,
+    validate_against_pool,
+)
 from xpupool.kube import certs
 from xpupool.kube.objects import SCHEDULER_NAME, node_model, pod_request
 from xpupool.kube.transport import NODES, ApiError, JsonDict, Resource, Transport
@@ -77,7 +89,7 @@ PoolCheck = Literal["deny", "warn", "off"]
 @dataclass(frozen=True, slots=True)
 class WebhookSettings:
     scheduler_name: str = SCHEDULER_NAME
-    adopt_whole_card: bool = True
+    adopt_whole_card: bool = False
     pool_check: PoolCheck = "warn"
     excluded_namespaces: frozenset[str] = frozenset({"kube-system"})
 
@@ -226,34 +238,44 @@ def _patch(
     if spec.get("schedulerName") != settings.scheduler_name:
         op = "replace" if "schedulerName" in spec else "add"
         ops.append({"op": op, "path": "/spec/schedulerName", "value": settings.scheduler_name})
-    for field_name, key, value in (
-        ("labels", LABEL_MANAGED, "true"),
-        ("annotations", ANN_REQUEST, normalized_request(request)),
-    ):
+    container = (spec.get("containers") or [])[index] if index is not None else {}
+    res = container.get("resources") or {}
+    limits: dict[str, Any] = dict(res.get("limits") or {})
+    requests: dict[str, Any] = dict(res.get("requests") or {})
+    annotations = {ANN_REQUEST: normalized_request(request)}
+    # Whole-card resources (adopt_whole_card) become xpupool.io/vxpu so that our device plugin, not
+    # the vendor's, wires the cards the scheduler chose; exclusivity/vendor/model move to annotations.
+    whole = sorted(k for k in set(limits) | set(requests) if k in WHOLE_CARD_RESOURCES)
+    for key in whole:
+        vendor, model = WHOLE_CARD_RESOURCES[key]
+        annotations[ANN_EXCLUSIVE] = "true"
+        annotations[ANN_VENDOR] = vendor.value
+        if model:
+            annotations[ANN_MODEL] = model
+        for section in (limits, requests):
+            if key in section:
+                section[RES_VXPU] = section.pop(key)
+    for field_name, values in (("labels", {LABEL_MANAGED: "true"}), ("annotations", annotations)):
         current = meta.get(field_name)
         if current is None:
-            ops.append({"op": "add", "path": f"/metadata/{field_name}", "value": {key: value}})
-        elif current.get(key) != value:
-            op = "replace" if key in current else "add"
-            ops.append({"op": op, "path": f"/metadata/{field_name}/{_escape(key)}", "value": value})
+            ops.append({"op": "add", "path": f"/metadata/{field_name}", "value": values})
+            continue
+        for key, value in values.items():
+            if current.get(key) != value:
+                op = "replace" if key in current else "add"
+                ops.append({"op": op, "path": f"/metadata/{field_name}/{_escape(key)}", "value": value})
     if index is None:
         return ops
-    container = (spec.get("containers") or [])[index]
     base = f"/spec/containers/{index}"
-    res = container.get("resources") or {}
-    limits, requests = res.get("limits"), res.get("requests") or {}
-    missing = {
-        k: v
-        for k, v in requests.items()
-        if _card_resources({"resources": {"requests": {k: v}}}, adopt_whole_card=True) and k not in (limits or {})
-    }
-    if missing:
-        if limits is None:
-            ops.append({"op": "add", "path": f"{base}/resources/limits", "value": missing})
-        else:
-            ops.extend(
-                {"op": "add", "path": f"{base}/resources/limits/{_escape(k)}", "value": v} for k, v in missing.items()
-            )
+    for key, value in requests.items():
+        if key in OUR_RESOURCES and key not in limits:
+            limits[key] = value  # extended resources: limits are what counts; requests only is refused
+    if limits != (res.get("limits") or {}) or requests != (res.get("requests") or {}):
+        new_resources = {**res, "limits": limits}
+        if requests:
+            new_resources["requests"] = requests
+        op = "replace" if "resources" in container else "add"
+        ops.append({"op": op, "path": f"{base}/resources", "value": new_resources})
     env = container.get("env")
     present = {e.get("name") for e in env or []}
     wanted = [
@@ -480,34 +502,42 @@ async def serve(
     secret_name: str,
     webhook_configuration: str,
     port: int = 8443,
+    host: str = "0.0.0.0",
+    stop: asyncio.Event | None = None,
+    state: WebhookState | None = None,
 ) -> None:
-    """Run the webhook until SIGTERM: certificates first, then the pool cache, then HTTPS."""
+    """Run the webhook until ``stop`` is set (default: until SIGTERM/SIGINT): certificates first
+    (Secret + caBundle), then the pool cache, then HTTPS. Closes ``transport`` on the way out."""
     import signal
 
-    keeper = CertKeeper(
-        transport,
-        namespace=namespace,
-        secret_name=secret_name,
-        service=service,
-        webhook_configuration=webhook_configuration,
-    )
-    await keeper.sync()
-    assert keeper.context is not None
-    pool = PoolCache(transport)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    state = WebhookState(settings=settings, pool=pool.nodes)
-    runner = web.AppRunner(make_app(state))
-    await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port, ssl_context=keeper.context.context).start()
-    tasks = [asyncio.create_task(pool.run(stop)), asyncio.create_task(keeper.run(stop))]
     try:
-        await stop.wait()
+        keeper = CertKeeper(
+            transport,
+            namespace=namespace,
+            secret_name=secret_name,
+            service=service,
+            webhook_configuration=webhook_configuration,
+        )
+        await keeper.sync()
+        assert keeper.context is not None
+        pool = PoolCache(transport)
+        if stop is None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+        state = state or WebhookState()
+        state.settings, state.pool = settings, pool.nodes
+        runner = web.AppRunner(make_app(state))
+        await runner.setup()
+        await web.TCPSite(runner, host, port, ssl_context=keeper.context.context).start()
+        tasks = [asyncio.create_task(pool.run(stop)), asyncio.create_task(keeper.run(stop))]
+        try:
+            await stop.wait()
+        finally:
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await runner.cleanup()
     finally:
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await runner.cleanup()
         await transport.close()
 
 
@@ -525,7 +555,7 @@ def main() -> None:
     namespace = env.get("XPUPOOL_NAMESPACE", "xpupool-system")
     settings = WebhookSettings(
         scheduler_name=env.get("XPUPOOL_SCHEDULER_NAME", SCHEDULER_NAME),
-        adopt_whole_card=env.get("XPUPOOL_WEBHOOK_ADOPT_WHOLE_CARD", "true").lower() == "true",
+        adopt_whole_card=env.get("XPUPOOL_WEBHOOK_ADOPT_WHOLE_CARD", "false").lower() == "true",
         pool_check=pool_check,  # type: ignore[arg-type]
         excluded_namespaces=frozenset(
             {"kube-system", namespace, *filter(None, env.get("XPUPOOL_WEBHOOK_EXCLUDED_NAMESPACES", "").split(","))}

@@ -32,7 +32,7 @@ import numpy as np
 
 from xpupool.core.cluster import BoolArray, ClusterState, FloatArray, IntArray
 from xpupool.core.framework import REGISTRY, FitContext, ScoreResult
-from xpupool.core.frag import TargetWorkload, node_models, share_candidates
+from xpupool.core.frag import FragmentCache, TargetWorkload, node_models, share_candidates
 from xpupool.core.model import WHOLE_CARD_MILLI
 
 
@@ -49,7 +49,7 @@ class HostTarget:
         allowed = [row for row in tw.allowed[gpu]]
         pop = list(tw.p[gpu])
         # probability scale of tw.p relative to pod fractions: tw.p covers ``coverage`` of pods
-        known = {(int(k)) for k in tw.count[gpu] if k > 1}
+        known = {int(k) for k in tw.count[gpu] if k > 1}
         for k, c, m, frac in tw.multi_card:
             if k in known:
                 continue
@@ -60,22 +60,27 @@ class HostTarget:
             row = np.zeros(tw.allowed.shape[1], dtype=bool)
             row[:-1] = True
             allowed.append(row)
-            pop.append(frac * multi_scale)
+            pop.append(frac)
         self.cpu = np.asarray(cpu, dtype=np.float64)
         self.mem = np.asarray(memory, dtype=np.float64)
         self.milli = np.asarray(milli, dtype=np.int64)
         self.count = np.asarray(count, dtype=np.int64)
         self.allowed = np.asarray(allowed, dtype=bool).reshape(len(cpu), tw.allowed.shape[1])
-        popularity = np.asarray(pop, dtype=np.float64)
+        popularity = np.asarray(pop, dtype=np.float64) * np.where(self.count > 1, multi_scale, 1.0)
         if weights == "demand":
             q = popularity * self.count * self.milli / WHOLE_CARD_MILLI
         elif weights == "popularity":
             q = popularity
+        elif weights == "cards":
+            q = popularity * self.count
         else:
             raise ValueError(f"unknown weights {weights!r}")
         self.q: FloatArray = q / q.sum()
         self.sharing = (self.count == 1) & (self.milli < WHOLE_CARD_MILLI)
         self.need = (self.count * self.milli).astype(np.float64)  # GPU milli per copy
+        # GPU milli the host supports per milli-core / MiB left (1e18: the shape asks none)
+        self.need_per_cpu = np.where(self.cpu > 0, self.need / np.maximum(self.cpu, 1), 1e18)
+        self.need_per_mem = np.where(self.mem > 0, self.need / np.maximum(self.mem, 1), 1e18)
         self.size = len(self.q)
 
 
@@ -104,12 +109,12 @@ class HostFragment:
     def frag(self, u: FloatArray, idle: IntArray | FloatArray, cpu: IntArray, mem: IntArray) -> FloatArray:
         """``F'`` for K nodes from their ``U`` (K, M), idle milli, free CPU and memory."""
         ht = self.ht
-        with np.errstate(divide="ignore", invalid="ignore"):
-            c_cpu = np.where(ht.cpu > 0, cpu[:, None] / ht.cpu, np.inf)
-            c_mem = np.where(ht.mem > 0, mem[:, None] / ht.mem, np.inf)
-        copies = np.minimum(c_cpu, c_mem)
-        usable = np.where(copies >= 1, np.minimum(u, copies * ht.need), 0.0)
-        result: FloatArray = (np.asarray(idle, dtype=np.float64)[:, None] - usable) @ ht.q
+        cpu_c = cpu[:, None]
+        mem_c = mem[:, None]
+        host_cap = np.minimum(cpu_c * ht.need_per_cpu, mem_c * ht.need_per_mem)  # copies * need
+        usable = np.minimum(u, host_cap)
+        usable *= (cpu_c >= ht.cpu) & (mem_c >= ht.mem)  # at least one copy fits the host
+        result: FloatArray = np.asarray(idle, dtype=np.float64) - usable @ ht.q
         return result
 
     def refresh(self, state: ClusterState) -> None:
@@ -168,14 +173,22 @@ class XpupoolHostScore:
 
     name = "xpupool-host"
 
-    def __init__(self, *, target: TargetWorkload, weights: str = "demand", multi_scale: float = 1.0,
-                 packing_weight: float = 1.0) -> None:
+    def __init__(self, *, target: TargetWorkload, weights: str = "popularity", multi_scale: float = 1.0,
+                 packing_weight: float = 1.0, fgd_weight: float = 1.0, host_weight: float = 1.0) -> None:
         self.cache = HostFragment(HostTarget(target, weights=weights, multi_scale=multi_scale))
+        self.fgd = FragmentCache(target)
         self.packing_weight = packing_weight
+        self.fgd_weight = fgd_weight
+        self.host_weight = host_weight
 
     def gain(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> tuple[FloatArray, IntArray]:
-        """``F'_before - F'_after`` per node (``-inf`` where infeasible) and the best card per node."""
-        self.cache.refresh(state)
+        """Decrease of ``fgd_weight * F + host_weight * F'`` per node (``-inf`` where infeasible) and
+        the best card per node."""
+        hw, fw = self.host_weight, self.fgd_weight
+        if hw:
+            self.cache.refresh(state)
+        if fw:
+            self.fgd.refresh(state)
         r = ctx.request
         n = state.num_nodes
         gain = np.full(n, -np.inf)
@@ -184,8 +197,12 @@ class XpupoolHostScore:
             nodes, slots = share_candidates(ctx.card_fit, state.card_free_milli, feasible)
             if len(nodes) == 0:
                 return gain, hint
-            after = self.cache.after_share(state, nodes, slots, r.cpu_milli, r.memory_mib, r.share_milli)
-            g = self.cache.f[nodes] - after
+            g = np.zeros(len(nodes))
+            if hw:
+                g += hw * (self.cache.f[nodes]
+                           - self.cache.after_share(state, nodes, slots, r.cpu_milli, r.memory_mib, r.share_milli))
+            if fw:
+                g += fw * (self.fgd.f[nodes] - self.fgd.after_share(state, nodes, slots, r.cpu_milli, r.share_milli))
             # tie-break cards inside a node by best fit (least free left)
             g_key = g - 1e-6 * state.card_free_milli[nodes, slots]
             order = np.lexsort((-g_key, nodes))
@@ -197,7 +214,12 @@ class XpupoolHostScore:
             return gain, hint
         idx = np.nonzero(feasible)[0]
         if len(idx):
-            gain[idx] = self.cache.f[idx] - self.cache.after_whole(state, idx, r.cpu_milli, r.memory_mib, r.count)
+            g = np.zeros(len(idx))
+            if hw:
+                g += hw * (self.cache.f[idx] - self.cache.after_whole(state, idx, r.cpu_milli, r.memory_mib, r.count))
+            if fw:
+                g += fw * (self.fgd.f[idx] - self.fgd.after_whole(state, idx, r.cpu_milli, r.count))
+            gain[idx] = g
         return gain, hint
 
     def score(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
