@@ -42,8 +42,10 @@ def run_one(variant: str, seed: int, config: str) -> tuple[str, int, str, float,
         def build(policy: str, *, seed: int = 0, target: TargetWorkload | None = None,
                   demand_target: TargetWorkload | None = None) -> Scheduler:
             rng = np.random.default_rng(seed)
+            plugin_args = {k: v for k, v in args.items() if not k.startswith("_")}
             prof = Profile.from_names("xp", scores={"xpupool-host": 1.0},
-                                      args={"xpupool-host": {"target": target, **args}})
+                                      args={"xpupool-host": {"target": target, **plugin_args}},
+                                      first_on_tie=bool(args.get("_first_on_tie", False)))
             return Scheduler(prof, rng=rng)
 
         replay_mod.build_scheduler = build  # type: ignore[assignment]

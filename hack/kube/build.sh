@@ -16,16 +16,20 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-if [[ -z "${GO:-}" ]]; then
+# find_go: sets GO; only called when something has to be built (cached runs need no Go).
+find_go() {
+  if [[ -n "${GO:-}" ]]; then
+    return 0
+  fi
   if command -v go >/dev/null 2>&1; then
     GO=go
-  elif [[ -x /usr/local/go/bin/go ]]; then  # default location of the official Go tarball
+  elif [[ -x /usr/local/go/bin/go ]]; then  # where the official Go distribution installs
     GO=/usr/local/go/bin/go
   else
-    echo "hack/kube/build.sh: no Go toolchain found (set GO=/path/to/go)" >&2
+    echo "hack/kube/build.sh: no Go toolchain found (put go on PATH or set GO=...)" >&2
     exit 1
   fi
-fi
+}
 
 # pinned_version <go.mod> <module>: the version the wrapper module requires.
 pinned_version() {
@@ -62,11 +66,16 @@ build() {
     log "$name present"
     return 0
   fi
+  find_go
   log "building $name ($pkg, -p $parallel); this takes minutes on a cold cache"
   local start end tmp
   start=$(date +%s)
   tmp="$(mktemp -d "$bin_dir/.build.XXXXXX")"
-  (cd "$dir" && "$GO" build -p "$parallel" -ldflags "-s -w $ldflags" -o "$tmp/$name" "$pkg")
+  if ! (cd "$dir" && "$GO" build -p "$parallel" -ldflags "-s -w $ldflags" -o "$tmp/$name" "$pkg"); then
+    rm -rf "$tmp"
+    log "building $name failed"
+    exit 1
+  fi
   mv -f "$tmp/$name" "$bin_dir/$name"
   rmdir "$tmp"
   end=$(date +%s)

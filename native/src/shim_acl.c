@@ -54,15 +54,20 @@ static pthread_once_t g_acl_once = PTHREAD_ONCE_INIT;
 static void acl_init(void)
 {
     g_acl = dlopen("libascendcl.so", RTLD_NOW | RTLD_LOCAL);
-#define RES(n) if (!R_##n && g_acl) R_##n = xpu_real_dlsym(g_acl, #n);
+#define RES(n)                                                                                     \
+    if (!__atomic_load_n(&R_##n, __ATOMIC_ACQUIRE) && g_acl)                                              \
+        __atomic_store_n(&R_##n, xpu_real_dlsym(g_acl, #n), __ATOMIC_RELEASE);
     ACL_HOOKED(RES)
     ACL_INTERNAL(RES)
 }
 static inline void *areal(void **slot)
 {
-    if (!*slot)
+    void *p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (!p) {
         pthread_once(&g_acl_once, acl_init);
-    return *slot;
+        p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    }
+    return p;
 }
 #define AREAL(n) ((__typeof__(&n))areal(&R_##n))
 

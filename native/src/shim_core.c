@@ -15,7 +15,7 @@
 
 /* dlsym is called by sanitizer runtimes before their shadow memory exists: the lookup
  * path must not be instrumented (only matters for the ASan/UBSan test build) */
-#define XPU_NO_SAN __attribute__((no_sanitize("address", "undefined")))
+#define XPU_NO_SAN __attribute__((no_sanitize("address", "undefined", "thread")))
 
 struct xpu_core g_xpu;
 _Atomic int g_xpu_ready;
@@ -24,20 +24,27 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 /* ------------------------------------------------------------------ real dlsym */
 
 typedef void *(*dlsym_fn)(void *, const char *);
-static dlsym_fn g_real_dlsym;
-static pthread_once_t g_dlsym_once = PTHREAD_ONCE_INIT;
+/* no pthread_once here: sanitizer runtimes call dlsym before their pthread interceptors
+ * work; racing initialisers compute the same pointer */
+static _Atomic(dlsym_fn) g_real_dlsym;
 
-XPU_NO_SAN static void find_real_dlsym(void)
+XPU_NO_SAN static dlsym_fn find_real_dlsym(void)
 {
     static const char *const versions[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17", "GLIBC_2.0"};
-    for (size_t i = 0; i < sizeof versions / sizeof versions[0] && !g_real_dlsym; i++)
-        g_real_dlsym = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", versions[i]);
+    dlsym_fn f = NULL;
+    for (size_t i = 0; i < sizeof versions / sizeof versions[0] && !f; i++)
+        f = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", versions[i]);
+    return f;
 }
 
 XPU_NO_SAN void *xpu_real_dlsym(void *handle, const char *name)
 {
-    pthread_once(&g_dlsym_once, find_real_dlsym);
-    return g_real_dlsym ? g_real_dlsym(handle, name) : NULL;
+    dlsym_fn f = atomic_load_explicit(&g_real_dlsym, memory_order_acquire);
+    if (XPU_UNLIKELY(!f)) {
+        f = find_real_dlsym();
+        atomic_store_explicit(&g_real_dlsym, f, memory_order_release);
+    }
+    return f ? f(handle, name) : NULL;
 }
 
 /* RTLD_NEXT relative to the *caller*, not to this library. Callers loaded before us (the

@@ -73,14 +73,14 @@ INTERNAL(DECL_REAL)
 
 static void *g_cuda;
 static pthread_once_t g_cuda_once = PTHREAD_ONCE_INIT;
-static int g_single = -3; /* region device index when the container has exactly one device */
+static _Atomic int g_single = -3; /* region device index when the container has exactly one device */
 static _Atomic int g_ord_map[64];
 static pthread_once_t g_ord_once = PTHREAD_ONCE_INIT;
 
 static void resolve(void **slot, const char *name)
 {
-    if (!*slot && g_cuda)
-        *slot = xpu_real_dlsym(g_cuda, name);
+    if (!__atomic_load_n(slot, __ATOMIC_ACQUIRE) && g_cuda)
+        __atomic_store_n(slot, xpu_real_dlsym(g_cuda, name), __ATOMIC_RELEASE);
 }
 
 static void cuda_init(void)
@@ -100,9 +100,12 @@ static void cuda_init(void)
 
 static inline void *real(void **slot)
 {
-    if (XPU_UNLIKELY(!*slot))
+    void *p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (XPU_UNLIKELY(!p)) {
         pthread_once(&g_cuda_once, cuda_init);
-    return *slot;
+        p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    }
+    return p;
 }
 
 #define REAL(n) ((__typeof__(&n))real(&R_##n))
@@ -113,12 +116,6 @@ static inline void *real(void **slot)
             return CUDA_ERROR_NOT_FOUND;                                                               \
         return fp_(__VA_ARGS__);                                                                       \
     } while (0)
-
-void xpu_cuda_fork_child(void)
-{
-    for (unsigned i = 0; i < 64; i++)
-        atomic_store(&g_ord_map[i], -3);
-}
 
 static void ord_init(void)
 {
@@ -1056,7 +1053,7 @@ static void *substitute(const char *symbol, void *p)
     /* the table must be complete even if a dlsym() lookup pre-filled this resolver's slot */
     pthread_once(&g_cuda_once, cuda_init);
     for (size_t i = 0; i < xpu_cuda_nhooks; i++) {
-        if (*xpu_cuda_hooks[i].real == p) {
+        if (__atomic_load_n(xpu_cuda_hooks[i].real, __ATOMIC_ACQUIRE) == p) {
             atomic_fetch_add_explicit(&g_resolver_swaps, 1, memory_order_relaxed);
             return xpu_cuda_hooks[i].wrapper;
         }
@@ -1102,4 +1099,13 @@ XPU_EXPORT void xpushim_resolver_stats(uint64_t *swaps, uint64_t *misses)
 {
     *swaps = atomic_load(&g_resolver_swaps);
     *misses = atomic_load(&g_resolver_misses);
+}
+
+/* fork child: cached ordinals stay valid, but mutexes another thread held at fork time and
+ * the graph-memory charges of the parent's contexts must not leak into the child */
+void xpu_cuda_fork_child(void)
+{
+    pthread_mutex_init(&g_pool_mu, NULL);
+    pthread_mutex_init(&g_graph_mu, NULL);
+    memset(g_graph_charged, 0, sizeof g_graph_charged);
 }

@@ -63,15 +63,20 @@ static void hip_init(void)
     static const char *const names[] = {"libamdhip64.so", "libamdhip64.so.7", "libamdhip64.so.6"};
     for (size_t i = 0; i < 3 && !g_hip; i++)
         g_hip = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
-#define RES(n) if (!R_##n && g_hip) R_##n = xpu_real_dlsym(g_hip, #n);
+#define RES(n)                                                                                     \
+    if (!__atomic_load_n(&R_##n, __ATOMIC_ACQUIRE) && g_hip)                                              \
+        __atomic_store_n(&R_##n, xpu_real_dlsym(g_hip, #n), __ATOMIC_RELEASE);
     HIP_HOOKED(RES)
     HIP_INTERNAL(RES)
 }
 static inline void *hreal(void **slot)
 {
-    if (!*slot)
+    void *p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (!p) {
         pthread_once(&g_hip_once, hip_init);
-    return *slot;
+        p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    }
+    return p;
 }
 #define HREAL(n) ((__typeof__(&n))hreal(&R_##n))
 
@@ -309,7 +314,7 @@ XPU_EXPORT hipError_t hipGetProcAddress(const char *symbol, void **pfn, int hipV
     pthread_once(&g_hip_once, hip_init); /* complete table even if dlsym pre-filled a slot */
     if (rc == hipSuccess && pfn && *pfn)
         for (size_t i = 0; i < xpu_hip_nhooks; i++)
-            if (*xpu_hip_hooks[i].real == *pfn) {
+            if (__atomic_load_n(xpu_hip_hooks[i].real, __ATOMIC_ACQUIRE) == *pfn) {
                 *pfn = xpu_hip_hooks[i].wrapper;
                 break;
             }

@@ -32,7 +32,10 @@ struct mark {
 
 struct meter {
     atomic_flag lock;
-    int enabled, ev_ready, broken;
+    /* read without the lock on the launch path: atomics (written only in refresh/ensure) */
+    _Atomic int enabled, broken;
+    _Atomic uint64_t gen, next_refresh_ns, period_ns;
+    int ev_ready;
     struct mark ring[RING];
     unsigned head, tail, outstanding;
     void *last_end;
@@ -41,11 +44,9 @@ struct meter {
     uint64_t batch_open_ns, last_launch_ns, last_gap_ns;
     uint64_t est_ns;               /* EWMA GPU ns per launch */
     int have_est;                  /* at least one batch measured */
-    uint64_t next_refresh_ns, last_poll_ns;
-    uint64_t gen;
+    uint64_t last_poll_ns;
     struct xpu_dev_cfg cfg;
     uint32_t eff_bp;
-    uint64_t period_ns;
     struct xpu_card *card;
     int card_status;               /* -1 unknown */
     uint64_t local_launches;
@@ -263,7 +264,7 @@ void xpu_limit_sync_point(unsigned d, void *stream, const struct xpu_meter_ops *
     if (d >= XPU_MAX_DEVICES)
         return;
     struct meter *m = &g_m[d];
-    if (!m->enabled || !m->batch_n)
+    if (!m->enabled)
         return;
     uint64_t now = xpu_now_fast_ns();
     mlock(m);

@@ -59,16 +59,21 @@ static pthread_once_t g_nvml_once = PTHREAD_ONCE_INIT;
 static void nvml_init(void)
 {
     g_nvml = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
-#define RES(n) if (!R_##n && g_nvml) R_##n = xpu_real_dlsym(g_nvml, #n);
+#define RES(n)                                                                                     \
+    if (!__atomic_load_n(&R_##n, __ATOMIC_ACQUIRE) && g_nvml)                                              \
+        __atomic_store_n(&R_##n, xpu_real_dlsym(g_nvml, #n), __ATOMIC_RELEASE);
     NVML_HOOKED(RES)
     NVML_INTERNAL(RES)
 }
 
 static inline void *nreal(void **slot)
 {
-    if (!*slot)
+    void *p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (!p) {
         pthread_once(&g_nvml_once, nvml_init);
-    return *slot;
+        p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    }
+    return p;
 }
 #define NREAL(n) ((__typeof__(&n))nreal(&R_##n))
 

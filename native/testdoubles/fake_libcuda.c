@@ -25,22 +25,30 @@
 
 /* ---------------------------------------------------------------- counters */
 #define MAXC 128
-static struct { const char *name; _Atomic long n; } g_calls[MAXC];
+static struct { _Atomic(const char *) name; _Atomic long n; } g_calls[MAXC];
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static void count(const char *name)
 {
     for (int i = 0; i < MAXC; i++) {
-        if (g_calls[i].name == name || (g_calls[i].name && strcmp(g_calls[i].name, name) == 0)) {
+        const char *n = atomic_load_explicit(&g_calls[i].name, memory_order_acquire);
+        if (!n)
+            break;
+        if (n == name || strcmp(n, name) == 0) {
             atomic_fetch_add(&g_calls[i].n, 1);
             return;
         }
     }
     pthread_mutex_lock(&g_mu);
     for (int i = 0; i < MAXC; i++) {
-        if (!g_calls[i].name) {
-            g_calls[i].name = name;
+        const char *n = atomic_load_explicit(&g_calls[i].name, memory_order_acquire);
+        if (n && (n == name || strcmp(n, name) == 0)) {
             atomic_fetch_add(&g_calls[i].n, 1);
+            break;
+        }
+        if (!n) {
+            atomic_fetch_add(&g_calls[i].n, 1);
+            atomic_store_explicit(&g_calls[i].name, name, memory_order_release);
             break;
         }
     }
@@ -50,9 +58,11 @@ static void count(const char *name)
 
 EXPORT long fake_cuda_calls(const char *name)
 {
-    for (int i = 0; i < MAXC; i++)
-        if (g_calls[i].name && strcmp(g_calls[i].name, name) == 0)
+    for (int i = 0; i < MAXC; i++) {
+        const char *n = atomic_load_explicit(&g_calls[i].name, memory_order_acquire);
+        if (n && strcmp(n, name) == 0)
             return atomic_load(&g_calls[i].n);
+    }
     return 0;
 }
 

@@ -300,6 +300,22 @@ async def test_preemption_evicts_lower_priority(
             "8 low pods bound",
             sched,
         )
+        # A low-priority pod of another, empty queue waits first: DRF would put its queue ahead,
+        # but it must neither preempt (no declared guarantee to reclaim) nor take the room the
+        # high-priority pods evicted for.
+        await transport.create(
+            PODS,
+            fake_pod(
+                namespace,
+                "other-queue",
+                scheduler=name,
+                vxpu=1,
+                core_pct=100,
+                priority_class="xp-low",
+                labels={"xpupool.io/queue": "other"},
+            ),
+        )
+        await asyncio.sleep(1.0)
         high = [
             fake_pod(namespace, f"high-{i}", scheduler=name, vxpu=1, core_pct=100, priority_class="xp-high")
             for i in range(2)
@@ -315,9 +331,12 @@ async def test_preemption_evicts_lower_priority(
         )
         names = {p["metadata"]["name"] for p in final}
         assert len([n for n in names if n.startswith("low-")]) == 6  # exactly two victims
+        other = next(p for p in final if p["metadata"]["name"] == "other-queue")
+        assert not other["spec"].get("nodeName")
         assert_within_capacity(final)
         events = (await transport.list(EVENTS, namespace=namespace)).items
-        assert sum(1 for e in events if e["reason"] == "Preempted") >= 2
+        preempted = [e for e in events if e["reason"] == "Preempted"]
+        assert len(preempted) == 2 and all("high-" in e["note"] for e in preempted)
     finally:
         kubelet_task.cancel()
         await asyncio.gather(kubelet_task, return_exceptions=True)

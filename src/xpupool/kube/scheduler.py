@@ -4,10 +4,12 @@ Data flow::
 
     Informer(pods, all namespaces) --+--> ledger accounting (every pod holding resources)
     Informer(nodes) -----------------+--> ClusterState rebuild (node set or capacity changed)
+    Informer(XPUQueues, if the CRD) -+--> queue specs
                                      |
-             cycle (event loop, no await inside): order pending pods (priority, queue
-             fairness, age) -> gangs all-or-nothing in a Statement -> core Scheduler.place ->
-             reserve in the ledger + "assume" -> spawn bind task
+             cycle (event loop, no await inside): pending pods -> core run_cycle (DRF across
+             queues, quota gates, priority, FIFO, gangs all-or-nothing, Scheduler.place; it
+             reserves on the ledger) -> "assume" each placement -> spawn bind task;
+             unschedulable pods -> core plan_preemption -> delete victims (placed once gone)
                                      |
     bind task: POST pods/binding carrying the ``xpupool.io/allocation`` annotation (the apiserver
     writes annotation and nodeName in ONE etcd write) -> watch confirms -> assumption dropped
@@ -39,7 +41,7 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -48,6 +50,7 @@ from xpupool.core.cluster import BoolArray, ClusterState
 from xpupool.core.framework import FitContext, Scheduler
 from xpupool.core.model import WHOLE_CARD_MILLI, Allocation, Node, Request
 from xpupool.core.queues import (
+    CycleResult,
     PodGroup,
     PreemptionPlan,
     QueueBook,
@@ -92,6 +95,8 @@ class MonotonicClock:
 
 @dataclass
 class SchedulerConfig:
+    """Daemon settings (the CLI flags of ``python -m xpupool.kube.scheduler``)."""
+
     scheduler_name: str = SCHEDULER_NAME
     #: manage only nodes matching this label selector (None: all nodes)
     node_label_selector: str | None = None
@@ -101,7 +106,8 @@ class SchedulerConfig:
     assume_ttl_s: float = 30.0
     #: pause between cycles when there is nothing new (a pod or node event wakes it earlier)
     idle_cycle_s: float = 1.0
-    max_pods_per_cycle: int = 5000
+    #: per pod (per gang) retry delay after a failed placement: doubles from low to high; any
+    #: freed capacity (a placed pod deleted, a queue changed) clears every backoff
     retry_backoff_s: tuple[float, float] = (0.5, 30.0)
     preemption: bool = True
     max_preemptions_per_cycle: int = 4
@@ -148,7 +154,6 @@ class _Outcome:
     placed: int = 0
     unschedulable: int = 0
     preemptions: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class KubeScheduler:
@@ -288,6 +293,7 @@ class KubeScheduler:
         self._arrival.pop(key, None)
         self.pending.pop(key, None)
         self.backoff.pop(key, None)
+        self.preempting.pop(key, None)
         if self.assumed.pop(key, None) is not None:
             METRICS.assumed_pods.set(len(self.assumed))
 
@@ -339,6 +345,9 @@ class KubeScheduler:
             return
         key = pod_key(pod)
         if not self._reserve(allocation, parsed.request):
+            # the annotated place is gone (node removed, capacity taken): place the pod afresh
+            if not (pod.get("metadata") or {}).get("deletionTimestamp"):
+                self.pending[key] = pod
             return
         self.pending.pop(key, None)
         assumed = _Assumed(allocation.node, pod["metadata"]["uid"], self.clock.now_s() + self.config.assume_ttl_s)
@@ -464,26 +473,32 @@ class KubeScheduler:
             self._undo(key, assumed, requeue=not node)
 
     # ------------------------------------------------------------------ cycle
-    def _queue_book(self, ours: dict[str, Running]) -> QueueBook:
-        """Queues (from ``queue_specs``; unknown names get a default spec) charged with our pods."""
+    def _queue_book(self, ours: dict[str, Running], pending: Sequence[Request]) -> QueueBook:
+        """Queues charged with our running pods. Specs come from XPUQueue objects; a queue named
+        by a pod but not declared gets weight 1, no guarantee, no limit and is **not reclaimable**
+        (without declared guarantees there is nothing to reclaim: an idle queue must not preempt
+        other queues' pods just because their usage exceeds a zero quota)."""
         capacity = Resources(
             int(self.state.cpu_capacity.sum()),
             int(self.state.memory_capacity.sum()),
             int(self.state.card_exists.sum()) * WHOLE_CARD_MILLI,
         )
-        book = QueueBook(self.queue_specs.values(), capacity)
+        specs = dict(self.queue_specs)
+        for request in [*(r.request for r in ours.values()), *pending]:
+            if request.queue not in specs:
+                specs[request.queue] = QueueSpec(request.queue, reclaimable=False)
+        specs.setdefault("default", QueueSpec("default", reclaimable=False))
+        book = QueueBook(specs.values(), capacity)
         for run in ours.values():
-            if run.request.queue not in book.queues:
-                book.queues[run.request.queue] = QueueSpec(run.request.queue)
-                book.usage[run.request.queue] = Resources()
             book.charge(run.request)
         return book
 
     def _running(self) -> dict[str, Running]:
         """Our pods holding resources that may be preemption victims (bound, not terminating)."""
         out: dict[str, Running] = {}
+        doomed = set().union(*self.preempting.values()) if self.preempting else set()
         for key, (allocation, request) in self.accounted.items():
-            if key in self.assumed:
+            if key in self.assumed or key in doomed:
                 continue
             pod = self.pods.store.get(key)
             if pod is None or not self._ours(pod) or (pod.get("metadata") or {}).get("deletionTimestamp"):
@@ -543,19 +558,33 @@ class KubeScheduler:
         requests, groups = self._pending_requests(now)
         if requests and self._may_write():
             running = self._running()
-            book = self._queue_book(running)
+            book = self._queue_book(running, requests)
             by_name = {r.name: r for r in requests}
-            result = run_cycle(
-                self.state,
-                self.core,
-                book,
-                requests,
-                running=running,
-                groups=groups,
-                arrival_s=self._arrival,
-                now_s=now,
-                preemption=False,
-            )
+            # Preemptors whose victims are gone go first, in a pass of their own, so the room
+            # they evicted for is not taken by a pod that happens to sort earlier (there is no
+            # nominated-node reservation; this closes the common case).
+            ready = {
+                key
+                for key, victims in self.preempting.items()
+                if key in by_name and not any(v in self.pods.store for v in victims)
+            }
+            result = CycleResult()
+            for batch in ([r for r in requests if r.name in ready], [r for r in requests if r.name not in ready]):
+                if not batch:
+                    continue
+                part = run_cycle(
+                    self.state,
+                    self.core,
+                    book,
+                    batch,
+                    running=running,
+                    groups=groups,
+                    arrival_s=self._arrival,
+                    now_s=now,
+                    preemption=False,
+                )
+                result.placed.extend(part.placed)
+                result.pending.update(part.pending)
             for allocation in result.placed:
                 self._assume(self.pending[allocation.pod], allocation, by_name[allocation.pod])
                 out.placed += 1
@@ -664,6 +693,7 @@ class KubeScheduler:
             return False
         self.preempting[key] = set(plan.victims)
         for vkey in plan.victims:
+            running.pop(vkey, None)  # never planned twice, by another preemptor in this cycle
             vpod = self.pods.store[vkey]
             self.events.pod_event(
                 vpod,
@@ -721,6 +751,9 @@ class KubeScheduler:
             except ApiError as exc:
                 if exc.status == 404:
                     log.info("XPUQueue CRD not installed: queues get default specs")
+                    return None
+                if exc.status == 403:
+                    log.warning("no permission to list XPUQueues: queues get default specs (%s)", exc)
                     return None
                 log.warning("probing XPUQueue CRD: %s", exc)
             except TransportError as exc:

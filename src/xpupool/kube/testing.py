@@ -397,6 +397,22 @@ def missing_binaries_message(bin_dir: Path, missing: list[str]) -> str:
     )
 
 
+def control_plane_for_tests() -> tuple[ControlPlane | None, str]:
+    """The shared control plane, or ``(None, why)`` when the binaries are missing.
+
+    Callers (pytest fixtures) fail on ``why`` when ``$CI`` or ``$REQUIRE_E2E`` is set and skip
+    otherwise: CI must never silently skip the real-apiserver layer.
+    """
+    bin_dir, missing = find_bin_dir()
+    if missing:
+        return None, missing_binaries_message(bin_dir, missing)
+    return shared_control_plane(bin_dir), ""
+
+
+def tests_must_not_skip() -> bool:
+    return bool(os.environ.get("CI") or os.environ.get("REQUIRE_E2E"))
+
+
 # ---------------------------------------------------------------------- object factories
 def fake_node(
     name: str,

@@ -174,12 +174,16 @@ class XpupoolHostScore:
     name = "xpupool-host"
 
     def __init__(self, *, target: TargetWorkload, weights: str = "popularity", multi_scale: float = 1.0,
-                 packing_weight: float = 1.0, fgd_weight: float = 1.0, host_weight: float = 1.0) -> None:
+                 packing_weight: float = 1.0, fgd_weight: float = 1.0, host_weight: float = 1.0,
+                 quant: float = 0.0, squash: float = 0.0, card_tie: float = -1e-6) -> None:
         self.cache = HostFragment(HostTarget(target, weights=weights, multi_scale=multi_scale))
         self.fgd = FragmentCache(target)
         self.packing_weight = packing_weight
         self.fgd_weight = fgd_weight
         self.host_weight = host_weight
+        self.quant = quant
+        self.squash = squash
+        self.card_tie = card_tie
 
     def gain(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> tuple[FloatArray, IntArray]:
         """Decrease of ``fgd_weight * F + host_weight * F'`` per node (``-inf`` where infeasible) and
@@ -204,7 +208,7 @@ class XpupoolHostScore:
             if fw:
                 g += fw * (self.fgd.f[nodes] - self.fgd.after_share(state, nodes, slots, r.cpu_milli, r.share_milli))
             # tie-break cards inside a node by best fit (least free left)
-            g_key = g - 1e-6 * state.card_free_milli[nodes, slots]
+            g_key = g + self.card_tie * state.card_free_milli[nodes, slots]
             order = np.lexsort((-g_key, nodes))
             first = np.ones(len(order), dtype=bool)
             first[1:] = nodes[order][1:] != nodes[order][:-1]
@@ -232,7 +236,12 @@ class XpupoolHostScore:
         gpu_left = (state.card_free_milli.sum(axis=1) - r.count * r.share_milli) / (8 * WHOLE_CARD_MILLI)
         cpu_left = (state.cpu_free - r.cpu_milli) / 128_000
         packing = 1 - np.clip(0.5 * gpu_left + 0.5 * cpu_left, 0, 1)
-        key = gain[ok] + self.packing_weight * packing[ok]  # milli-cards; packing only breaks near-ties
+        g = gain[ok]
+        if self.squash > 0:  # FGD's saturating score: sigmoid(gain / squash), 1e5 integer levels
+            g = np.floor(1e5 / (1 + np.exp(-np.clip(g / self.squash, -500, 500))))
+        if self.quant > 0:
+            g = np.round(g / self.quant) * self.quant
+        key = g + self.packing_weight * packing[ok]  # milli-cards; packing only breaks near-ties
         span = max(float(key.max() - key.min()), 1e-9)
         scores[ok] = 100 * (key - key.min()) / span
         return ScoreResult(scores, hint)
