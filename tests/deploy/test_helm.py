@@ -91,6 +91,7 @@ def test_rbac_is_least_privilege() -> None:
         ("", "pods", "patch", ""),
         ("", "pods", "delete", ""),
         ("", "pods/binding", "create", ""),
+        ("", "pods/status", "patch", ""),
         ("", "nodes", "get", ""),
         ("", "nodes", "list", ""),
         ("", "nodes", "watch", ""),

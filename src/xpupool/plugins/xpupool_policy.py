@@ -175,7 +175,8 @@ class XpupoolHostScore:
 
     def __init__(self, *, target: TargetWorkload, weights: str = "popularity", multi_scale: float = 1.0,
                  packing_weight: float = 1.0, fgd_weight: float = 1.0, host_weight: float = 1.0,
-                 quant: float = 0.0, squash: float = 0.0, card_tie: float = -1e-6) -> None:
+                 quant: float = 0.0, squash: float = 0.0, card_tie: float = -1e-6,
+                 levels: float = 100.0) -> None:
         self.cache = HostFragment(HostTarget(target, weights=weights, multi_scale=multi_scale))
         self.fgd = FragmentCache(target)
         self.packing_weight = packing_weight
@@ -184,6 +185,7 @@ class XpupoolHostScore:
         self.quant = quant
         self.squash = squash
         self.card_tie = card_tie
+        self.levels = levels
 
     def gain(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> tuple[FloatArray, IntArray]:
         """Decrease of ``fgd_weight * F + host_weight * F'`` per node (``-inf`` where infeasible) and
@@ -237,8 +239,8 @@ class XpupoolHostScore:
         cpu_left = (state.cpu_free - r.cpu_milli) / 128_000
         packing = 1 - np.clip(0.5 * gpu_left + 0.5 * cpu_left, 0, 1)
         g = gain[ok]
-        if self.squash > 0:  # FGD's saturating score: sigmoid(gain / squash), 1e5 integer levels
-            g = np.floor(1e5 / (1 + np.exp(-np.clip(g / self.squash, -500, 500))))
+        if self.squash > 0:  # FGD's saturating, integer score
+            g = np.floor(self.levels / (1 + np.exp(-np.clip(g / self.squash, -500, 500))))
         if self.quant > 0:
             g = np.round(g / self.quant) * self.quant
         key = g + self.packing_weight * packing[ok]  # milli-cards; packing only breaks near-ties
