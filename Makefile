@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest native test-native kube-bins helm e2e bench simulate clean
+.PHONY: setup demo test lint typecheck pytest native test-native kube-bins helm e2e bench bench-kube simulate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ simulate: setup
 
 bench: setup
 	$(PY) bench/placement_latency.py
+	$(MAKE) -C native bench PYTHON=$(abspath $(PY))
+
+bench-kube: setup kube-bins
+	$(PY) bench/kube/bind_throughput.py
 
 clean:
 	rm -rf $(VENV) native/build .pytest_cache .mypy_cache .ruff_cache

@@ -398,3 +398,136 @@ async def test_sigkill_mid_burst_never_overcommits(
         f"\n[{mode}] SIGKILL with {bound_at_kill} bound ({annotated_unbound} annotated, unbound); "
         "after restart 1000 bound, no card over-committed"
     )
+
+
+async def test_leader_sigkilled_standby_takes_over(
+    control_plane: ControlPlane,
+    transport: AiohttpTransport,
+    namespace: str,
+    sched_factory: list[SchedulerProcess],
+) -> None:
+    """Two replicas with --leader-elect (as the Helm chart runs them). SIGKILL the leader in the
+    middle of a burst: the standby takes over after the lease expires and binds the rest, with
+    no card over-committed."""
+    from xpupool.kube.transport import LEASES
+
+    pool = namespace
+    await make_pool(transport, pool, 20)
+    name = f"xp-{namespace}"
+    lease = (
+        "--leader-elect",
+        "--lease-namespace",
+        namespace,
+        "--lease-name",
+        "sched",
+        "--lease-duration-s",
+        "4",
+        "--renew-deadline-s",
+        "3",
+        "--retry-period-s",
+        "0.5",
+    )
+    replicas = []
+    for identity in ("r1", "r2"):
+        proc = SchedulerProcess(control_plane, f"{name}", pool, *lease, "--identity", identity, "--bind-qps", "40")
+        proc.log = control_plane.workdir / f"sched-{name}-{identity}.log"
+        sched_factory.append(proc)
+        replicas.append(proc)
+        proc.start()
+    pods = mixed_pods(namespace, name, 200, queues=False)
+    for p in pods:
+        p["spec"].pop("priorityClassName", None)
+    await create_all(transport, PODS, pods)
+    await wait_until(
+        transport,
+        namespace,
+        lambda ps: sum(1 for p in ps if p["spec"].get("nodeName")) >= 40,
+        60,
+        "40 pods bound by the first leader",
+    )
+    holder = (await transport.get(LEASES, "sched", namespace=namespace))["spec"]["holderIdentity"]
+    leader = replicas[0] if holder == "r1" else replicas[1]
+    leader.kill()
+    killed_at = time.monotonic()
+    at_kill = sum(1 for p in await pods_of(transport, namespace) if p["spec"].get("nodeName"))
+    assert at_kill < 200, "the kill must land mid-burst"
+    final = await wait_until(
+        transport,
+        namespace,
+        lambda ps: sum(1 for p in ps if p["spec"].get("nodeName")) == 200,
+        90,
+        "all 200 bound by the standby",
+    )
+    took = time.monotonic() - killed_at
+    new_holder = (await transport.get(LEASES, "sched", namespace=namespace))["spec"]["holderIdentity"]
+    assert new_holder != holder
+    assert_within_capacity(final)
+    print(f"\nleader {holder} SIGKILLed at {at_kill}/200 bound; {new_holder} finished the burst {took:.1f} s later")
+
+
+async def test_kube_scheduler_whole_gpu_pods_are_in_our_ledger(
+    control_plane: ControlPlane,
+    transport: AiohttpTransport,
+    namespace: str,
+    sched_factory: list[SchedulerProcess],
+) -> None:
+    """Coexistence: kube-scheduler places whole-GPU pods (``nvidia.com/gpu``) first; our
+    scheduler then sees them in its ledger and gives fractional pods only the remaining cards."""
+    from xpupool.kube.testing import find_bin_dir
+
+    _, missing = find_bin_dir(("kube-scheduler",))
+    assert not missing, "kube-scheduler binary missing (make kube-bins)"
+    pool = namespace
+    nodes = []
+    for i in range(2):
+        node = fake_node(f"{pool}-{i}", cards=4, card_memory_mib=CARD_MIB, labels={"xpupool.test/pool": pool})
+        for key in ("capacity", "allocatable"):
+            node["status"][key]["nvidia.com/gpu"] = "4"  # what the NVIDIA device plugin would advertise
+        nodes.append(node)
+    await create_all(transport, NODES, nodes)
+    kube = control_plane.start_kube_scheduler(name=f"kube-scheduler-{namespace}")
+    try:
+        # kube-scheduler sees every node in the cluster: pin its pods to our pool
+        foreign = []
+        for i in range(5):
+            pod = fake_pod(namespace, f"whole-{i}", scheduler="default-scheduler", whole_gpus=1)
+            pod["spec"]["nodeSelector"] = {"xpupool.test/pool": pool}
+            foreign.append(pod)
+        await create_all(transport, PODS, foreign)
+        await wait_until(
+            transport,
+            namespace,
+            lambda ps: sum(1 for p in ps if p["spec"].get("nodeName")) == 5,
+            60,
+            "kube-scheduler bound 5 whole-GPU pods",
+        )
+    finally:
+        kube.terminate()
+        kube.wait(timeout=15)
+    name = f"xp-{namespace}"
+    sched = SchedulerProcess(control_plane, name, pool)
+    sched_factory.append(sched)
+    sched.start()
+    ours = [fake_pod(namespace, f"half-{i}", scheduler=name, vxpu=1, core_pct=50) for i in range(8)]
+    await create_all(transport, PODS, ours)
+    final = await wait_until(
+        transport,
+        namespace,
+        lambda ps: sum(1 for p in ps if p["metadata"]["name"].startswith("half") and p["spec"].get("nodeName")) == 6,
+        60,
+        "6 half-card pods bound on the 3 cards kube-scheduler left",
+        sched,
+    )
+    await asyncio.sleep(2.0)  # the other two must stay pending
+    final = await pods_of(transport, namespace)
+    bound_half = [p for p in final if p["metadata"]["name"].startswith("half") and p["spec"].get("nodeName")]
+    assert len(bound_half) == 6
+    for node in (f"{pool}-0", f"{pool}-1"):
+        whole = sum(1 for p in final if p["metadata"]["name"].startswith("whole") and p["spec"].get("nodeName") == node)
+        cards = {
+            c
+            for p in bound_half
+            if p["spec"]["nodeName"] == node
+            for c in json.loads(p["metadata"]["annotations"][ANN_ALLOCATION])["cards"]
+        }
+        assert whole + len(cards) <= 4, f"{node}: {whole} whole-GPU pods + our cards {sorted(cards)} > 4 cards"

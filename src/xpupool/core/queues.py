@@ -180,7 +180,8 @@ class PreemptionPlan:
 
 def _eligible_victims(preemptor: Request, running: Mapping[str, Running], book: QueueBook) -> list[Running]:
     mine = book.spec(preemptor.queue)
-    reclaim = not book.over_quota(mine.name)
+    # a queue may reclaim only up to its own quota: after placing the preemptor it must still fit
+    reclaim = (book.usage[mine.name] + Resources.of(preemptor)).fits_in(mine.quota)
     out: list[Running] = []
     for run in running.values():
         victim = run.request

@@ -856,6 +856,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lease-namespace", default="kube-system")
     p.add_argument("--lease-name", default="xpupool-scheduler")
     p.add_argument("--identity", default="")
+    p.add_argument("--lease-duration-s", type=float, default=15.0)
+    p.add_argument("--renew-deadline-s", type=float, default=10.0)
+    p.add_argument("--retry-period-s", type=float, default=2.0)
     p.add_argument("--metrics-port", type=int, default=0, help="0: no metrics endpoint")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
@@ -873,7 +876,14 @@ async def amain(argv: Sequence[str] | None = None, *, ready: Callable[[KubeSched
     elector = None
     if args.leader_elect:
         elector = LeaderElector(
-            transport, namespace=args.lease_namespace, name=args.lease_name, identity=identity, clock=clock
+            transport,
+            namespace=args.lease_namespace,
+            name=args.lease_name,
+            identity=identity,
+            clock=clock,
+            lease_duration_s=args.lease_duration_s,
+            renew_deadline_s=args.renew_deadline_s,
+            retry_period_s=args.retry_period_s,
         )
     config = SchedulerConfig(
         scheduler_name=args.scheduler_name,
