@@ -174,3 +174,36 @@ def test_merge_keeps_indexes_unique() -> None:
     )
     assert [d.uuid for d in devices] == ["nvidia-0", "nvidia-1", "amd-2"]
     assert errors == ["nvidia: NVML slow", "amd: card index 1 (amd-1) already used by nvidia; card ignored"]
+
+
+async def test_metrics_endpoint_exports_per_slice_usage_from_shim_regions(
+    short_dir: Path, apiserver: FakeApiServer, kube: KubeApi
+) -> None:
+    """Issue 4 item 8: the agent's /metrics reads every container region on the node."""
+    from xpupool.agent.shim_region import DeviceConfig
+
+    config = short_dir / "emulated.yaml"
+    config.write_text("cards:\n  - {model: EMU-40G, memory_mib: 40960, count: 1}\n")
+    apiserver.add_node("kw-1")
+    s = settings(short_dir, config)
+    region_dir = Path(s.region_host_root) / "pod-uid-1_main"
+    region_dir.mkdir(parents=True)
+    cfg = DeviceConfig(ordinal=0, uuid="EMU-kw-1-0", mem_limit_bytes=4096 * 2**20, share_request_bp=3000,
+                       share_limit_bp=6000)
+    with ShimRegion.create(region_dir / "region", [cfg], container_key=7) as region:
+        region.view.dev[0].mem_used = 1024 * 2**20
+    agent = Agent(s, node_api=kube, pod_api=kube, backends=s.make_backends())
+    server = TestServer(metrics_app(agent.collector, agent.slice_collector()), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http, http.get(server.make_url("/metrics")) as resp:
+            body = await resp.text()
+        labels = 'device="EMU-kw-1-0",slice="pod-uid-1_main"'
+        assert f"xpupool_vxpu_memory_granted_bytes{{{labels}}} 4.294967296e+09" in body
+        assert f"xpupool_vxpu_memory_used_bytes{{{labels}}} 1.073741824e+09" in body
+        assert f"xpupool_vxpu_share_granted_ratio{{{labels}}} 0.3" in body
+        (region_dir / "region").unlink()
+        async with aiohttp.ClientSession() as http, http.get(server.make_url("/metrics")) as resp:
+            assert "pod-uid-1_main" not in await resp.text()  # ended slices vanish at once
+    finally:
+        await server.close()

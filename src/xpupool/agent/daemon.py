@@ -39,6 +39,7 @@ from xpupool.agent.kubeapi import KubeApi, NodeApi, PodApi
 from xpupool.agent.metrics import AgentCollector, AgentSnapshot, metrics_app
 from xpupool.agent.publisher import InventoryPublisher
 from xpupool.agent.regions import ShimRegionWriter
+from xpupool.agent.shim_region import ShimRegionCollector, SliceRef
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,19 @@ class Agent:
             self.plugin, plugin_dir=Path(settings.plugin_dir), socket_name=settings.plugin_socket
         )
 
+    def slice_collector(self) -> ShimRegionCollector:
+        """Per-slice usage read from the shim regions of this node (issue 4 item 8): granted vs
+        used memory, granted vs measured share, throttle time. Slices are listed on every scrape,
+        so ended pods stop being exported at once."""
+        root = Path(self.settings.region_host_root)
+
+        def slices() -> list[SliceRef]:
+            if not root.is_dir():
+                return []
+            return [SliceRef(p.parent.name, str(p)) for p in sorted(root.glob(f"*/{regions.REGION_FILE}"))]
+
+        return ShimRegionCollector(slices)
+
     def discover(self) -> list[Discovery]:
         return [backend.discover() for backend in self._backends]
 
@@ -218,7 +232,7 @@ class Agent:
         tasks = []
         if self.settings.device_plugin:
             tasks.append(asyncio.create_task(self.server.run(stop), name="device-plugin"))
-        runner = web.AppRunner(metrics_app(self.collector))
+        runner = web.AppRunner(metrics_app(self.collector, self.slice_collector()))
         await runner.setup()
         site = web.TCPSite(runner, self.settings.metrics_host, self.settings.metrics_port)
         await site.start()

@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from xpupool.agent.discovery import DeviceInfo
 
@@ -84,9 +85,12 @@ class AgentCollector:
             yield counter
 
 
-def metrics_app(collector: AgentCollector) -> web.Application:
+def metrics_app(collector: AgentCollector, *extra: Collector) -> web.Application:
+    """``/metrics`` over the agent's collector plus ``extra`` ones (the per-slice shim collector)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)  # duck-typed Collector
+    for more in extra:
+        registry.register(more)
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(registry)

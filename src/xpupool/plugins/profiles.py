@@ -42,6 +42,7 @@ def build_profile(
             "xpupool",
             scores={"xpupool-host": 1.0, "loadaware": 0.0001},
             args={"xpupool-host": {"target": target}},
+            first_on_tie=True,
         )
     if policy in FGD_BASELINES:
         return Profile.from_names(policy, scores=[policy], integer_scores=True, first_on_tie=True)

@@ -39,9 +39,12 @@ from xpupool.core.model import WHOLE_CARD_MILLI
 class HostTarget:
     """Typical GPU pods for the host-aware measure (CPU-only typical pods add a constant; dropped)."""
 
-    def __init__(self, tw: TargetWorkload, *, weights: str = "demand", multi_scale: float = 1.0) -> None:
+    def __init__(self, tw: TargetWorkload, *, weights: str = "demand", multi_scale: float = 1.0,
+                 any_model_only: bool = False, memory: bool = True) -> None:
         gpu = tw.count > 0
-        mem = tw.memory_mib if tw.memory_mib is not None else np.zeros(tw.size, dtype=np.int64)
+        if any_model_only:
+            gpu = gpu & tw.allowed[:, :-1].all(axis=1)
+        mem = tw.memory_mib if tw.memory_mib is not None and memory else np.zeros(tw.size, dtype=np.int64)
         cpu = list(tw.cpu_milli[gpu])
         memory = list(mem[gpu])
         milli = list(tw.milli[gpu])
@@ -173,11 +176,12 @@ class XpupoolHostScore:
 
     name = "xpupool-host"
 
-    def __init__(self, *, target: TargetWorkload, weights: str = "popularity", multi_scale: float = 1.0,
-                 packing_weight: float = 1.0, fgd_weight: float = 1.0, host_weight: float = 1.0,
-                 quant: float = 0.0, squash: float = 0.0, card_tie: float = -1e-6,
-                 levels: float = 100.0) -> None:
-        self.cache = HostFragment(HostTarget(target, weights=weights, multi_scale=multi_scale))
+    def __init__(self, *, target: TargetWorkload, weights: str = "popularity", multi_scale: float = 0.0,
+                 packing_weight: float = 0.0, fgd_weight: float = 1.0, host_weight: float = 0.5,
+                 quant: float = 0.0, squash: float = 2000.0, card_tie: float = 0.0,
+                 levels: float = 50.0, any_model_only: bool = True, memory: bool = True) -> None:
+        self.cache = HostFragment(HostTarget(target, weights=weights, multi_scale=multi_scale,
+                                             any_model_only=any_model_only, memory=memory))
         self.fgd = FragmentCache(target)
         self.packing_weight = packing_weight
         self.fgd_weight = fgd_weight
