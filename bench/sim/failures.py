@@ -19,9 +19,9 @@ import numpy as np
 from xpupool.core.cluster import ClusterState
 from xpupool.core.frag import TargetWorkload
 from xpupool.core.framework import FitContext
+from xpupool.plugins.profiles import build_scheduler
 from xpupool.sim.openb import default_nodes_file, load_nodes, load_pods, pods_file
 from xpupool.sim.replay import tune_workload
-from xpupool.plugins.profiles import build_scheduler
 
 
 def klass(r: object) -> str:

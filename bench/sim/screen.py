@@ -23,7 +23,6 @@ from xpupool.core.frag import TargetWorkload
 from xpupool.core.framework import Profile, Scheduler
 from xpupool.sim.openb import default_nodes_file, load_nodes, load_pods, pods_file
 
-
 ORIGINAL_BUILD = replay_mod.build_scheduler
 
 

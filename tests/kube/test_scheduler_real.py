@@ -226,3 +226,42 @@ async def test_xpuqueue_limit_is_enforced_and_raising_it_admits(transport: Aioht
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await sched.stop()
+
+
+async def test_xpupool_policy_learns_typical_pods_from_the_cluster(transport: AiohttpTransport, namespace: str) -> None:
+    """The production policy needs a typical-pod distribution: the daemon builds it from the pods it
+    sees (topped up with a prior) and rebuilds it when nodes change; placements stay within capacity
+    and the 4-card pod that arrives after the shares still finds a whole node."""
+    from xpupool.plugins.profiles import build_scheduler_for
+
+    config = SchedulerConfig(scheduler_name=f"xpupool-{namespace}",
+                             node_label_selector=f"xpupool.test/pool={namespace}", retry_backoff_s=(0.2, 1.0))
+    sched = KubeScheduler(
+        transport,
+        scheduler=build_scheduler("binpack", seed=1),
+        scheduler_factory=lambda state, pods: build_scheduler_for("xpupool", models=state.models, population=pods),
+        config=config,
+    )
+    task = asyncio.create_task(sched.run())
+    try:
+        pool = {"xpupool.test/pool": namespace}
+        await create_all(transport, NODES, [fake_node(f"{namespace}-n{i}", cards=4, card_memory_mib=40960, labels=pool)
+                                            for i in range(2)])
+        name = config.scheduler_name
+        shares = [fake_pod(namespace, f"s{i}", scheduler=name, vxpu=1, core_pct=25, memory_mib=4096) for i in range(8)]
+        await create_all(transport, PODS, shares)
+        await wait_bound(transport, namespace, 8)
+        await create_all(transport, PODS, [fake_pod(namespace, "big", scheduler=name, vxpu=4)])
+        bound = await wait_bound(transport, namespace, 9)
+        assert sched.core.profile.name == "xpupool"
+        used: dict[tuple[str, int], int] = {}
+        for pod in bound:
+            alloc = json.loads(pod["metadata"]["annotations"][ANN_ALLOCATION])
+            for card in alloc["cards"]:
+                used[(alloc["node"], card)] = used.get((alloc["node"], card), 0) + alloc["shareMilli"]
+        assert max(used.values()) <= 1000
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await sched.stop()

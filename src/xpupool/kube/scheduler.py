@@ -164,6 +164,8 @@ class KubeScheduler:
         transport: Transport,
         *,
         scheduler: Scheduler,
+        scheduler_factory: Callable[[ClusterState, list[Request]], Scheduler] | None = None,
+        target_refresh_s: float = 300.0,
         config: SchedulerConfig | None = None,
         clock: MonotonicClock | None = None,
         elector: LeaderElector | None = None,
@@ -171,6 +173,11 @@ class KubeScheduler:
     ) -> None:
         self.transport = transport
         self.core = scheduler
+        #: rebuilds the policy from the live cluster (node models + the pods seen so far), so the
+        #: fragmentation-aware policies learn the typical pods of this cluster
+        self.scheduler_factory = scheduler_factory
+        self.target_refresh_s = target_refresh_s
+        self._target_built_s: float | None = None
         self.config = config or SchedulerConfig()
         self.clock = clock or MonotonicClock()
         self.elector = elector
@@ -363,6 +370,7 @@ class KubeScheduler:
             mask.append(node_schedulable(obj))
         self.state = ClusterState(nodes)
         self._filter.mask = np.array(mask, dtype=bool)
+        self._refresh_policy()
         self._nodes_dirty = False
         for obj in self.nodes.store.values():
             self._apply_utilization(obj)
@@ -388,6 +396,16 @@ class KubeScheduler:
                     and decode_allocation(pod) is not None
                 ):
                     self._account_annotated_unbound(pod)
+
+    def _refresh_policy(self) -> None:
+        """Rebuild the core scheduler from the factory (typical pods = requests seen so far)."""
+        if self.scheduler_factory is None:
+            return
+        population = [parsed.request for _, parsed in self._requests.values() if parsed.request is not None]
+        self.core = self.scheduler_factory(self.state, population)
+        if self._filter not in self.core.profile.filters:
+            self.core.profile.filters.insert(0, self._filter)
+        self._target_built_s = self.clock.now_s()
 
     # ------------------------------------------------------------------ writes
     def _may_write(self) -> bool:
@@ -551,6 +569,8 @@ class KubeScheduler:
         if self._nodes_dirty:
             self._rebuild()
         now = self.clock.now_s()
+        if self._target_built_s is not None and now - self._target_built_s > self.target_refresh_s:
+            self._refresh_policy()
         for key, assumed in list(self.assumed.items()):
             if now > assumed.deadline_s:
                 assumed.deadline_s = now + self.config.assume_ttl_s
@@ -844,7 +864,7 @@ def _describe(allocation: Allocation) -> str:
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m xpupool.kube.scheduler", description=__doc__.split("\n")[0])
     p.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG, in-cluster, ~/.kube/config")
-    p.add_argument("--policy", default="binpack", help="placement policy (xpupool.plugins.profiles)")
+    p.add_argument("--policy", default="xpupool", help="placement policy (xpupool.plugins.profiles)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scheduler-name", default=SCHEDULER_NAME)
     p.add_argument("--node-selector", default=None, help="label selector of the nodes to manage")
@@ -866,7 +886,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 async def amain(argv: Sequence[str] | None = None, *, ready: Callable[[KubeScheduler], None] | None = None) -> None:
     from xpupool.kube.transport import AiohttpTransport, KubeConfig
-    from xpupool.plugins.profiles import build_scheduler
+    from xpupool.plugins.profiles import NEEDS_TARGET, build_scheduler, build_scheduler_for, prior_requests
 
     args = _parse(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -895,7 +915,10 @@ async def amain(argv: Sequence[str] | None = None, *, ready: Callable[[KubeSched
     )
     daemon = KubeScheduler(
         transport,
-        scheduler=build_scheduler(args.policy, seed=args.seed),
+        scheduler=build_scheduler(args.policy, seed=args.seed) if args.policy not in NEEDS_TARGET
+        else build_scheduler_for(args.policy, models=[], population=prior_requests(), seed=args.seed),
+        scheduler_factory=lambda state, pods: build_scheduler_for(args.policy, models=state.models,
+                                                                   population=pods, seed=args.seed),
         config=config,
         clock=clock,
         elector=elector,

@@ -1,18 +1,22 @@
 """Named policies -> profiles. The simulator, the CLI and the scheduler daemon all use these.
 
 Faithful FGD-artifact policies (``random``, ``dotprod``, ``gpuclustering``, ``gpupacking``,
-``bestfit``, ``fgd``) use kube-scheduler's integer scores with random tie-breaking, as the artifact
-does. ``xpupool`` is our policy (see :mod:`xpupool.plugins.fgd`), plus load-aware scoring that is
+``bestfit``, ``fgd``) use kube-scheduler's integer scores with ties broken by node order, which is
+what reproduces the artifact's published results (``random`` draws its scores). ``xpupool`` is
+our policy (see :mod:`xpupool.plugins.xpupool_policy`), plus load-aware scoring that is
 neutral until the node agent reports utilisation.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 import xpupool.plugins  # noqa: F401  (registers plugins)
 from xpupool.core.frag import TargetWorkload
 from xpupool.core.framework import Profile, Scheduler
+from xpupool.core.model import Request
 
 FGD_BASELINES = ("random", "dotprod", "gpuclustering", "gpupacking", "bestfit", "fgd")
 GENERIC = ("binpack", "spread")
@@ -60,3 +64,29 @@ def build_scheduler(
 ) -> Scheduler:
     rng = np.random.default_rng(seed)
     return Scheduler(build_profile(policy, rng=rng, target=target, demand_target=demand_target), rng=rng)
+
+
+def prior_requests() -> list[Request]:
+    """A generic pod population for a cluster that has shown too few pods yet: the share sizes and
+    whole-card counts most common in the openb trace (a 0.5/0.25 share, 1, 2, 4, 8 cards)."""
+    shapes = [(1, 500, 30), (1, 250, 20), (1, 1000, 35), (2, 1000, 6), (4, 1000, 5), (8, 1000, 4)]
+    out: list[Request] = []
+    for count, milli, weight in shapes:
+        out += [Request(name=f"prior-{count}x{milli}-{i}", count=count, share_milli=milli,
+                        exclusive=milli >= 1000) for i in range(weight)]
+    return out
+
+
+def build_scheduler_for(policy: str, *, models: Sequence[str], population: Sequence[Request],
+                        seed: int = 0, min_population: int = 50) -> Scheduler:
+    """A scheduler for a live cluster: policies that need typical pods (``fgd``, ``xpupool``) learn
+    them from ``population`` (the pods seen so far), topped up with :func:`prior_requests` while
+    fewer than ``min_population`` pods are known. Other policies ignore the population."""
+    if policy not in NEEDS_TARGET:
+        return build_scheduler(policy, seed=seed)
+    pods = list(population)
+    if len(pods) < min_population:
+        pods += prior_requests()
+    target = TargetWorkload.from_requests(pods, models)
+    demand = TargetWorkload.from_requests(pods, models, weights="demand")
+    return build_scheduler(policy, seed=seed, target=target, demand_target=demand)

@@ -31,8 +31,8 @@ from __future__ import annotations
 import numpy as np
 
 from xpupool.core.cluster import BoolArray, ClusterState, FloatArray, IntArray
-from xpupool.core.framework import REGISTRY, FitContext, ScoreResult
 from xpupool.core.frag import FragmentCache, TargetWorkload, node_models, share_candidates
+from xpupool.core.framework import REGISTRY, FitContext, ScoreResult
 from xpupool.core.model import WHOLE_CARD_MILLI
 
 
@@ -46,7 +46,7 @@ class HostTarget:
             gpu = gpu & tw.allowed[:, :-1].all(axis=1)
         mem = tw.memory_mib if tw.memory_mib is not None and memory else np.zeros(tw.size, dtype=np.int64)
         cpu = list(tw.cpu_milli[gpu])
-        memory = list(mem[gpu])
+        mem_list = list(mem[gpu])
         milli = list(tw.milli[gpu])
         count = list(tw.count[gpu])
         allowed = [row for row in tw.allowed[gpu]]
@@ -57,7 +57,7 @@ class HostTarget:
             if k in known:
                 continue
             cpu.append(c)
-            memory.append(m)
+            mem_list.append(m)
             milli.append(WHOLE_CARD_MILLI)
             count.append(k)
             row = np.zeros(tw.allowed.shape[1], dtype=bool)
@@ -65,7 +65,7 @@ class HostTarget:
             allowed.append(row)
             pop.append(frac)
         self.cpu = np.asarray(cpu, dtype=np.float64)
-        self.mem = np.asarray(memory, dtype=np.float64)
+        self.mem = np.asarray(mem_list, dtype=np.float64)
         self.milli = np.asarray(milli, dtype=np.int64)
         self.count = np.asarray(count, dtype=np.int64)
         self.allowed = np.asarray(allowed, dtype=bool).reshape(len(cpu), tw.allowed.shape[1])
@@ -177,18 +177,14 @@ class XpupoolHostScore:
     name = "xpupool-host"
 
     def __init__(self, *, target: TargetWorkload, weights: str = "popularity", multi_scale: float = 0.0,
-                 packing_weight: float = 0.0, fgd_weight: float = 1.0, host_weight: float = 0.5,
-                 quant: float = 0.0, squash: float = 2000.0, card_tie: float = 0.0,
+                 fgd_weight: float = 1.0, host_weight: float = 0.5, squash: float = 2000.0,
                  levels: float = 50.0, any_model_only: bool = True, memory: bool = True) -> None:
         self.cache = HostFragment(HostTarget(target, weights=weights, multi_scale=multi_scale,
                                              any_model_only=any_model_only, memory=memory))
         self.fgd = FragmentCache(target)
-        self.packing_weight = packing_weight
         self.fgd_weight = fgd_weight
         self.host_weight = host_weight
-        self.quant = quant
         self.squash = squash
-        self.card_tie = card_tie
         self.levels = levels
 
     def gain(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> tuple[FloatArray, IntArray]:
@@ -213,9 +209,8 @@ class XpupoolHostScore:
                            - self.cache.after_share(state, nodes, slots, r.cpu_milli, r.memory_mib, r.share_milli))
             if fw:
                 g += fw * (self.fgd.f[nodes] - self.fgd.after_share(state, nodes, slots, r.cpu_milli, r.share_milli))
-            # tie-break cards inside a node by best fit (least free left)
-            g_key = g + self.card_tie * state.card_free_milli[nodes, slots]
-            order = np.lexsort((-g_key, nodes))
+            # best card per node; on equal gain the first candidate (most free: FGD's order)
+            order = np.lexsort((-g, nodes))
             first = np.ones(len(order), dtype=bool)
             first[1:] = nodes[order][1:] != nodes[order][:-1]
             best = order[first]
@@ -228,26 +223,19 @@ class XpupoolHostScore:
             if hw:
                 g += hw * (self.cache.f[idx] - self.cache.after_whole(state, idx, r.cpu_milli, r.memory_mib, r.count))
             if fw:
-                g += fw * (self.fgd.f[idx] - self.fgd.after_whole(state, idx, r.cpu_milli, r.count))
+                g += fw * (self.fgd.f[idx] - self.fgd.after_whole_cached(state, idx, r.cpu_milli, r.count))
             gain[idx] = g
         return gain, hint
 
     def score(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
         gain, hint = self.gain(state, ctx, feasible)
-        r = ctx.request
         ok = np.isfinite(gain)
         scores = np.zeros(state.num_nodes)
         if not ok.any():
             return ScoreResult(scores, hint)
-        gpu_left = (state.card_free_milli.sum(axis=1) - r.count * r.share_milli) / (8 * WHOLE_CARD_MILLI)
-        cpu_left = (state.cpu_free - r.cpu_milli) / 128_000
-        packing = 1 - np.clip(0.5 * gpu_left + 0.5 * cpu_left, 0, 1)
-        g = gain[ok]
-        if self.squash > 0:  # FGD's saturating, integer score
-            g = np.floor(self.levels / (1 + np.exp(-np.clip(g / self.squash, -500, 500))))
-        if self.quant > 0:
-            g = np.round(g / self.quant) * self.quant
-        key = g + self.packing_weight * packing[ok]  # milli-cards; packing only breaks near-ties
+        key = gain[ok]
+        if self.squash > 0:  # banded: ``levels`` integer bands of sigmoid(gain / squash)
+            key = np.floor(self.levels / (1 + np.exp(-np.clip(key / self.squash, -500, 500))))
         span = max(float(key.max() - key.min()), 1e-9)
         scores[ok] = 100 * (key - key.min()) / span
         return ScoreResult(scores, hint)
