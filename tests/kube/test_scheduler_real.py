@@ -265,3 +265,25 @@ async def test_xpupool_policy_learns_typical_pods_from_the_cluster(transport: Ai
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await sched.stop()
+
+
+async def test_remote_vxpu_binds_the_pod_to_a_cpu_node_with_its_card_elsewhere(
+    transport: AiohttpTransport, namespace: str, daemon: KubeScheduler
+) -> None:
+    """A pod with ``xpupool.io/remote: required`` runs on a CPU-only node; the allocation names the
+    GPU node holding its vXPU (``deviceNode``), and the remote bandwidth is reserved there."""
+    pool = {"xpupool.test/pool": namespace}
+    await create_all(transport, NODES, [
+        fake_node(f"{namespace}-gpu", cards=2, card_memory_mib=40960, labels=pool),
+        fake_node(f"{namespace}-cpu", cards=0, labels=pool),
+    ])
+    name = daemon.config.scheduler_name
+    pod = fake_pod(namespace, "notebook", scheduler=name, vxpu=1, core_pct=25, memory_mib=8192,
+                   annotations={"xpupool.io/remote": "required", "xpupool.io/remote-mbps": "2000"})
+    await create_all(transport, PODS, [pod])
+    (bound,) = await wait_bound(transport, namespace, 1)
+    alloc = json.loads(bound["metadata"]["annotations"][ANN_ALLOCATION])
+    assert bound["spec"]["nodeName"] == f"{namespace}-cpu"
+    assert alloc["node"] == f"{namespace}-cpu" and alloc["deviceNode"] == f"{namespace}-gpu"
+    gpu = daemon.state.node_index[f"{namespace}-gpu"]
+    assert int(daemon.state.bandwidth_capacity[gpu] - daemon.state.bandwidth_free[gpu]) == 2000
