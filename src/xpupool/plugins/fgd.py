@@ -4,7 +4,8 @@
 (see :mod:`xpupool.core.frag`) after hypothetically placing the pod; for a one-card share also
 pick the card with the smallest increase. Score ``sigmoid(-dF / 1000) * 100`` as in the paper.
 
-``xpupool`` (registered as a score plugin ``xpupool-frag`` and a profile ``xpupool``): the same
+``xpupool-frag`` (the first version of our policy; the ``xpupool`` profile now uses the host-aware
+``xpupool-host`` of :mod:`xpupool.plugins.xpupool_policy`, see docs/simulation.md): the same
 gradient, but (1) typical pods weighted by the cards they ask (protects the capacity big pods
 need), (2) continuous scores instead of kube-scheduler's integer truncation, which in FGD turns
 many different gradients into random ties, and (3) a packing tie-breaker (least GPU then CPU

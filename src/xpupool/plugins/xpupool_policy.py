@@ -1,29 +1,29 @@
-"""xpupool's placement policy: host-aware fragmentation gradient (registered as ``xpupool-host``).
+"""xpupool's placement policy: host-aware fragmentation gradient (score plugin ``xpupool-host``).
 
-FGD (Weng et al., ATC'23) counts a GPU as fragmented for a typical pod m when m cannot use it
-*at all*; it checks the host only with one copy of m (``cpu_free >= cpu_m``) and ignores memory.
-On the openb cluster that is the binding failure mode: 70 % of the GPUs sit on 8-card nodes with
-12 cores and 48 GiB per card, while the typical one-card pod asks 11 cores and 48 GiB, so cards
-are stranded because their node ran out of CPU or memory (``bench/sim/failures.py``: ~85 % of
-FGD's failed demand at 100 % arrival is one-card and share pods that found cards only on nodes
-without the CPU/memory left).
+FGD (Weng et al., ATC'23) counts a card as usable by a typical pod m when one copy of m fits the
+node's free CPU, and ignores memory. On the openb cluster the binding failure mode is the host:
+70 % of the cards sit on 8-card nodes with 12 cores and 48 GiB per card, the typical one-card pod
+asks 11 cores and 48 GiB, and CPU-only pods ask 19k cores, so cards end up stranded on nodes whose
+CPU or memory is gone (``bench/sim/failures.py``).
 
-Our measure, per node n and typical pod m (weights ``q_m``):
+Host-aware fragmentation, per node n and typical GPU pod m (popularity weights ``q_m``):
 
-* ``U_nm``: idle milli m could use on the cards (FGD's non-fragment: cards whose remainder is at
-  least m's ask; for a k-card m, ``floor(full / k) * k * 1000``), 0 if the model is not allowed;
-* ``c_nm = min(cpu_free / cpu_m, mem_free / mem_m)``: how many copies of m the host still carries;
+* ``U_nm``: idle milli m could use on the cards (FGD's non-fragment: cards whose free share is at
+  least m's ask; for a k-card m, ``floor(full / k) * k * 1000``), 0 if m's models exclude n;
+* ``c_nm = min(cpu_free / cpu_m, mem_free / mem_m)``: copies of m the host still carries;
 * usable ``= min(U_nm, c_nm * k_m * milli_m)`` when ``c_nm >= 1``, else 0;
 * ``F'_n = sum_m q_m * (idle_n - usable_nm)``.
 
-The score is the decrease of ``F'_n`` caused by the placement (bigger is better), so a pod is sent
-where it strands the fewest cards *counting CPU and memory*: CPU-only and CPU-heavy pods go to
-CPU-rich nodes, GPU-dense nodes keep the CPU/memory their cards need. Multi-card shapes of the
-population (outside FGD's 95 % coverage) are added with their arrival probability, so breaking
-the last whole k-card groups costs something. Ties are broken by packing (least GPU, then CPU
-left). Everything is incremental: per-node ``U`` is cached by ``node_version``; the effect of a
-placement on ``U`` is exact and O(M) per candidate (whole cards remove 1000 from every share
-term; a share changes one card).
+The plugin scores the decrease of ``F_n + host_weight * F'_n`` (F = FGD's measure, which handles
+share remnants and model constraints; only shapes without a model constraint enter F'), banded as
+``floor(levels * sigmoid(gain / squash))``; the profile breaks ties by node order, so among
+placements that fragment about equally nodes are filled first-fit and the rest stay whole.
+For a one-card share every distinct free level of every feasible node is a candidate and the
+node's best card is returned as the card hint.
+
+Everything is incremental: per-node ``U`` is cached by ``node_version``; the effect of a placement
+on ``U`` is exact and O(M) per candidate (whole cards remove 1000 from every share term; a share
+changes one card). Design notes and results: docs/simulation.md.
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ class HostFragment:
         self.u: FloatArray = np.zeros((0, ht.size))
         self.f: FloatArray = np.zeros(0)
         self.model: IntArray = np.zeros(0, dtype=np.int64)
+        self.node_ok: BoolArray = np.zeros((0, ht.size), dtype=bool)
 
     def card_usable(self, card_free: IntArray, model: IntArray) -> FloatArray:
         """``U`` for nodes with ``card_free`` (K, G): (K, M)."""
@@ -123,6 +124,7 @@ class HostFragment:
     def refresh(self, state: ClusterState) -> None:
         if self._versions is None or self._state_id != id(state) or len(self._versions) != state.num_nodes:
             self.model = node_models(state)
+            self.node_ok = self.ht.allowed[:, self.model].T.copy()  # (K, M): shape m may use node n
             stale = np.arange(state.num_nodes)
             self.u = np.zeros((state.num_nodes, self.ht.size))
             self.f = np.zeros(state.num_nodes)
@@ -145,7 +147,7 @@ class HostFragment:
             full = (state.card_free_milli[nodes] >= WHOLE_CARD_MILLI).sum(axis=1)[:, None]
             k = np.maximum(ht.count, 1)
             whole_after = ((full - count) // k) * k * WHOLE_CARD_MILLI
-            ok: BoolArray = ht.allowed[:, self.model[nodes]].T
+            ok = self.node_ok[nodes]
             u = np.where(ht.sharing, u - count * WHOLE_CARD_MILLI, np.where(ok, whole_after, 0.0))
             u = np.where(ok, u, 0.0)
             idle = idle - count * WHOLE_CARD_MILLI
@@ -158,7 +160,7 @@ class HostFragment:
         free_all = state.card_free_milli[nodes]
         f_old = free_all[np.arange(len(nodes)), slots][:, None]
         f_new = f_old - milli
-        ok: BoolArray = ht.allowed[:, self.model[nodes]].T
+        ok = self.node_ok[nodes]
         delta_share = np.where(f_new >= ht.milli, f_new, 0) - np.where(f_old >= ht.milli, f_old, 0)
         full = (free_all >= WHOLE_CARD_MILLI).sum(axis=1)[:, None]
         full_after = full - (f_old >= WHOLE_CARD_MILLI)
@@ -171,8 +173,10 @@ class HostFragment:
 
 
 class XpupoolHostScore:
-    """Host-aware fragmentation gradient, normalised to 0..100 over the feasible nodes, with a
-    packing tie-breaker."""
+    """Banded decrease of ``fgd_weight * F + host_weight * F'``, scaled to 0..100 over the feasible
+    nodes (use with ``first_on_tie``). ``squash = 0`` gives continuous scores; ``weights`` /
+    ``multi_scale`` / ``any_model_only`` / ``memory`` select the typical shapes in F' (defaults =
+    the measured best, docs/simulation.md)."""
 
     name = "xpupool-host"
 

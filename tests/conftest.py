@@ -1,7 +1,7 @@
 """Fixtures for tests against a real kube-apiserver + etcd (marker ``e2e_apiserver``).
 
-The control plane is started once per test session (shared with ``tests/e2e``, which has the
-same fixtures) on loopback with free ports. Missing binaries FAIL the tests when ``$CI`` or
+The control plane is started once per test session, only when a test asks for it (``tests/kube``,
+``tests/e2e``), on loopback with free ports. Missing binaries FAIL the tests when ``$CI`` or
 ``$REQUIRE_E2E`` is set; on a developer machine without them the tests are skipped with the reason.
 """
 
