@@ -4,8 +4,10 @@
         --config '{"weights": "demand"}' --config '{"weights": "popularity"}' [--jobs 2] [--fgd]
 
 Each config is the ``xpupool-host`` plugin's keyword arguments (``target`` is the trace's
-popularity-weighted typical pods). ``--fgd`` adds our FGD for reference. Not the product path:
-the final numbers come from ``xpupool simulate`` (bench/sim/all_variants.sh).
+popularity-weighted typical pods); ``"_first_on_tie": false`` turns the profile's node-order
+tie-break off (on by default, as in the ``xpupool`` profile). ``--fgd`` adds our FGD for
+reference. Not the product path: the final numbers come from ``xpupool simulate``
+(bench/sim/all_variants.sh).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def run_one(variant: str, seed: int, config: str) -> tuple[str, int, str, float,
             plugin_args = {k: v for k, v in args.items() if not k.startswith("_")}
             prof = Profile.from_names("xp", scores={"xpupool-host": 1.0},
                                       args={"xpupool-host": {"target": target, **plugin_args}},
-                                      first_on_tie=bool(args.get("_first_on_tie", False)))
+                                      first_on_tie=bool(args.get("_first_on_tie", True)))
             return Scheduler(prof, rng=rng)
 
         setattr(replay_mod, "build_scheduler", build)  # noqa: B010

@@ -47,7 +47,7 @@ def main() -> None:
         pub_s = f"{np.mean(list(pub.values())):.2f} ± {np.std(list(pub.values()), ddof=1):.2f}" if pub else "–"
         p99 = pol.get("xpupool", {}).get("decision_ms", {}).get("p99")
         cells_s = " | ".join(cells[:2]) + f" | **{cells[2]}**"
-        print(f"| {v} | {cells_s} | {rel} | {pub_s} | {p99 if p99 is not None else '–'} |")
+        print(f"| {v} | {cells_s} | {rel} | {pub_s} | {f'{p99:.1f}' if p99 is not None else '–'} |")
 
 
 if __name__ == "__main__":

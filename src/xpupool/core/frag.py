@@ -242,6 +242,26 @@ def share_candidates(card_fit: BoolArray, card_free: IntArray, feasible: BoolArr
     return nodes.astype(np.int64), order[nodes, pos].astype(np.int64)
 
 
+def best_card_per_node(nodes: IntArray, slots: IntArray, gain: FloatArray,
+                       num_nodes: int) -> tuple[FloatArray, IntArray]:
+    """Reduce (node, slot, gain) candidates to the largest gain per node and its slot.
+
+    Nodes without a candidate get ``-inf`` and slot ``-1``. On equal gain the earlier candidate
+    wins (``share_candidates`` lists the cards with most free first, FGD's order).
+    """
+    best_gain = np.full(num_nodes, -np.inf)
+    best_slot = np.full(num_nodes, -1, dtype=np.int64)
+    if len(nodes) == 0:
+        return best_gain, best_slot
+    order = np.lexsort((-gain, nodes))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = nodes[order][1:] != nodes[order][:-1]
+    best = order[first]
+    best_gain[nodes[best]] = gain[best]
+    best_slot[nodes[best]] = slots[best]
+    return best_gain, best_slot
+
+
 def cluster_fragment(tw: TargetWorkload, state: ClusterState) -> float:
     """Total F of the cluster in milli-cards."""
     f, _ = fragment(tw, cpu_free=state.cpu_free, card_free=state.card_free_milli, model=node_models(state))

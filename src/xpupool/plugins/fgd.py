@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from xpupool.core.cluster import BoolArray, ClusterState, FloatArray, IntArray
-from xpupool.core.frag import FragmentCache, TargetWorkload, share_candidates
+from xpupool.core.frag import FragmentCache, TargetWorkload, best_card_per_node, share_candidates
 from xpupool.core.framework import REGISTRY, FitContext, ScoreResult
 from xpupool.core.model import WHOLE_CARD_MILLI
 
@@ -45,15 +45,7 @@ class FragmentGradient:
             if len(nodes) == 0:
                 return gain, hint
             f_after = self.cache.after_share(state, nodes, slots, r.cpu_milli, r.share_milli)
-            g = self.cache.f[nodes] - f_after
-            # best (largest gain) card per node: sort by (node, -gain) and keep the first per node
-            order = np.lexsort((-g, nodes))
-            first = np.ones(len(order), dtype=bool)
-            first[1:] = nodes[order][1:] != nodes[order][:-1]
-            best = order[first]
-            gain[nodes[best]] = g[best]
-            hint[nodes[best]] = slots[best]
-            return gain, hint
+            return best_card_per_node(nodes, slots, self.cache.f[nodes] - f_after, n)
         idx = np.nonzero(feasible)[0]
         if len(idx):
             f_after = self.cache.after_whole(state, idx, r.cpu_milli, r.count)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from xpupool.core.cluster import BoolArray, ClusterState, FloatArray, IntArray
-from xpupool.core.frag import FragmentCache, TargetWorkload, node_models, share_candidates
+from xpupool.core.frag import FragmentCache, TargetWorkload, best_card_per_node, node_models, share_candidates
 from xpupool.core.framework import REGISTRY, FitContext, ScoreResult
 from xpupool.core.model import WHOLE_CARD_MILLI
 
@@ -187,6 +187,8 @@ class XpupoolHostScore:
                                              any_model_only=any_model_only, memory=memory))
         self.fgd = FragmentCache(target)
         self.fgd_weight = fgd_weight
+        # banded scores depend only on the node and the request shape: the framework may cache them
+        self.node_local = squash > 0
         self.host_weight = host_weight
         self.squash = squash
         self.levels = levels
@@ -213,14 +215,7 @@ class XpupoolHostScore:
                            - self.cache.after_share(state, nodes, slots, r.cpu_milli, r.memory_mib, r.share_milli))
             if fw:
                 g += fw * (self.fgd.f[nodes] - self.fgd.after_share(state, nodes, slots, r.cpu_milli, r.share_milli))
-            # best card per node; on equal gain the first candidate (most free: FGD's order)
-            order = np.lexsort((-g, nodes))
-            first = np.ones(len(order), dtype=bool)
-            first[1:] = nodes[order][1:] != nodes[order][:-1]
-            best = order[first]
-            gain[nodes[best]] = g[best]
-            hint[nodes[best]] = slots[best]
-            return gain, hint
+            return best_card_per_node(nodes, slots, g, n)
         idx = np.nonzero(feasible)[0]
         if len(idx):
             g = np.zeros(len(idx))
@@ -238,8 +233,10 @@ class XpupoolHostScore:
         if not ok.any():
             return ScoreResult(scores, hint)
         key = gain[ok]
-        if self.squash > 0:  # banded: ``levels`` integer bands of sigmoid(gain / squash)
+        if self.squash > 0:  # banded: ``levels`` integer bands of sigmoid(gain / squash), node-local
             key = np.floor(self.levels / (1 + np.exp(-np.clip(key / self.squash, -500, 500))))
+            scores[ok] = 100 * key / self.levels
+            return ScoreResult(scores, hint)
         span = max(float(key.max() - key.min()), 1e-9)
         scores[ok] = 100 * (key - key.min()) / span
         return ScoreResult(scores, hint)
