@@ -332,11 +332,13 @@ int xpu_region_register(struct xpu_region *r)
             found = (int)s;
         }
     }
-    unlock_region(r);
     if (found >= 0) {
-        g_slot = found;
+        /* publish before unlocking: a thread that takes the lock next must see our slot, or it
+         * would register a second slot for the same process */
         g_slot_pid = self;
+        g_slot = found;
     }
+    unlock_region(r);
     return found;
 }
 
