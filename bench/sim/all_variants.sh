@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Replay every FGD workload variant (seeds 42-51, 100 % arrival) for the given policies.
 # Usage: bench/sim/all_variants.sh OUTDIR POLICIES [SEEDS] [JOBS]
-#   e.g. bench/sim/all_variants.sh /tmp/xp/final bestfit,fgd,xpupool 42-51 2
+#   e.g. bench/sim/all_variants.sh out/xp/final bestfit,fgd,xpupool 42-51 2
 # Writes OUTDIR/<variant>.json (runner summary format); bench/sim/table.py renders the table.
 set -euo pipefail
 out=${1:?outdir}; policies=${2:?policies}; seeds=${3:-42-51}; jobs=${4:-2}
