@@ -39,13 +39,12 @@ def measure(nodes: list, pods: list, policy: str, n_pods: int) -> dict[str, floa
     state = ClusterState(nodes)
     models = state.models
     target = TargetWorkload.from_requests(pods, models)
-    demand = TargetWorkload.from_requests(pods, models, weights="demand")
     cap = int(state.card_exists.sum()) * 1000
     stream = tune_workload(pods, cap, 42)
     # scale the stream up with the cluster so the load level matches the 1213-node replay
     while len(stream) < n_pods:
         stream += [replace(p, name=f"{p.name}-x{len(stream)}") for p in stream[: n_pods - len(stream)]]
-    sched = build_scheduler(policy, seed=42, target=target, demand_target=demand)
+    sched = build_scheduler(policy, seed=42, target=target)
     times = []
     for pod in stream[:n_pods]:
         t0 = time.perf_counter()

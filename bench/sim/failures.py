@@ -47,14 +47,13 @@ def main() -> None:
     pods = load_pods(pods_file(a.variant))
     models = sorted({d.model for n in nodes for d in n.devices})
     target = TargetWorkload.from_requests(pods, models)
-    demand = TargetWorkload.from_requests(pods, models, weights="demand")
     for policy in a.policy.split(","):
         table: dict[tuple[str, str], float] = defaultdict(float)
         first_fail: dict[str, list[float]] = defaultdict(list)
         for seed in seeds:
             state = ClusterState(nodes)
             cap = int(state.card_exists.sum()) * 1000
-            sched = build_scheduler(policy, seed=seed, target=target, demand_target=demand)
+            sched = build_scheduler(policy, seed=seed, target=target)
             arrived = 0
             seen: set[str] = set()
             for pod in tune_workload(pods, cap, seed):

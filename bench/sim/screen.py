@@ -33,15 +33,13 @@ def run_one(variant: str, seed: int, config: str) -> tuple[str, int, str, float,
     pods = load_pods(pods_file(variant))
     models = sorted({d.model for n in nodes for d in n.devices})
     target = TargetWorkload.from_requests(pods, models)
-    demand = TargetWorkload.from_requests(pods, models, weights="demand")
     policy = "fgd"
     setattr(replay_mod, "build_scheduler", ORIGINAL_BUILD)  # noqa: B010  (workers are reused)
     if config != "fgd":
         args: dict[str, Any] = json.loads(config)
         policy = "xpupool"
 
-        def build(policy: str, *, seed: int = 0, target: TargetWorkload | None = None,
-                  demand_target: TargetWorkload | None = None) -> Scheduler:
+        def build(policy: str, *, seed: int = 0, target: TargetWorkload | None = None) -> Scheduler:
             rng = np.random.default_rng(seed)
             plugin_args = {k: v for k, v in args.items() if not k.startswith("_")}
             prof = Profile.from_names("xp", scores={"xpupool-host": 1.0},
@@ -50,7 +48,7 @@ def run_one(variant: str, seed: int, config: str) -> tuple[str, int, str, float,
             return Scheduler(prof, rng=rng)
 
         setattr(replay_mod, "build_scheduler", build)  # noqa: B010
-    run = replay_mod.replay(nodes, pods, policy=policy, seed=seed, target=target, demand_target=demand,
+    run = replay_mod.replay(nodes, pods, policy=policy, seed=seed, target=target,
                             time_decisions=True, perf_counter=time.perf_counter)
     p99 = float(np.percentile(run.decision_s, 99) * 1000)
     return variant, seed, config, run.unallocated_at(100), p99

@@ -90,7 +90,7 @@ def run_demo(console: Console, *, pods: int = 60, seed: int = 7) -> dict[str, fl
     state = ClusterState(nodes)
     stream = pod_stream(pods, rng)
     target = TargetWorkload.from_requests(stream, state.models, weights="demand")
-    scheduler = build_scheduler("xpupool", seed=seed, target=target, demand_target=target)
+    scheduler = build_scheduler("xpupool", seed=seed, target=target)
     cap = Resources(int(state.cpu_capacity.sum()), int(state.memory_capacity.sum()),
                     int(state.card_exists.sum()) * 1000)
     book = QueueBook([QueueSpec("prod", quota=Resources(cap.cpu_milli // 2, cap.memory_mib // 2, cap.xpu_milli // 2),

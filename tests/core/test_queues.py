@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pools import gpu_node, share, whole
+from pools import gpu_node, whole
 
 from xpupool.core.cluster import ClusterState
 from xpupool.core.model import Request
@@ -133,4 +133,3 @@ def test_gang_victims_are_evicted_as_a_bundle() -> None:
     running = {a.pod: Running(next(g for g in gang if g.name == a.pod), a) for a in placed.placed}
     result = run_cycle(state, sched, book, [whole("vip", 1, priority=10)], running=running)
     assert sorted(result.preempted) == ["m0", "m1"]
-    assert share("x", 1).count == 1

@@ -45,7 +45,7 @@ def target(models: list[str]) -> TargetWorkload:
 
 
 def scheduler(policy: str, tw: TargetWorkload) -> Scheduler:
-    return build_scheduler(policy, seed=0, target=tw, demand_target=tw)
+    return build_scheduler(policy, seed=0, target=tw)
 
 
 def chosen(policy: str, nodes: list[Node], pod: Request) -> str:

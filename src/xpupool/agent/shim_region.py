@@ -584,50 +584,10 @@ class ShimRegionCollector:
 
     def collect(self) -> Iterator[Metric]:
         labels = ["slice", "device"]
-        mem_granted = GaugeMetricFamily(
-            "xpupool_vxpu_memory_granted_bytes", "Device memory quota of the slice (0 = none)", labels=labels
-        )
-        mem_used = GaugeMetricFamily(
-            "xpupool_vxpu_memory_used_bytes", "Device memory charged to the slice by the shim", labels=labels
-        )
-        mem_peak = GaugeMetricFamily("xpupool_vxpu_memory_peak_bytes", "Peak charged memory", labels=labels)
-        oom = CounterMetricFamily(
-            "xpupool_vxpu_oom_refusals", "Allocations refused with OUT_OF_MEMORY by the quota", labels=labels
-        )
-        reaped = CounterMetricFamily(
-            "xpupool_vxpu_reaped_bytes", "Charges released from processes that died", labels=labels
-        )
-        acct_err = CounterMetricFamily(
-            "xpupool_vxpu_accounting_errors", "Saturated releases and failed measurements", labels=labels
-        )
-        share_req = GaugeMetricFamily(
-            "xpupool_vxpu_share_granted_ratio", "Guaranteed compute share (fraction of a card)", labels=labels
-        )
-        share_lim = GaugeMetricFamily(
-            "xpupool_vxpu_share_limit_ratio", "Burst cap of the compute share (fraction of a card)", labels=labels
-        )
-        share_eff = GaugeMetricFamily(
-            "xpupool_vxpu_share_effective_ratio",
-            "Share the limiter applies now (request + idle capacity, capped by limit)",
-            labels=labels,
-        )
-        share_meas = GaugeMetricFamily(
-            "xpupool_vxpu_share_measured_ratio", "Measured GPU-time share, shim EWMA", labels=labels
-        )
+        families = [(kind(name, doc, labels=labels), value) for name, doc, kind, value in _SLICE_SERIES]
         share_rate = GaugeMetricFamily(
-            "xpupool_vxpu_share_measured_scrape_ratio",
-            "Measured GPU-time share between the last two scrapes",
+            "xpupool_vxpu_share_measured_scrape_ratio", "Measured GPU-time share between the last two scrapes",
             labels=labels,
-        )
-        gpu_time = CounterMetricFamily(
-            "xpupool_vxpu_gpu_time_seconds", "GPU busy time measured by the shim", labels=labels
-        )
-        throttle = CounterMetricFamily(
-            "xpupool_vxpu_throttle_seconds", "Time launches were held back by the limiter", labels=labels
-        )
-        launches = CounterMetricFamily("xpupool_vxpu_launches", "Kernel/graph launches", labels=labels)
-        throttled = CounterMetricFamily(
-            "xpupool_vxpu_throttled_launches", "Launches that waited for the limiter", labels=labels
         )
         procs = GaugeMetricFamily(
             "xpupool_vxpu_processes", "Processes of the slice holding a shim slot", labels=["slice"]
@@ -644,20 +604,8 @@ class ShimRegionCollector:
             procs.add_metric([ref.slice_id], float(len(snap.processes)))
             for d in snap.devices:
                 values = [ref.slice_id, d.uuid or str(d.index)]
-                mem_granted.add_metric(values, float(d.mem_limit_bytes))
-                mem_used.add_metric(values, float(d.mem_used_bytes))
-                mem_peak.add_metric(values, float(d.mem_peak_bytes))
-                oom.add_metric(values, float(d.oom_events))
-                reaped.add_metric(values, float(d.reaped_bytes))
-                acct_err.add_metric(values, float(d.accounting_errors))
-                share_req.add_metric(values, d.share_request_bp / SHARE_FULL_BP)
-                share_lim.add_metric(values, (d.share_limit_bp or d.share_request_bp) / SHARE_FULL_BP)
-                share_eff.add_metric(values, d.effective_share_bp / SHARE_FULL_BP)
-                share_meas.add_metric(values, d.measured_share_bp / SHARE_FULL_BP)
-                gpu_time.add_metric(values, d.gpu_time_ns / 1e9)
-                throttle.add_metric(values, d.throttle_ns / 1e9)
-                launches.add_metric(values, float(d.launches))
-                throttled.add_metric(values, float(d.throttled_launches))
+                for family, value in families:
+                    family.add_metric(values, value(d))
                 key = (ref.slice_id, d.index)
                 seen.add(key)
                 prev = self._last.get(key)
@@ -667,25 +615,41 @@ class ShimRegionCollector:
         for key in list(self._last):
             if key not in seen:
                 del self._last[key]
-        yield from (
-            mem_granted,
-            mem_used,
-            mem_peak,
-            oom,
-            reaped,
-            acct_err,
-            share_req,
-            share_lim,
-            share_eff,
-            share_meas,
-            share_rate,
-            gpu_time,
-            throttle,
-            launches,
-            throttled,
-            procs,
-        )
+        yield from (family for family, _ in families)
+        yield share_rate
+        yield procs
 
+
+# (name, help, family type, value of one device) for every per-slice series the collector exports
+_SLICE_SERIES: tuple[tuple[str, str, type[GaugeMetricFamily] | type[CounterMetricFamily],
+                           Callable[[DeviceUsage], float]], ...] = (
+    ("xpupool_vxpu_memory_granted_bytes", "Device memory quota of the slice (0 = none)", GaugeMetricFamily,
+     lambda d: float(d.mem_limit_bytes)),
+    ("xpupool_vxpu_memory_used_bytes", "Device memory charged to the slice by the shim", GaugeMetricFamily,
+     lambda d: float(d.mem_used_bytes)),
+    ("xpupool_vxpu_memory_peak_bytes", "Peak charged memory", GaugeMetricFamily, lambda d: float(d.mem_peak_bytes)),
+    ("xpupool_vxpu_oom_refusals", "Allocations refused with OUT_OF_MEMORY by the quota", CounterMetricFamily,
+     lambda d: float(d.oom_events)),
+    ("xpupool_vxpu_reaped_bytes", "Charges released from processes that died", CounterMetricFamily,
+     lambda d: float(d.reaped_bytes)),
+    ("xpupool_vxpu_accounting_errors", "Saturated releases and failed measurements", CounterMetricFamily,
+     lambda d: float(d.accounting_errors)),
+    ("xpupool_vxpu_share_granted_ratio", "Guaranteed compute share (fraction of a card)", GaugeMetricFamily,
+     lambda d: d.share_request_bp / SHARE_FULL_BP),
+    ("xpupool_vxpu_share_limit_ratio", "Burst cap of the compute share (fraction of a card)", GaugeMetricFamily,
+     lambda d: (d.share_limit_bp or d.share_request_bp) / SHARE_FULL_BP),
+    ("xpupool_vxpu_share_effective_ratio", "Share the limiter applies now (request + idle capacity, capped by limit)",
+     GaugeMetricFamily, lambda d: d.effective_share_bp / SHARE_FULL_BP),
+    ("xpupool_vxpu_share_measured_ratio", "Measured GPU-time share, shim EWMA", GaugeMetricFamily,
+     lambda d: d.measured_share_bp / SHARE_FULL_BP),
+    ("xpupool_vxpu_gpu_time_seconds", "GPU busy time measured by the shim", CounterMetricFamily,
+     lambda d: d.gpu_time_ns / 1e9),
+    ("xpupool_vxpu_throttle_seconds", "Time launches were held back by the limiter", CounterMetricFamily,
+     lambda d: d.throttle_ns / 1e9),
+    ("xpupool_vxpu_launches", "Kernel/graph launches", CounterMetricFamily, lambda d: float(d.launches)),
+    ("xpupool_vxpu_throttled_launches", "Launches that waited for the limiter", CounterMetricFamily,
+     lambda d: float(d.throttled_launches)),
+)
 
 def layout() -> dict[str, tuple[int, int]]:
     """Offsets and sizes of this mirror, keyed like ``native/tools/region_layout.c`` prints them."""

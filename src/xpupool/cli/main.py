@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from xpupool.cli.timeshare import timeshare
+
 app = typer.Typer(add_completion=False, no_args_is_help=False, help="xpupool: one pool of GPUs/NPUs for Kubernetes.")
 console = Console(width=None if sys.stdout.isatty() else 140)  # wide tables when piped
 DEFAULT_POLICIES = "random,dotprod,gpuclustering,gpupacking,bestfit,fgd,xpupool"
@@ -138,13 +140,7 @@ def check_request(
     console.print(f"[green]✓[/] {result.request}")
 
 
-def _register_optional_commands() -> None:
-    from xpupool.cli.timeshare import timeshare
-
-    app.command("timeshare", help="Exclusive cards vs shared vXPUs on the GenAI duty-cycle trace.")(timeshare)
-
-
-_register_optional_commands()
+app.command("timeshare", help="Exclusive cards vs shared vXPUs on the GenAI duty-cycle trace.")(timeshare)
 
 if __name__ == "__main__":
     app()

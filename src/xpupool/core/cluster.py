@@ -133,14 +133,14 @@ class ClusterState:
             return np.full(self.card_exists.shape, request.device_memory_mib, dtype=np.int64)
         if request.device_memory_pct > 0:
             return self.card_memory_capacity * request.device_memory_pct // 100
-        if request.exclusive or request.share_milli >= WHOLE_CARD_MILLI:
+        if request.takes_whole_cards:
             return self.card_memory_capacity.copy()
         return np.zeros(self.card_exists.shape, dtype=np.int64)
 
     def card_fit(self, request: Request, *, model_mask: BoolArray | None = None) -> BoolArray:
         """Cards that could take one vXPU of ``request`` now."""
         mask = self.model_mask(request) if model_mask is None else model_mask
-        if request.exclusive or request.share_milli >= WHOLE_CARD_MILLI:
+        if request.takes_whole_cards:
             whole: BoolArray = mask & (self.card_tenants == 0) & (self.card_free_milli >= WHOLE_CARD_MILLI)
             return whole
         need_mem = self.device_memory_needed(request)
@@ -195,7 +195,7 @@ class ClusterState:
             return Status.error(str(err))
         if len(set(slots)) != len(slots):
             return Status.error("a card is listed twice")
-        exclusive = request.exclusive or allocation.share_milli >= WHOLE_CARD_MILLI
+        exclusive = request.takes_whole_cards
         for slot, mem in zip(slots, allocation.device_memory_mib, strict=True):
             if self.card_free_milli[dev, slot] < allocation.share_milli:
                 return Status.unschedulable(f"card {slot} of {allocation.device_node}: compute exhausted")
@@ -231,7 +231,7 @@ class ClusterState:
         self.memory_free[host] -= sign * request.memory_mib
         if allocation.is_remote:
             self.bandwidth_free[dev] -= sign * allocation.remote_mbps
-        exclusive = request.exclusive or allocation.share_milli >= WHOLE_CARD_MILLI
+        exclusive = request.takes_whole_cards
         for slot, mem in zip(slots, allocation.device_memory_mib, strict=True):
             self.card_free_milli[dev, slot] -= sign * allocation.share_milli
             self.card_memory_free[dev, slot] -= sign * mem

@@ -174,7 +174,9 @@ class FragmentCache:
         self._versions = state.node_version.copy()
 
     def after_whole(self, state: ClusterState, nodes: IntArray, cpu: int, count: int) -> FloatArray:
-        """F of ``nodes`` after taking ``count`` whole free cards (or none) and ``cpu``."""
+        """F of ``nodes`` after taking ``count`` whole free cards (or none) and ``cpu``, recomputed from
+        the definition; the reference that :meth:`after_whole_cached` (used by the policies) is tested
+        against."""
         free = state.card_free_milli[nodes].copy()
         if count:
             full = free >= WHOLE_CARD_MILLI

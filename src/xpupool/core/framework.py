@@ -29,7 +29,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from xpupool.core.cluster import BoolArray, ClusterState, FloatArray, IntArray
-from xpupool.core.model import WHOLE_CARD_MILLI, Allocation, RemotePolicy, Request
+from xpupool.core.model import Allocation, RemotePolicy, Request
 from xpupool.core.status import Code, Status
 
 
@@ -418,6 +418,3 @@ class Scheduler:
                 return PlacementResult(status)
         return result
 
-
-def whole_cards(request: Request) -> bool:
-    return request.exclusive or request.share_milli >= WHOLE_CARD_MILLI

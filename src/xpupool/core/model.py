@@ -110,15 +110,10 @@ class Request:
     def gpu_milli_total(self) -> int:
         return self.count * self.share_milli
 
-    def device_memory_for(self, card_memory_mib: int) -> int:
-        """Device memory this request takes on a card of ``card_memory_mib``."""
-        if self.device_memory_mib > 0:
-            return self.device_memory_mib
-        if self.device_memory_pct > 0:
-            return card_memory_mib * self.device_memory_pct // 100
-        if self.exclusive or self.share_milli >= WHOLE_CARD_MILLI:
-            return card_memory_mib
-        return 0
+    @property
+    def takes_whole_cards(self) -> bool:
+        """Each of its cards is held alone (exclusive, or the full compute of the card)."""
+        return self.exclusive or self.share_milli >= WHOLE_CARD_MILLI
 
 
 @dataclass(frozen=True, slots=True)

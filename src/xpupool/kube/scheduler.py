@@ -886,9 +886,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 async def amain(argv: Sequence[str] | None = None, *, ready: Callable[[KubeScheduler], None] | None = None) -> None:
     from xpupool.kube.transport import AiohttpTransport, KubeConfig
-    from xpupool.plugins.profiles import NEEDS_TARGET, build_scheduler, build_scheduler_for, prior_requests
+    from xpupool.plugins.profiles import build_scheduler_for
 
     args = _parse(argv)
+
+    def policy_for(state: ClusterState, pods: list[Request]) -> Scheduler:
+        """The configured policy for this cluster's card models and the pods seen so far."""
+        return build_scheduler_for(args.policy, models=state.models, population=pods, seed=args.seed)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     transport = AiohttpTransport(KubeConfig.load(args.kubeconfig), max_connections=args.bind_concurrency + 16)
     clock = MonotonicClock()
@@ -915,10 +919,8 @@ async def amain(argv: Sequence[str] | None = None, *, ready: Callable[[KubeSched
     )
     daemon = KubeScheduler(
         transport,
-        scheduler=build_scheduler(args.policy, seed=args.seed) if args.policy not in NEEDS_TARGET
-        else build_scheduler_for(args.policy, models=[], population=prior_requests(), seed=args.seed),
-        scheduler_factory=lambda state, pods: build_scheduler_for(args.policy, models=state.models,
-                                                                   population=pods, seed=args.seed),
+        scheduler=policy_for(ClusterState([]), []),
+        scheduler_factory=policy_for,
         config=config,
         clock=clock,
         elector=elector,

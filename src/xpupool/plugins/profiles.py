@@ -30,10 +30,9 @@ def build_profile(
     *,
     rng: np.random.Generator,
     target: TargetWorkload | None = None,
-    demand_target: TargetWorkload | None = None,
 ) -> Profile:
-    """A profile for ``policy``. ``target`` is FGD's popularity-weighted typical-pod workload;
-    ``demand_target`` the demand-weighted one used by ``xpupool`` (falls back to ``target``)."""
+    """A profile for ``policy``. ``target`` is the typical-pod workload (FGD's popularity weights)
+    that ``fgd`` and ``xpupool`` need."""
     if policy in NEEDS_TARGET and target is None:
         raise ValueError(f"policy {policy!r} needs a target workload (typical pods)")
     if policy == "random":
@@ -60,10 +59,9 @@ def build_scheduler(
     *,
     seed: int = 0,
     target: TargetWorkload | None = None,
-    demand_target: TargetWorkload | None = None,
 ) -> Scheduler:
     rng = np.random.default_rng(seed)
-    return Scheduler(build_profile(policy, rng=rng, target=target, demand_target=demand_target), rng=rng)
+    return Scheduler(build_profile(policy, rng=rng, target=target), rng=rng)
 
 
 def prior_requests() -> list[Request]:
@@ -87,6 +85,4 @@ def build_scheduler_for(policy: str, *, models: Sequence[str], population: Seque
     pods = list(population)
     if len(pods) < min_population:
         pods += prior_requests()
-    target = TargetWorkload.from_requests(pods, models)
-    demand = TargetWorkload.from_requests(pods, models, weights="demand")
-    return build_scheduler(policy, seed=seed, target=target, demand_target=demand)
+    return build_scheduler(policy, seed=seed, target=TargetWorkload.from_requests(pods, models))

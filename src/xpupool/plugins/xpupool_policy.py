@@ -203,12 +203,8 @@ class XpupoolHostScore:
             self.fgd.refresh(state)
         r = ctx.request
         n = state.num_nodes
-        gain = np.full(n, -np.inf)
-        hint = np.full(n, -1, dtype=np.int64)
-        if r.count == 1 and r.share_milli < WHOLE_CARD_MILLI and not r.exclusive:
+        if r.is_sharing:
             nodes, slots = share_candidates(ctx.card_fit, state.card_free_milli, feasible)
-            if len(nodes) == 0:
-                return gain, hint
             g = np.zeros(len(nodes))
             if hw:
                 g += hw * (self.cache.f[nodes]
@@ -216,6 +212,7 @@ class XpupoolHostScore:
             if fw:
                 g += fw * (self.fgd.f[nodes] - self.fgd.after_share(state, nodes, slots, r.cpu_milli, r.share_milli))
             return best_card_per_node(nodes, slots, g, n)
+        gain = np.full(n, -np.inf)
         idx = np.nonzero(feasible)[0]
         if len(idx):
             g = np.zeros(len(idx))
@@ -224,7 +221,7 @@ class XpupoolHostScore:
             if fw:
                 g += fw * (self.fgd.f[idx] - self.fgd.after_whole_cached(state, idx, r.cpu_milli, r.count))
             gain[idx] = g
-        return gain, hint
+        return gain, np.full(n, -1, dtype=np.int64)
 
     def score(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
         gain, hint = self.gain(state, ctx, feasible)

@@ -96,7 +96,6 @@ def replay(
     policy: str,
     seed: int,
     target: TargetWorkload,
-    demand_target: TargetWorkload | None = None,
     record_placements: bool = False,
     time_decisions: bool = False,
     on_pod: Callable[[], None] | None = None,
@@ -106,7 +105,7 @@ def replay(
     state = ClusterState(nodes)
     capacity = int(state.card_exists.sum()) * 1000
     workload = tune_workload(pods, capacity, seed)
-    scheduler = build_scheduler(policy, seed=seed, target=target, demand_target=demand_target)
+    scheduler = build_scheduler(policy, seed=seed, target=target)
     arrived = np.zeros(len(workload))
     allocated = np.zeros(len(workload))
     decision = np.zeros(len(workload) if time_decisions else 0)

@@ -42,8 +42,7 @@ def _run_job(job: Job) -> SeedRun:
     pods = load_pods(Path(job.trace_file))
     models = sorted({d.model for n in nodes for d in n.devices})
     target = TargetWorkload.from_requests(pods, models)
-    demand = TargetWorkload.from_requests(pods, models, weights="demand")
-    return replay(nodes, pods, policy=job.policy, seed=job.seed, target=target, demand_target=demand,
+    return replay(nodes, pods, policy=job.policy, seed=job.seed, target=target,
                   record_placements=job.record_placements, time_decisions=True, perf_counter=time.perf_counter)
 
 
