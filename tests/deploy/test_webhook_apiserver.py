@@ -140,11 +140,9 @@ class Clock:
         return self.now
 
 
-async def test_cert_keeper_bootstraps_rotates_and_publishes_the_ca(
-    control_plane: ControlPlane, raw_api: RawApi, e2e_namespace: str
-) -> None:
-    name = f"xpupool-inert-{e2e_namespace}"
-    inert = {
+def _inert_webhook_config(name: str) -> dict[str, Any]:
+    """A MutatingWebhookConfiguration that matches no namespace: a place to publish the CA."""
+    return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": name},
@@ -159,6 +157,13 @@ async def test_cert_keeper_bootstraps_rotates_and_publishes_the_ca(
             }
         ],
     }
+
+
+async def test_cert_keeper_bootstraps_rotates_and_publishes_the_ca(
+    control_plane: ControlPlane, raw_api: RawApi, e2e_namespace: str
+) -> None:
+    name = f"xpupool-inert-{e2e_namespace}"
+    inert = _inert_webhook_config(name)
     status, body = await raw_api.create(inert)
     assert status == 201, body
     transport = AiohttpTransport(KubeConfig.from_file(control_plane.kubeconfig))
@@ -213,21 +218,7 @@ async def test_serve_bootstraps_tls_and_checks_the_pool_from_the_apiserver(
     """The production entry point end to end: Secret + caBundle written, HTTPS served with the
     stored chain (verified by service DNS name), pool check fed by the real node list."""
     name = f"xpupool-serve-{e2e_namespace}"
-    inert = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name},
-        "webhooks": [
-            {
-                "name": "inert.xpupool.io",
-                "admissionReviewVersions": ["v1"],
-                "sideEffects": "None",
-                "clientConfig": {"url": "https://127.0.0.1:1/mutate"},
-                "namespaceSelector": {"matchLabels": {"xpupool.io/never": "true"}},
-                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
-            }
-        ],
-    }
+    inert = _inert_webhook_config(name)
     assert (await raw_api.create(inert))[0] == 201
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -213,32 +213,15 @@ async def test_burst_1000_pods_on_100_nodes_with_gangs(
     sched.start()
     start = time.monotonic()
     pods = mixed_pods(namespace, name, 1000)
-    # gang g1: 8 whole cards, all or nothing, can fit -> all bound
-    pods += [
-        fake_pod(
-            namespace,
-            f"g1-{i}",
-            scheduler=name,
-            vxpu=1,
-            core_pct=100,
-            labels={"xpupool.io/pod-group": "g1"},
-            annotations={ANN_POD_GROUP_MIN: "8"},
-        )
-        for i in range(8)
-    ]
-    # gang g2: needs 6 members, only 4 exist -> none may be bound
-    pods += [
-        fake_pod(
-            namespace,
-            f"g2-{i}",
-            scheduler=name,
-            vxpu=1,
-            core_pct=10,
-            labels={"xpupool.io/pod-group": "g2"},
-            annotations={ANN_POD_GROUP_MIN: "6"},
-        )
-        for i in range(4)
-    ]
+    def gang(group: str, members: int, core_pct: int, min_member: int) -> list[JsonDict]:
+        return [
+            fake_pod(namespace, f"{group}-{i}", scheduler=name, vxpu=1, core_pct=core_pct,
+                     labels={"xpupool.io/pod-group": group}, annotations={ANN_POD_GROUP_MIN: str(min_member)})
+            for i in range(members)
+        ]
+
+    pods += gang("g1", 8, 100, 8)  # 8 whole cards, all or nothing, can fit -> all bound
+    pods += gang("g2", 4, 10, 6)  # needs 6 members, only 4 exist -> none may be bound
     await create_all(transport, PODS, pods, concurrency=32)
     created_s = time.monotonic() - start
 
