@@ -105,3 +105,16 @@ def test_xpupool_beats_fgd_on_the_real_trace(variant: str) -> None:
     fgd = replay(nodes, pods, policy="fgd", seed=42, target=target).unallocated_at(100)
     ours = replay(nodes, pods, policy="xpupool", seed=42, target=target).unallocated_at(100)
     assert ours < fgd - 0.3, (ours, fgd)
+
+
+def test_simulate_refuses_bad_input_with_one_clear_line(tmp_path: Path) -> None:
+    broken = tmp_path / "pods.csv"
+    broken.write_text("name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,4000,1024,one,1000\n")
+    result = CliRunner().invoke(app, ["simulate", "--trace", str(broken), "--policy", "bestfit", "--seeds", "42"])
+    assert result.exit_code == 2 and "bad trace file" in result.output and "pods.csv:2" in result.output
+    missing = tmp_path / "nodes.csv"
+    missing.write_text("sn,cpu_milli\nn0,1000\n")
+    result = CliRunner().invoke(app, ["simulate", "--nodes", str(missing), "--policy", "bestfit", "--seeds", "42"])
+    assert result.exit_code == 2 and "missing column(s) memory_mib, gpu" in result.output
+    result = CliRunner().invoke(app, ["simulate", "--policy", "bestfit", "--seeds", "4x"])
+    assert result.exit_code == 2 and "is not a seed" in result.output

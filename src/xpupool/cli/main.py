@@ -26,13 +26,16 @@ def parse_seeds(text: str) -> list[int]:
         part = part.strip()
         if not part:
             continue
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            if int(hi) < int(lo):
-                raise typer.BadParameter(f"seed range {part} is empty")
-            seeds.extend(range(int(lo), int(hi) + 1))
-        else:
-            seeds.append(int(part))
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise typer.BadParameter(f"seed range {part} is empty")
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise typer.BadParameter(f"{part!r} is not a seed or a range like 42-51") from None
     if not seeds:
         raise typer.BadParameter("no seeds given")
     return seeds
@@ -70,7 +73,7 @@ def simulate(
 ) -> None:
     """Replay the Alibaba openb trace with the FGD protocol for several policies."""
     from xpupool.plugins.profiles import POLICIES
-    from xpupool.sim.openb import default_nodes_file, pods_file, trace_dir
+    from xpupool.sim.openb import TraceError, default_nodes_file, load_nodes, load_pods, pods_file, trace_dir
     from xpupool.sim.report import plot_curves, results_table
     from xpupool.sim.runner import published_unallocated, run_matrix, summarise, write_placements
 
@@ -85,6 +88,12 @@ def simulate(
         if not path.is_file():
             console.print(f"[red]trace file not found: {path}[/] (set XPUPOOL_TRACES or pass --trace/--nodes)")
             raise typer.Exit(2)
+    try:  # read both files once here, so a malformed trace is one clear line, not a worker traceback
+        load_nodes(nodes_file)
+        load_pods(trace_file)
+    except TraceError as err:
+        console.print(f"[red]bad trace file[/]: {err}")
+        raise typer.Exit(2) from None
     total = len(policies) * len(seed_list)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from xpupool.core.model import WHOLE_CARD_MILLI, Device, Node, Request, Vendor
@@ -46,11 +46,26 @@ def pods_file(variant: str) -> Path:
     return trace_dir() / "csv" / f"openb_pod_list_{variant}.csv"
 
 
+class TraceError(ValueError):
+    """A trace file that cannot be read as the openb format; the message names file and line."""
+
+
+def _rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """CSV rows with their line numbers; a missing column is a :class:`TraceError` up front."""
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise TraceError(f"{path}: missing column(s) {', '.join(missing)}")
+        for row in reader:
+            yield reader.line_num, row
+
+
 def load_nodes(path: Path) -> list[Node]:
     """``sn,cpu_milli,memory_mib,gpu,model`` -> nodes; every card is 1000 milli."""
     nodes: list[Node] = []
-    with path.open(newline="") as fh:
-        for row in csv.DictReader(fh):
+    for line, row in _rows(path, ("sn", "cpu_milli", "memory_mib", "gpu")):
+        try:
             gpus = int(row["gpu"])
             model = row.get("model", "") or ""
             devices = tuple(
@@ -59,14 +74,16 @@ def load_nodes(path: Path) -> list[Node]:
             )
             nodes.append(Node(name=row["sn"], cpu_milli=int(row["cpu_milli"]), memory_mib=int(row["memory_mib"]),
                               devices=devices))
+        except (ValueError, TypeError) as err:  # TypeError: a short row leaves a field None
+            raise TraceError(f"{path}:{line}: {err}") from None
     return nodes
 
 
 def load_pods(path: Path) -> list[Request]:
     """Pod list -> requests. Blank ``gpu_spec`` = any model; qos, phase and times are ignored."""
     pods: list[Request] = []
-    with path.open(newline="") as fh:
-        for row in csv.DictReader(fh):
+    for line, row in _rows(path, ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli")):
+        try:
             count = int(row["num_gpu"])
             milli = int(row["gpu_milli"]) if count else 0
             spec = (row.get("gpu_spec") or "").strip()
@@ -80,4 +97,6 @@ def load_pods(path: Path) -> list[Request]:
                 models=tuple(models),
                 exclusive=count > 0 and milli >= WHOLE_CARD_MILLI,
             ))
+        except (ValueError, TypeError) as err:  # TypeError: a short row leaves a field None
+            raise TraceError(f"{path}:{line}: {err}") from None
     return pods
