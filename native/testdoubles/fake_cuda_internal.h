@@ -60,3 +60,6 @@ CUresult fake_stream_submit(CUstream s, int per_thread, fake_stream_op op, void 
 CUresult fake_stream_drain(CUstream s);
 void fake_stream_drain_all(void);
 int fake_stream_valid(CUstream s);
+/* a per-stream slot for a simulated timeline (end of the stream's last kernel, ns), for
+ * fake_libcuda.c; NULL for an unknown stream; valid until the stream is destroyed */
+_Atomic uint64_t *fake_stream_timeline(CUstream s, int per_thread);

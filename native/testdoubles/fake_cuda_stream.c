@@ -36,6 +36,7 @@ struct fake_stream {
     uint64_t submitted, completed;
     int worker_started, stop;
     pthread_t worker;
+    _Atomic uint64_t timeline_ns; /* for the simulated kernel timeline of fake_libcuda.c */
     struct fake_stream *next_live;
 };
 
@@ -186,6 +187,21 @@ CUresult fake_stream_submit(CUstream s, int per_thread, fake_stream_op fn, void 
     if (rc != CUDA_SUCCESS && free_arg)
         free_arg(arg);
     return rc;
+}
+
+static _Atomic uint64_t g_legacy_timeline_ns;
+static _Thread_local _Atomic uint64_t t_per_thread_timeline_ns;
+
+_Atomic uint64_t *fake_stream_timeline(CUstream s, int per_thread)
+{
+    if (s == CU_STREAM_PER_THREAD || (s == NULL && per_thread))
+        return &t_per_thread_timeline_ns;
+    if (s == NULL || s == CU_STREAM_LEGACY)
+        return &g_legacy_timeline_ns;
+    pthread_rwlock_rdlock(&g_life);
+    struct fake_stream *st = live(s);
+    pthread_rwlock_unlock(&g_life);
+    return st ? &st->timeline_ns : NULL;
 }
 
 /* ------------------------------------------------------------------ stream API */
