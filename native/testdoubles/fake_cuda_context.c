@@ -354,6 +354,18 @@ FAKE_EXPORT CUresult cuCtxSynchronize_v2(CUcontext ctx)
     return cuCtxSynchronize(); /* the double has one timeline for every context */
 }
 
+/* the fake devices cannot reach each other's memory */
+FAKE_EXPORT CUresult cuCtxEnablePeerAccess(CUcontext peer, unsigned flags)
+{
+    if (flags || !fake_cuda_valid_context(peer))
+        return flags ? CUDA_ERROR_INVALID_VALUE : CUDA_ERROR_INVALID_CONTEXT;
+    return CUDA_ERROR_PEER_ACCESS_UNSUPPORTED;
+}
+FAKE_EXPORT CUresult cuCtxDisablePeerAccess(CUcontext peer)
+{
+    return fake_cuda_valid_context(peer) ? CUDA_ERROR_PEER_ACCESS_NOT_ENABLED : CUDA_ERROR_INVALID_CONTEXT;
+}
+
 /* limits the runtime reads and sets at start-up: remembered per process */
 static size_t g_limits[CU_LIMIT_MAX];
 

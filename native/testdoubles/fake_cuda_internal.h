@@ -27,6 +27,9 @@
 void fake_cuda_count(const char *name);
 #define FAKE_COUNT() fake_cuda_count(__func__)
 
+/* fake_cuda_compat.c: one line to FAKE_CUDA_TRACE, if set */
+void fake_cuda_trace(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* fake_exports.c: the double's own export of this exact name, or NULL */
 void *fake_cuda_export(const char *name);
 

@@ -278,6 +278,116 @@ FAKE_EXPORT CUresult cuMemcpyPeerAsync(CUdeviceptr dst, CUcontext dc, CUdevicept
     return copy(D(dst), DEV, CD(src), DEV, n, s, 0, 0);
 }
 
+/* 2D copies between pitched host / device rows (arrays are not modelled) */
+struct copy2d {
+    unsigned char *dst;
+    const unsigned char *src;
+    size_t dpitch, spitch, width, height;
+    void *staging;
+};
+static void do_copy2d(void *p)
+{
+    struct copy2d *c = p;
+    for (size_t row = 0; row < c->height; row++)
+        memmove(c->dst + row * c->dpitch, c->src + row * c->spitch, c->width);
+}
+static void free_copy2d(void *p)
+{
+    struct copy2d *c = p;
+    free(c->staging);
+    free(c);
+}
+
+/* start of one side of a 2D copy, after checking its rows lie in one allocation if on the device */
+static int side_2d(CUmemorytype type, const void *host, CUdeviceptr dev, size_t x, size_t y, size_t pitch,
+                   size_t width, size_t height, unsigned char **start, enum side *where)
+{
+    if (type == CU_MEMORYTYPE_UNIFIED)
+        type = fake_devmem_find(dev, 1, NULL, NULL) ? CU_MEMORYTYPE_DEVICE : CU_MEMORYTYPE_HOST;
+    size_t offset = y * pitch + x, span = pitch * (height - 1) + width;
+    if (type == CU_MEMORYTYPE_HOST) {
+        const unsigned char *h = host ? host : (const unsigned char *)(uintptr_t)dev;
+        if (!h)
+            return 0;
+        *start = (unsigned char *)(uintptr_t)(h + offset);
+        *where = HOST;
+        return 1;
+    }
+    if (type != CU_MEMORYTYPE_DEVICE || !dev_ok(dev + offset, span))
+        return 0;
+    *start = (unsigned char *)(uintptr_t)(dev + offset);
+    *where = DEV;
+    return 1;
+}
+
+static CUresult copy2d(const CUDA_MEMCPY2D *p, CUstream s, int per_thread, int sync)
+{
+    if (!p)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (p->WidthInBytes == 0 || p->Height == 0)
+        return CUDA_SUCCESS;
+    if (p->srcPitch < p->WidthInBytes || p->dstPitch < p->WidthInBytes)
+        return CUDA_ERROR_INVALID_VALUE;
+    unsigned char *src, *dst;
+    enum side src_side, dst_side;
+    if (!side_2d(p->srcMemoryType, p->srcHost, p->srcDevice, p->srcXInBytes, p->srcY, p->srcPitch, p->WidthInBytes,
+                 p->Height, &src, &src_side) ||
+        !side_2d(p->dstMemoryType, p->dstHost, p->dstDevice, p->dstXInBytes, p->dstY, p->dstPitch, p->WidthInBytes,
+                 p->Height, &dst, &dst_side))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!fake_stream_valid(s))
+        return CUDA_ERROR_INVALID_HANDLE;
+    struct copy2d *c = calloc(1, sizeof *c);
+    if (!c)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    *c = (struct copy2d){dst, src, p->dstPitch, p->srcPitch, p->WidthInBytes, p->Height, NULL};
+    size_t span = p->srcPitch * (p->Height - 1) + p->WidthInBytes;
+    if (!sync && src_side == HOST && !fake_hostmem_is_pinned(src, span)) {
+        c->staging = malloc(span); /* pageable source: staged before returning */
+        if (!c->staging) {
+            free(c);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        memcpy(c->staging, src, span);
+        c->src = c->staging;
+    }
+    CUresult rc = fake_stream_submit(s, per_thread, do_copy2d, c, free_copy2d);
+    if (rc == CUDA_SUCCESS && explicit_stream(s) && (sync || (dst_side == HOST && !fake_hostmem_is_pinned(dst, 1))))
+        rc = fake_stream_drain(s);
+    return rc;
+}
+
+FAKE_EXPORT CUresult cuMemcpy2D(const CUDA_MEMCPY2D *p) { FAKE_COUNT(); return copy2d(p, NULL, 0, 1); }
+FAKE_EXPORT CUresult cuMemcpy2D_v2_ptds(const CUDA_MEMCPY2D *p) { FAKE_COUNT(); return copy2d(p, NULL, 1, 1); }
+FAKE_EXPORT CUresult cuMemcpy2DUnaligned(const CUDA_MEMCPY2D *p) { FAKE_COUNT(); return copy2d(p, NULL, 0, 1); }
+FAKE_EXPORT CUresult cuMemcpy2DUnaligned_v2_ptds(const CUDA_MEMCPY2D *p) { FAKE_COUNT(); return copy2d(p, NULL, 1, 1); }
+FAKE_EXPORT CUresult cuMemcpy2DAsync(const CUDA_MEMCPY2D *p, CUstream s) { FAKE_COUNT(); return copy2d(p, s, 0, 0); }
+FAKE_EXPORT CUresult cuMemcpy2DAsync_v2_ptsz(const CUDA_MEMCPY2D *p, CUstream s) { FAKE_COUNT(); return copy2d(p, s, 1, 0); }
+
+/* managed memory is ordinary device memory here: advice and prefetch only check the range */
+static CUresult managed_range(CUdeviceptr p, size_t n, CUstream s)
+{
+    if (!dev_ok(p, n))
+        return CUDA_ERROR_INVALID_VALUE;
+    return fake_stream_valid(s) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+FAKE_EXPORT CUresult cuMemPrefetchAsync(CUdeviceptr p, size_t n, CUdevice d, CUstream s)
+{
+    (void)d;
+    return managed_range(p, n, s);
+}
+FAKE_EXPORT CUresult cuMemPrefetchAsync_ptsz(CUdeviceptr p, size_t n, CUdevice d, CUstream s)
+{
+    (void)d;
+    return managed_range(p, n, s);
+}
+FAKE_EXPORT CUresult cuMemAdvise(CUdeviceptr p, size_t n, CUmem_advise a, CUdevice d)
+{
+    (void)a;
+    (void)d;
+    return managed_range(p, n, NULL);
+}
+
 /* ------------------------------------------------------------------ memsets */
 
 struct fill {

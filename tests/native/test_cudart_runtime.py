@@ -141,12 +141,12 @@ def test_real_runtime_through_the_shim_is_intercepted_and_held_to_the_quota(
     assert run.ok("cudaMemGetInfo total is the quota")
     # the runtime's own cuGetProcAddress lookups were answered with the shim's wrappers
     assert run.stats["resolver_swaps"] > 0
-    misses = run.stats["resolver_misses"]
-    if driver_version >= 13000 and misses == 1:
-        # known gap, reported to the shim: 13.x resolves cuCtxSynchronize to cuCtxSynchronize_v2
-        assert "unknown address for hooked symbol cuCtxSynchronize" in run.output
-    else:
-        assert misses == 0, run.output
+    # misses = 0, except for the driver exports libxpushim does not hook yet (reported to the shim):
+    # t_cudart asks for each known gap again and counts those that still miss; once the shim hooks
+    # them this requires misses == 0
+    gaps = {k.removeprefix("shim_gap_") for k in run.stats if k.startswith("shim_gap_")}
+    assert gaps <= {"cuGraphInstantiate@10000", "cuCtxSynchronize@13000"}
+    assert run.stats["resolver_misses"] == run.stats["shim_known_gaps"] == len(gaps), run.output
     assert region.snapshot().devices[0].mem_used_bytes == 0, "the runtime's allocations were all released"
 
 
