@@ -24,9 +24,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from xpupool.core.cluster import BoolArray, ClusterState
+from xpupool.core.cluster import ClusterState
 from xpupool.core.framework import FitContext
-from xpupool.core.model import Allocation, Node, Request
+from xpupool.core.model import Allocation, Request
 from xpupool.core.queues import Running
 from xpupool.core.request import ParseResult
 from xpupool.kube.informer import DELETED, Informer
@@ -34,10 +34,10 @@ from xpupool.kube.metrics import METRICS
 from xpupool.kube.objects import (
     decode_allocation,
     node_model,
-    node_schedulable,
     node_utilization,
     pod_is_terminal,
     pod_key,
+    pod_presence,
     pod_request,
 )
 from xpupool.kube.scheduler.runtime import Runtime
@@ -62,19 +62,6 @@ class Backoff:
     not_before_s: float = 0.0
 
 
-class SchedulableFilter:
-    """Core filter plugin: removes cordoned/tainted/NotReady nodes (mask kept by the cache)."""
-
-    name = "kube-node-schedulable"
-    reason = "are cordoned, tainted NoSchedule or not ready"
-
-    def __init__(self) -> None:
-        self.mask: BoolArray = np.zeros(0, dtype=bool)
-
-    def filter(self, state: ClusterState, ctx: FitContext) -> BoolArray:
-        return self.mask
-
-
 class SchedulerCache:
     """Ledger + per-pod bookkeeping, kept current by the pod and node informers' events."""
 
@@ -83,7 +70,6 @@ class SchedulerCache:
         self.config = runtime.config
         self.pods = pods
         self.nodes = nodes
-        self.filter = SchedulableFilter()
         self.state = ClusterState([])
         #: pod key -> what it holds on ``state``
         self.accounted: dict[str, tuple[Allocation, Request]] = {}
@@ -107,13 +93,8 @@ class SchedulerCache:
         return (pod.get("spec") or {}).get("schedulerName") == self.config.scheduler_name
 
     def on_node(self, etype: str, old: JsonDict | None, new: JsonDict | None) -> None:
-        # Heartbeats and utilisation samples change no capacity: no rebuild, no wake-up.
-        if (
-            old is not None
-            and new is not None
-            and node_model(old) == node_model(new)
-            and node_schedulable(old) == node_schedulable(new)
-        ):
+        # Heartbeats and utilisation samples change no capacity, labels or taints: no rebuild.
+        if old is not None and new is not None and node_model(old) == node_model(new):
             self._apply_utilization(new)
             return
         self.nodes_dirty = True
@@ -216,7 +197,7 @@ class SchedulerCache:
         if node not in self.state.node_index:
             return  # a node we do not manage
         parsed = self.request_of(pod)
-        request = parsed.request or Request(name=key)
+        request = parsed.request or pod_presence(pod)
         allocation = decode_allocation(pod)
         if allocation is not None and allocation.node == node and self.ours(pod):
             self.reserve(allocation, request)
@@ -263,13 +244,8 @@ class SchedulerCache:
 
     def rebuild(self) -> None:
         """New ClusterState from the node informer; replay every accounted pod."""
-        nodes: list[Node] = []
-        mask: list[bool] = []
-        for obj in sorted(self.nodes.store.values(), key=lambda n: n["metadata"]["name"]):
-            nodes.append(node_model(obj))
-            mask.append(node_schedulable(obj))
+        nodes = [node_model(obj) for obj in sorted(self.nodes.store.values(), key=lambda n: n["metadata"]["name"])]
         self.state = ClusterState(nodes)
-        self.filter.mask = np.array(mask, dtype=bool)
         self.nodes_dirty = False
         for obj in self.nodes.store.values():
             self._apply_utilization(obj)

@@ -33,6 +33,7 @@ from xpupool.kube.transport import PODS, ApiError, JsonDict, TransportError
 log = logging.getLogger(__name__)
 
 GANG = "gang:"  # backoff key prefix of a whole gang
+GATED_MESSAGE = "Scheduling is blocked due to non-empty scheduling gates"
 
 
 @dataclass
@@ -89,6 +90,10 @@ class Cycle:
                 )
                 cache.delay(key)
                 METRICS.placements.labels("invalid").inc()
+                continue
+            if request.constraints.gates:
+                # kube-scheduler's wording; no event, no backoff: removing a gate is a pod update
+                self._mark_unschedulable(pod, GATED_MESSAGE, reason="SchedulingGated")
                 continue
             cache.arrival.setdefault(key, now)
             if request.pod_group:
@@ -175,11 +180,17 @@ class Cycle:
         self.count += 1
         return out
 
-    def _mark_unschedulable(self, pod: JsonDict, message: str) -> None:
-        """Set ``PodScheduled=False/Unschedulable`` (what kube-scheduler does; the cluster
-        autoscaler and ``kubectl get pods`` read it). Skipped when the pod already says so."""
+    def _mark_unschedulable(self, pod: JsonDict, message: str, *, reason: str = "Unschedulable") -> None:
+        """Set ``PodScheduled=False/<reason>`` (what kube-scheduler does; the cluster autoscaler
+        and ``kubectl get pods`` read it; ``SchedulingGated`` for gated pods). Skipped when the
+        pod already says so."""
         for cond in (pod.get("status") or {}).get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("message") == message:
+            if (
+                cond.get("type") == "PodScheduled"
+                and cond.get("status") == "False"
+                and cond.get("reason") == reason
+                and cond.get("message") == message
+            ):
                 return
         meta = pod["metadata"]
         patch = {
@@ -188,7 +199,7 @@ class Cycle:
                     {
                         "type": "PodScheduled",
                         "status": "False",
-                        "reason": "Unschedulable",
+                        "reason": reason,
                         "message": message[:2048],
                         "lastTransitionTime": _now_rfc3339(),
                     }

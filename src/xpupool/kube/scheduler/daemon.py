@@ -55,9 +55,7 @@ class KubeScheduler:
         self.pods = Informer(transport, PODS)
         self.nodes = Informer(transport, NODES, label_selector=config.node_label_selector)
         self.cache = SchedulerCache(self.runtime, pods=self.pods, nodes=self.nodes)
-        self.policy = Policy(
-            scheduler, node_filter=self.cache.filter, factory=scheduler_factory, target_refresh_s=target_refresh_s
-        )
+        self.policy = Policy(scheduler, factory=scheduler_factory, target_refresh_s=target_refresh_s)
         self.bindings = Bindings(self.runtime, self.cache)
         self.preemptor = Preemptor(self.runtime, self.cache)
         self.queues = QueueSource(self.runtime, self.cache)
