@@ -82,12 +82,9 @@ class Cycle:
             if b is not None and now < b.not_before_s:
                 continue
             if request is None:
-                self.runtime.events.pod_event(
-                    pod,
-                    reason="FailedScheduling",
-                    warning=True,
-                    note="invalid accelerator request: " + "; ".join(parsed.errors),
-                )
+                note = "xpupool cannot schedule this pod: " + "; ".join(parsed.errors)
+                self.runtime.events.pod_event(pod, reason="FailedScheduling", warning=True, note=note)
+                self._mark_unschedulable(pod, note)
                 cache.delay(key)
                 METRICS.placements.labels("invalid").inc()
                 continue
