@@ -44,7 +44,6 @@ PLURALS = {
         False,
     ),
     "CustomResourceDefinition": ("/apis/apiextensions.k8s.io/v1", "customresourcedefinitions", False),
-    "XPUPool": ("/apis/xpupool.io/v1alpha1", "xpupools", False),
     "XPUQueue": ("/apis/xpupool.io/v1alpha1", "xpuqueues", False),
 }
 
