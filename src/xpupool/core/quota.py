@@ -439,11 +439,15 @@ class QueueBook:
             parent = self.parent[name]
             room = self._room(parent)
             siblings = sum((self.held(k, leaf, charge) for k in self.children[parent]), Resources())
+            in_use = None if parent else sum((self.usage[k] for k in self.children[""]), charge)
             for dim in above:
                 bound = room.get(dim)
-                if bound is not None and siblings.get(dim) > bound:
-                    return (f"queue {name}: nothing left to borrow under {parent or 'the cluster'} in "
-                            f"{describe_dim(dim)} ({siblings.get(dim)} > {bound})")
+                if bound is None or siblings.get(dim) <= bound:
+                    continue
+                if in_use is not None and in_use.get(dim) > bound:
+                    continue  # the cluster is simply full: placement explains that better than quota
+                return (f"queue {name}: nothing left to borrow under {parent or 'the cluster'} in "
+                        f"{describe_dim(dim)} ({siblings.get(dim)} > {bound})")
         return None
 
     def _room(self, parent: str) -> Limits:

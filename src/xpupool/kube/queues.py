@@ -20,13 +20,23 @@ it in the queue's ``Valid`` condition).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from xpupool.core.model import WHOLE_CARD_MILLI
-from xpupool.core.queue_access import LabelRequirement, LabelSelector, Operator, QueueAccess
+from xpupool.core.queue_access import (
+    LabelRequirement,
+    LabelSelector,
+    Operator,
+    QueueAccess,
+    QueueChoice,
+    QueueEntry,
+    entries,
+    resolve_queue,
+)
 from xpupool.core.quota import CPU, DEVICE_MEMORY, MEMORY, XPU, Limits, QueueSpec, Resources, model_dim
-from xpupool.core.request import QuantityError, parse_quantity
+from xpupool.core.request import LABEL_QUEUE, QuantityError, parse_quantity
 from xpupool.kube.transport import JsonDict, Resource
 
 XPUQUEUES = Resource("xpupool.io", "v1alpha1", "xpuqueues", False, "XPUQueue")
@@ -130,3 +140,48 @@ def queue_spec(obj: JsonDict) -> tuple[QueueSpec, list[str]]:
         ),
         warnings,
     )
+
+
+@dataclass(frozen=True)
+class QueueCatalogue:
+    """The declared queues and the namespaces' labels: what deciding a pod's queue needs.
+
+    Built from raw ``XPUQueue`` and ``Namespace`` objects by the webhook (periodic lists) and the
+    scheduler (informers); :meth:`resolve` is :func:`~xpupool.core.queue_access.resolve_queue`
+    for one pod. ``enforced`` is False when the XPUQueue CRD is not installed (every label is
+    accepted, as without queues).
+    """
+
+    specs: Mapping[str, QueueSpec]
+    warnings: Mapping[str, tuple[str, ...]]
+    namespace_labels: Mapping[str, Mapping[str, str]]
+    enforced: bool = True
+    _entries: Mapping[str, QueueEntry] = field(default_factory=dict)
+
+    @staticmethod
+    def build(queues: Iterable[JsonDict], namespaces: Iterable[JsonDict], *, enforced: bool = True) -> QueueCatalogue:
+        specs: dict[str, QueueSpec] = {}
+        warnings: dict[str, tuple[str, ...]] = {}
+        for obj in queues:
+            spec, found = queue_spec(obj)
+            specs[spec.name] = spec
+            warnings[spec.name] = tuple(found)
+        labels = {
+            str((ns.get("metadata") or {}).get("name")): dict((ns.get("metadata") or {}).get("labels") or {})
+            for ns in namespaces
+        }
+        table = entries((s.name, s.parent, s.access) for s in specs.values())
+        return QueueCatalogue(specs, warnings, labels, enforced, table)
+
+    def resolve(self, namespace: str, pod_labels: Mapping[str, str]) -> QueueChoice:
+        """The queue of a pod in ``namespace`` with ``pod_labels`` (or why it may not run)."""
+        return resolve_queue(
+            namespace=namespace,
+            namespace_labels=self.namespace_labels.get(namespace, {}),
+            requested=pod_labels.get(LABEL_QUEUE),
+            queues=self._entries,
+            enforced=self.enforced,
+        )
+
+
+OPEN_CATALOGUE = QueueCatalogue({}, {}, {}, enforced=False)
