@@ -57,7 +57,8 @@ class RawApi:
         self.config = config
         ctx = config.ssl_context()
         self._ssl = ctx if isinstance(ctx, ssl.SSLContext) else False
-        self._session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {config.token}"})
+        auth = config.credentials.header() if config.credentials else f"Bearer {config.token}"
+        self._session = aiohttp.ClientSession(headers={"Authorization": auth or ""})
 
     async def close(self) -> None:
         await self._session.close()
