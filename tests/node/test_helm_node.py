@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from xpupool.kube.testing import fake_pod
 from xpupool.kube.testing_images import BuiltImage
@@ -64,7 +65,8 @@ CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", False
 
 #: What `helm uninstall` leaves, as docs/operator-guide.md ("Uninstall") lists it.
 LEFTOVER_OBJECTS = {("Secret", f"{RELEASE}-webhook-tls"), ("Lease", f"{RELEASE}-scheduler")}
-LEFTOVER_CRDS = {"xpupools.xpupool.io", "xpuqueues.xpupool.io"}
+#: Helm never deletes what it installed from the chart's crds/ directory.
+LEFTOVER_CRDS = {yaml.safe_load(f.read_text())["metadata"]["name"] for f in (CHART / "crds").glob("*.yaml")}
 LEFTOVER_NODE_ANNOTATIONS = {"xpupool.io/inventory", "xpupool.io/utilization"}
 #: Top-level directories under agent.hostRoot: the shim copy, per-card and per-container state.
 LEFTOVER_HOST_DIRS = {"shim", "cards", "regions"}
@@ -125,6 +127,9 @@ async def test_helm_install_upgrade_uninstall_on_the_real_node(
         "--set=agent.backends={emulated}",  # no GPU here: the emulated backend's cards
         f"--set=agent.hostRoot={host_root}",
         "--set=image.pullPolicy=Never",  # imported, never pulled (no registry)
+        # This node's kubelet root and containerd's CDI directory are under its temp root.
+        f"--set=agent.kubeletPodResourcesDir={node_cluster.pod_resources_socket.parent}",
+        f"--set=agent.cdiSpecDir={node_cluster.cdi_spec_dir}",
     ]
     try:
         # ---- 1. install ----------------------------------------------------------------
@@ -227,12 +232,17 @@ async def test_helm_install_upgrade_uninstall_on_the_real_node(
                 leftovers.add((resource.kind, name))
     assert leftovers == LEFTOVER_OBJECTS
     assert not {n for n in await names(node_transport, WEBHOOKS) if n.startswith(RELEASE)}
-    assert {n for n in await names(node_transport, CRDS) if n.endswith("xpupool.io")} >= LEFTOVER_CRDS
+    assert LEFTOVER_CRDS and {n for n in await names(node_transport, CRDS) if n.endswith("xpupool.io")} >= LEFTOVER_CRDS
     node = await node_transport.get(NODES, node_cluster.node_name)
     ours = {k for k in node["metadata"].get("annotations", {}) if k.startswith("xpupool.io/")}
     assert ours <= LEFTOVER_NODE_ANNOTATIONS, ours
     top_dirs = {p.relative_to(host_root).parts[0] for p in host_root.rglob("*") if p.is_file()}
     assert "shim" in top_dirs and top_dirs <= LEFTOVER_HOST_DIRS, top_dirs
+    # The kubelet keeps the resource at 0 for its 5-minute endpoint grace period (documented).
+    await eventually(
+        lambda: _equals(allocatable_slots(node_transport, node_cluster), 0),
+        "after uninstall the kubelet advertises no xpupool.io/vxpu",
+    )
     sockets = {p.name for p in node_cluster.device_plugin_dir.glob("xpupool*")}
     assert not sockets, f"the agent left its device-plugin socket: {sockets}"
 

@@ -59,6 +59,8 @@ RECIPES = {
         "workload", "deploy/image/workload.Containerfile", ("native", "deploy/image/workload/xpu_probe.c")
     ),
 }
+#: Archives kept per image (least recently used ones go).
+KEEP_ARCHIVES = 4
 #: The test-double workload image's repository (the tag is its input hash).
 WORKLOAD_REPOSITORY = "localhost/xpupool/testdouble-workload"
 
@@ -227,6 +229,7 @@ def ensure_image(which: str) -> BuiltImage:
         archive = archive_path(recipe, key)
         name = image_name(recipe, key)
         if archive.exists():
+            os.utime(archive)  # recently used: kept by _prune
             return BuiltImage(name, archive, 0.0)
         t0 = time.monotonic()
         base = _base_image()
@@ -235,6 +238,7 @@ def ensure_image(which: str) -> BuiltImage:
             "bud",
             "--isolation=chroot",
             "--layers=false",
+            "--jobs=3",  # independent stages (shim, python) build side by side
             f"--build-arg=BASE_IMAGE={base}",
             f"--file={REPO_ROOT / recipe.containerfile}",
             f"--tag={name}",
@@ -250,10 +254,16 @@ def ensure_image(which: str) -> BuiltImage:
         _buildah("rmi", "--force", name)
         built_s = time.monotonic() - t0
         _record(f"{which}-{key}", built_s)
-        for stale in cache_dir().glob(f"{recipe.key}-*.oci.tar"):
-            if stale != archive:
-                stale.unlink(missing_ok=True)
+        _prune(recipe)
         return BuiltImage(name, archive, built_s)
+
+
+def _prune(recipe: ImageRecipe) -> None:
+    """Keep the ``KEEP_ARCHIVES`` most recently used archives of a recipe. Several worktrees
+    (different sources) share the cache: evicting all others would make them rebuild in turn."""
+    archives = sorted(cache_dir().glob(f"{recipe.key}-*.oci.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in archives[KEEP_ARCHIVES:]:
+        stale.unlink(missing_ok=True)
 
 
 def main() -> None:

@@ -92,6 +92,9 @@ HOST_PATHS = (
 )
 DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
 LOCK_FILE = Path("/run/xpupool-node.lock")
+#: The node's root is a tmpfs of at most this size (memory is used only as files are written),
+#: except with $XPUPOOL_KEEP_KUBE_WORKDIR, where it is a directory on disk that outlives the run.
+ROOT_TMPFS_SIZE = "8g"
 STATE_FILE = Path("/run/xpupool-node.json")
 #: Kernel tunables the kubelet's container manager sets on start (restored on stop).
 KUBELET_SYSCTLS = (
@@ -201,19 +204,25 @@ def join_cgroup(pid: int, name: str) -> None:
         (target / "cgroup.procs").write_text(str(pid))
 
 
-def unmount_under(root: Path) -> None:
-    """Lazily unmount every mount point at or below ``root``, deepest first."""
+def unmount_under(root: Path, *, include_root: bool = True) -> None:
+    """Lazily unmount every mount point below ``root`` (and ``root`` itself), deepest first."""
     prefix = str(root).rstrip("/")
     for _ in range(5):
         points = []
         for line in Path("/proc/self/mountinfo").read_text().splitlines():
             point = line.split()[4].replace("\\040", " ")
-            if point == prefix or point.startswith(prefix + "/"):
+            if (include_root and point == prefix) or point.startswith(prefix + "/"):
                 points.append(point)
         if not points:
             return
         for point in sorted(points, key=len, reverse=True):
             _run("umount", "-l", point, check=False)
+
+
+def remove_tree(root: Path) -> None:
+    """``rm -rf --one-file-system``: never follows a mount that failed to go into the host's files
+    (containerd unpacks images under the root: many files)."""
+    _run("rm", "-rf", "--one-file-system", str(root), check=False, timeout_s=600)
 
 
 def _netns_exists() -> bool:
@@ -291,7 +300,7 @@ def clean_stale_instance() -> None:
     kill_cgroup_tree()
     if root:
         unmount_under(root)
-        shutil.rmtree(root, ignore_errors=True)
+        remove_tree(root)
         _remove_container_log_links(root)
     remove_network()
     if state.get("host"):
@@ -442,12 +451,16 @@ class NodeCluster:
         lock = MachineLock()
         lock.acquire(lock_timeout_s)
         host = HostSnapshot.capture()
+        keep = bool(os.environ.get("XPUPOOL_KEEP_KUBE_WORKDIR"))
         root: Path | None = None
         try:
             clean_stale_instance()
             _refuse_foreign_kubelet()
             root = Path(tempfile.mkdtemp(prefix="xpn-"))
             root.chmod(0o755)
+            if not keep:
+                # Unpacked images are many files: on tmpfs, import is quick and removal instant.
+                _run("mount", "-t", "tmpfs", "-o", f"size={ROOT_TMPFS_SIZE},mode=0755", "xpupool-node", str(root))
             _save_state(root, [], host)
             create_network()
             cp = ControlPlane.start(
@@ -470,7 +483,8 @@ class NodeCluster:
         except BaseException:
             remove_network()
             if root is not None:
-                shutil.rmtree(root, ignore_errors=True)
+                unmount_under(root)
+                remove_tree(root)
             STATE_FILE.unlink(missing_ok=True)
             lock.release()
             raise
@@ -503,7 +517,7 @@ class NodeCluster:
             # Containers, their shims and containerd itself all live under CGROUP_PARENT.
             ("pods", kill_cgroup_tree),
             ("containerd", lambda: cp.stop_process("containerd")),
-            ("mounts", lambda: unmount_under(self.root)),
+            ("mounts", lambda: unmount_under(self.root, include_root=False)),
             # Before the network goes: the apiserver's shutdown talks to its own (veth) address.
             ("control plane", cp.stop),
             ("network", remove_network),
@@ -511,7 +525,7 @@ class NodeCluster:
             ("log links", lambda: _remove_container_log_links(self.root)),
         ]
         if not keep:
-            steps.append(("root", lambda: shutil.rmtree(self.root, ignore_errors=True)))
+            steps += [("root tmpfs", lambda: unmount_under(self.root)), ("root", lambda: remove_tree(self.root))]
         try:
             for what, step in steps:
                 t0 = time.monotonic()
