@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tarfile
 import tempfile
 
 import pytest
@@ -52,7 +53,7 @@ def test_shim_in_image_needs_at_most_the_glibc_floor(xpupool_image_archive: test
 
 def test_image_is_tagged_as_the_chart_references(xpupool_image_archive: testing_images.BuiltImage) -> None:
     assert xpupool_image_archive.name == testing_images.chart_image_reference()
-    with __import__("tarfile").open(xpupool_image_archive.archive) as tar:
+    with tarfile.open(xpupool_image_archive.archive) as tar:
         index = json.loads(tar.extractfile("index.json").read())
     names = {m.get("annotations", {}).get("org.opencontainers.image.ref.name") for m in index["manifests"]}
     assert xpupool_image_archive.name in names or xpupool_image_archive.name.rsplit(":", 1)[1] in names

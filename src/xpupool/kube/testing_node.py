@@ -17,10 +17,9 @@ reuses). What runs, and where:
     ``CGROUP_PARENT``, so teardown can freeze and kill the whole tree.
 
 Isolation: all state (etcd, containerd root/state, kubelet root dir, pod logs, CNI IPAM, CDI spec
-dir, host paths for charts) lives under one temporary root; sockets, ports and iptables rules are
-the instance's own. The network namespace, veth and cgroup names are fixed, so a machine-wide
-lock (``LOCK_FILE``, flock) makes a second worktree's node wait instead of breaking this one; the
-lock holder also cleans up what a crashed run left behind (``STATE_FILE``). Teardown leaves no
+dir, host paths for charts) lives under one temporary root, a tmpfs; sockets, ports and iptables
+rules are the instance's own. What it must touch on the host (fixed names, so one node per machine
+at a time, behind a flock) is in :mod:`xpupool.kube.testing_node_host`. Teardown leaves no
 process, mount, cgroup, network namespace or link, and restores the kernel tunables the kubelet
 sets (``vm.overcommit_memory``, ``kernel.panic``, ...).
 
@@ -32,13 +31,10 @@ iptables). ``make node`` runs both. No registry is reachable: the pause image is
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -53,6 +49,30 @@ from typing import Any
 
 from xpupool.kube import testing_oci
 from xpupool.kube.testing import ApiserverOptions, ControlPlane, find_bin_dir, free_port
+from xpupool.kube.testing_node_host import (
+    CGROUP_PARENT,
+    DEVICE_PLUGIN_DIR,
+    HOST_IP,
+    NODE_IP,
+    POD_CIDR,
+    STATE_FILE,
+    HostSnapshot,
+    MachineLock,
+    cgroup_dirs,
+    clean_stale_instance,
+    create_network,
+    join_cgroup,
+    kill_cgroup_tree,
+    leftovers,
+    netns_exec,
+    refuse_foreign_kubelet,
+    remove_container_log_links,
+    remove_network,
+    remove_tree,
+    run,
+    save_state,
+    unmount_under,
+)
 
 #: Must match hack/node/containerd/go.mod (checked by a test).
 CONTAINERD_PIN = "containerd-v2.3.7"
@@ -69,42 +89,16 @@ HOST_TOOLS = {
 CNI_BIN_DIR = Path("/usr/lib/cni")
 
 NODE_NAME = "xpupool-node"
-NETNS = "xpupool-node"
-HOST_LINK = "xpn-host"
-HOST_IP = "10.213.0.1"
-NODE_IP = "10.213.0.2"
-POD_CIDR = "10.214.0.0/24"
 SERVICE_CIDR = "10.0.0.0/24"
-CGROUP_PARENT = "xpupool-node"
 PAUSE_IMAGE = "localhost/xpupool/pause:local"
 #: A shell-and-coreutils image (Debian's static busybox) for tests that need a command in a pod.
 BUSYBOX_IMAGE = "localhost/xpupool/busybox:local"
 BUSYBOX_APPLETS = ("sh", "cat", "env", "ls", "sleep", "nc", "wget", "grep", "test", "echo", "id", "mount", "ip")
-#: Fixed host paths the kubelet/containerd/CNI create whatever their root dirs say (the device
-#: plugin socket dir is a compile-time constant of the kubelet): removed on stop when this
-#: instance created them.
-HOST_PATHS = (
-    Path("/var/lib/kubelet"),
-    Path("/var/log/containers"),
-    Path("/usr/libexec/kubernetes"),
-    Path("/var/lib/cni"),
-    Path("/run/containerd"),
-)
-DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
-LOCK_FILE = Path("/run/xpupool-node.lock")
 #: The node's root is a tmpfs of at most this size (memory is used only as files are written),
 #: except with $XPUPOOL_KEEP_KUBE_WORKDIR, where it is a directory on disk that outlives the run.
 ROOT_TMPFS_SIZE = "8g"
-STATE_FILE = Path("/run/xpupool-node.json")
-#: Kernel tunables the kubelet's container manager sets on start (restored on stop).
-KUBELET_SYSCTLS = (
-    "vm/overcommit_memory",
-    "vm/panic_on_oom",
-    "kernel/panic",
-    "kernel/panic_on_oops",
-    "kernel/keys/root_maxkeys",
-    "kernel/keys/root_maxbytes",
-)
+__all__ = ["CGROUP_PARENT", "NodeCluster", "leftovers", "node_prerequisites"]
+
 _REPO_ROOT = Path(__file__).resolve().parents[3]
 PAUSE_SOURCE = _REPO_ROOT / "hack" / "node" / "pause" / "pause.c"
 
@@ -131,250 +125,6 @@ def node_prerequisites() -> tuple[Path, Path, list[str]]:
     if shutil.which("gcc") is None or not PAUSE_SOURCE.exists():
         problems.append(f"gcc and {PAUSE_SOURCE} (the pause image is built at start)")
     return kube_dir, node_dir, problems
-
-
-# ------------------------------------------------------------------------------ host plumbing
-def _run(*args: str, check: bool = True, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), check=check, capture_output=True, text=True, timeout=timeout_s)
-
-
-def _netns_exec(*args: str) -> list[str]:
-    """``args`` run inside the node's network namespace (mount namespace stays the host's, so
-    kubelet and containerd see each other's mounts)."""
-    return ["nsenter", f"--net=/run/netns/{NETNS}", "--", *args]
-
-
-def _cgroup_dirs(*, create: bool = False) -> list[Path]:
-    """``/sys/fs/cgroup/<controller>/CGROUP_PARENT`` for every v1 controller hierarchy."""
-    out = []
-    for hierarchy in sorted(Path("/sys/fs/cgroup").iterdir()):
-        if hierarchy.name == "unified" or not (hierarchy / "cgroup.procs").exists():
-            continue
-        target = hierarchy / CGROUP_PARENT
-        if create and not target.exists():
-            target.mkdir()
-            if hierarchy.name == "cpuset":  # a v1 cpuset cgroup starts empty: inherit the root's
-                for knob in ("cpuset.cpus", "cpuset.mems"):
-                    (target / knob).write_text((hierarchy / knob).read_text())
-        if target.exists():
-            out.append(target)
-    return out
-
-
-def _cgroup_pids(root: Path) -> set[int]:
-    pids: set[int] = set()
-    for procs in root.rglob("cgroup.procs"):
-        with contextlib.suppress(OSError):
-            pids.update(int(p) for p in procs.read_text().split())
-    return pids
-
-
-def kill_cgroup_tree(timeout_s: float = 20.0) -> None:
-    """Freeze, SIGKILL and wait out every process under ``CGROUP_PARENT``, then remove its cgroups."""
-    freezer = Path("/sys/fs/cgroup/freezer") / CGROUP_PARENT
-    pids_root = Path("/sys/fs/cgroup/pids") / CGROUP_PARENT
-    deadline = time.monotonic() + timeout_s
-    while pids_root.exists() and time.monotonic() < deadline:
-        pids = _cgroup_pids(pids_root)
-        if not pids:
-            break
-        # Frozen tasks cannot fork between the listing and the kill; SIGKILL is delivered on thaw.
-        with contextlib.suppress(OSError):
-            (freezer / "freezer.state").write_text("FROZEN")
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            (freezer / "freezer.state").write_text("THAWED")
-        time.sleep(0.1)
-    for top in _cgroup_dirs():
-        for sub in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                sub.rmdir()
-        with contextlib.suppress(OSError):
-            top.rmdir()
-
-
-def join_cgroup(pid: int, name: str) -> None:
-    """Put ``pid`` (a node daemon) in ``CGROUP_PARENT/<name>`` of the pids and freezer hierarchies
-    so teardown finds it and everything it forks (containerd's shims, for one)."""
-    for controller in ("pids", "freezer"):
-        target = Path("/sys/fs/cgroup") / controller / CGROUP_PARENT / name
-        target.mkdir(parents=True, exist_ok=True)
-        (target / "cgroup.procs").write_text(str(pid))
-
-
-def unmount_under(root: Path, *, include_root: bool = True) -> None:
-    """Lazily unmount every mount point below ``root`` (and ``root`` itself), deepest first."""
-    prefix = str(root).rstrip("/")
-    for _ in range(5):
-        points = []
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            point = line.split()[4].replace("\\040", " ")
-            if (include_root and point == prefix) or point.startswith(prefix + "/"):
-                points.append(point)
-        if not points:
-            return
-        for point in sorted(points, key=len, reverse=True):
-            _run("umount", "-l", point, check=False)
-
-
-def remove_tree(root: Path) -> None:
-    """``rm -rf --one-file-system``: never follows a mount that failed to go into the host's files
-    (containerd unpacks images under the root: many files)."""
-    _run("rm", "-rf", "--one-file-system", str(root), check=False, timeout_s=600)
-
-
-def _netns_exists() -> bool:
-    return Path(f"/run/netns/{NETNS}").exists()
-
-
-def remove_network() -> None:
-    if _netns_exists():
-        _run("ip", "netns", "delete", NETNS, check=False)
-    if Path(f"/sys/class/net/{HOST_LINK}").exists():
-        _run("ip", "link", "delete", HOST_LINK, check=False)
-
-
-def create_network() -> None:
-    """Namespace ``NETNS`` joined to the host by a veth pair; pod CIDR routed through it."""
-    _run("ip", "netns", "add", NETNS)
-    _run("ip", "link", "add", HOST_LINK, "type", "veth", "peer", "name", "xpn-node")
-    _run("ip", "link", "set", "xpn-node", "netns", NETNS)
-    _run("ip", "addr", "add", f"{HOST_IP}/24", "dev", HOST_LINK)
-    _run("ip", "link", "set", HOST_LINK, "up")
-    inside = ["ip", "netns", "exec", NETNS]
-    _run(*inside, "ip", "link", "set", "lo", "up")
-    _run(*inside, "ip", "link", "set", "xpn-node", "name", "eth0")
-    _run(*inside, "ip", "addr", "add", f"{NODE_IP}/24", "dev", "eth0")
-    _run(*inside, "ip", "link", "set", "eth0", "up")
-    _run(*inside, "ip", "route", "add", "default", "via", HOST_IP)
-    # The node routes for its pods; the bridge's traffic goes through iptables (kube-proxy).
-    _run(*inside, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    _run(*inside, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1", check=False)
-    _run("ip", "route", "add", POD_CIDR, "via", NODE_IP, "dev", HOST_LINK)
-
-
-@dataclass(frozen=True)
-class HostSnapshot:
-    """What the node changes on the host outside its root, captured before start: the kernel
-    tunables the kubelet sets and which of ``HOST_PATHS`` did not exist yet."""
-
-    sysctls: dict[str, str]
-    absent_paths: tuple[str, ...]
-
-    @classmethod
-    def capture(cls) -> HostSnapshot:
-        sysctls = {name: (Path("/proc/sys") / name).read_text().strip() for name in KUBELET_SYSCTLS}
-        return cls(sysctls, tuple(str(p) for p in HOST_PATHS if not p.exists()))
-
-    def restore(self) -> None:
-        for name, value in self.sysctls.items():
-            with contextlib.suppress(OSError):
-                (Path("/proc/sys") / name).write_text(value)
-        for path in self.absent_paths:
-            shutil.rmtree(path, ignore_errors=True)
-        # Pre-existing CNI cache: drop only this network's results.
-        for result in Path("/var/lib/cni/results").glob("xpupool-node-*"):
-            result.unlink(missing_ok=True)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"sysctls": self.sysctls, "absent_paths": list(self.absent_paths)}
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> HostSnapshot:
-        return cls(dict(doc.get("sysctls", {})), tuple(doc.get("absent_paths", ())))
-
-
-def clean_stale_instance() -> None:
-    """Remove what a crashed instance left (call with the machine lock held)."""
-    state: dict[str, Any] = {}
-    if STATE_FILE.exists():
-        with contextlib.suppress(ValueError, OSError):
-            state = json.loads(STATE_FILE.read_text())
-    root = Path(state["root"]) if state.get("root") else None
-    for pid in state.get("pids", []):
-        with contextlib.suppress(OSError):
-            if root and str(root) in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
-                os.kill(int(pid), signal.SIGKILL)
-    kill_cgroup_tree()
-    if root:
-        unmount_under(root)
-        remove_tree(root)
-        _remove_container_log_links(root)
-    remove_network()
-    if state.get("host"):
-        HostSnapshot.from_json(state["host"]).restore()
-    STATE_FILE.unlink(missing_ok=True)
-
-
-def _remove_container_log_links(root: Path) -> None:
-    """The kubelet links ``/var/log/containers/*.log`` (a fixed path) to the pod logs under root."""
-    links = Path("/var/log/containers")
-    if not links.is_dir():
-        return
-    for link in links.iterdir():
-        with contextlib.suppress(OSError):
-            if link.is_symlink() and os.readlink(link).startswith(str(root)):
-                link.unlink()
-
-
-def leftovers(root: Path, absent_paths: tuple[str, ...] = ()) -> list[str]:
-    """What an instance rooted at ``root`` left on the machine (empty after a clean stop);
-    ``absent_paths``: host paths that did not exist before it started."""
-    found = []
-    if _netns_exists():
-        found.append(f"network namespace {NETNS}")
-    if Path(f"/sys/class/net/{HOST_LINK}").exists():
-        found.append(f"link {HOST_LINK}")
-    found += [f"cgroup {d}" for d in _cgroup_dirs()]
-    prefix = str(root)
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        if line.split()[4].startswith(prefix):
-            found.append(f"mount {line.split()[4]}")
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError):
-                if prefix in (proc / "cmdline").read_text(errors="replace"):
-                    found.append(f"process {proc.name}")
-    if root.exists():
-        found.append(f"directory {root}")
-    found += [f"host path {p}" for p in absent_paths if Path(p).exists()]
-    if STATE_FILE.exists():
-        found.append(f"state file {STATE_FILE}")
-    return found
-
-
-class MachineLock:
-    """The machine-wide flock serialising test nodes (fixed netns/veth/cgroup names)."""
-
-    def __init__(self, path: Path = LOCK_FILE) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self, timeout_s: float) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + timeout_s
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise TimeoutError(f"another test node holds {self.path} for more than {timeout_s:.0f} s") from None
-                if not told:
-                    print(f"xpupool test node: waiting for {self.path} (another worktree's node)", file=sys.stderr)
-                    told = True
-                time.sleep(1.0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 # ------------------------------------------------------------------------------ the cluster
@@ -455,13 +205,13 @@ class NodeCluster:
         root: Path | None = None
         try:
             clean_stale_instance()
-            _refuse_foreign_kubelet()
+            refuse_foreign_kubelet()
             root = Path(tempfile.mkdtemp(prefix="xpn-"))
             root.chmod(0o755)
             if not keep:
                 # Unpacked images are many files: on tmpfs, import is quick and removal instant.
-                _run("mount", "-t", "tmpfs", "-o", f"size={ROOT_TMPFS_SIZE},mode=0755", "xpupool-node", str(root))
-            _save_state(root, [], host)
+                run("mount", "-t", "tmpfs", "-o", f"size={ROOT_TMPFS_SIZE},mode=0755", "xpupool-node", str(root))
+            save_state(root, [], host)
             create_network()
             cp = ControlPlane.start(
                 kube_bin_dir,
@@ -505,7 +255,7 @@ class NodeCluster:
         return node
 
     def _record_pids(self) -> None:
-        _save_state(self.root, [p.pid for p in self.control_plane.processes.values()], self._host)
+        save_state(self.root, [p.pid for p in self.control_plane.processes.values()], self._host)
 
     def stop(self) -> None:
         """Stop everything and remove every trace; safe to call on a half-started cluster."""
@@ -522,7 +272,7 @@ class NodeCluster:
             ("control plane", cp.stop),
             ("network", remove_network),
             ("host", self._host.restore),
-            ("log links", lambda: _remove_container_log_links(self.root)),
+            ("log links", lambda: remove_container_log_links(self.root)),
         ]
         if not keep:
             steps += [("root tmpfs", lambda: unmount_under(self.root)), ("root", lambda: remove_tree(self.root))]
@@ -581,12 +331,12 @@ class NodeCluster:
         cp = self.control_plane
         for sub in ("cni/net.d", "cni/ipam", "cdi", "host"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        _cgroup_dirs(create=True)
+        cgroup_dirs(create=True)
         (self.root / "cni/net.d/10-xpupool-node.conflist").write_text(json.dumps(self._cni_config(), indent=1))
         config = self.root / "containerd.toml"
         config.write_text(self._containerd_config())
         env = {"PATH": f"{self.node_bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(self.root)}
-        proc = cp.spawn("containerd", _netns_exec(str(self.node_bin_dir / "containerd"), f"--config={config}"), env=env)
+        proc = cp.spawn("containerd", netns_exec(str(self.node_bin_dir / "containerd"), f"--config={config}"), env=env)
         join_cgroup(proc.pid, "containerd")
         self._record_pids()
         cp.wait_ready(lambda: self._ctr_ok("version"), "containerd", timeout_s)
@@ -664,7 +414,7 @@ temp = "{r}/containerd/tmp"
 
     def ctr(self, *args: str, timeout_s: float = 300.0) -> subprocess.CompletedProcess[str]:
         """``ctr`` against this node's containerd, namespace ``k8s.io`` (the CRI's)."""
-        return _run(
+        return run(
             str(self.node_bin_dir / "ctr"),
             f"--address={self.containerd_socket}",
             "--namespace=k8s.io",
@@ -696,7 +446,7 @@ temp = "{r}/containerd/tmp"
     def _build_pause_image(self) -> Path:
         binary = self.root / "build" / "pause"
         binary.parent.mkdir(parents=True, exist_ok=True)
-        _run("gcc", "-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror", "-o", str(binary), str(PAUSE_SOURCE))
+        run("gcc", "-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror", "-o", str(binary), str(PAUSE_SOURCE))
         archive = self.root / "build" / "pause.oci.tar"
         testing_oci.write_image(
             archive, PAUSE_IMAGE, [testing_oci.ImageFile(binary, "/pause", 0o755)], entrypoint=["/pause"]
@@ -773,7 +523,7 @@ temp = "{r}/containerd/tmp"
         (self.root / "manifests").mkdir(exist_ok=True)
         proc = cp.spawn(
             "kubelet",
-            _netns_exec(
+            netns_exec(
                 str(self.kube_bin_dir / "kubelet"),
                 f"--config={config}",
                 f"--kubeconfig={kubeconfig}",
@@ -817,7 +567,7 @@ temp = "{r}/containerd/tmp"
         )
         proc = cp.spawn(
             "kube-proxy",
-            _netns_exec(str(self.kube_bin_dir / "kube-proxy"), f"--config={config}", "-v=1"),
+            netns_exec(str(self.kube_bin_dir / "kube-proxy"), f"--config={config}", "-v=1"),
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(self.root)},
         )
         join_cgroup(proc.pid, "kube-proxy")
@@ -867,26 +617,6 @@ temp = "{r}/containerd/tmp"
         """Last lines of a component's log: etcd, kube-apiserver, kube-controller-manager,
         kube-scheduler, containerd, kubelet, kube-proxy."""
         return self.control_plane.log_tail(name, lines)
-
-
-def _refuse_foreign_kubelet() -> None:
-    """The kubelet's device-plugin directory is machine-wide and cleared on start: never run
-    next to a real kubelet (e.g. on a developer's Kubernetes node)."""
-    import socket
-
-    sock_path = DEVICE_PLUGIN_DIR / "kubelet.sock"
-    if not sock_path.exists():
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(str(sock_path))
-        except OSError:
-            return  # a stale socket file, nobody serves it
-    raise RuntimeError(f"a kubelet already serves {sock_path} on this machine; the test node will not start here")
-
-
-def _save_state(root: Path, pids: list[int], host: HostSnapshot) -> None:
-    STATE_FILE.write_text(json.dumps({"root": str(root), "pids": pids, "host": host.to_json()}))
 
 
 def _apiserver_node_args(root: Path) -> tuple[str, ...]:
