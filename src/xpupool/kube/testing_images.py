@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -42,6 +43,11 @@ SUITE = "bookworm"
 VARIANT = "minbase"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 TOOLS = {"buildah": "buildah", "mmdebstrap": "mmdebstrap"}
+
+
+#: Left out of every build context (also listed in .dockerignore, checked by a test): the test
+#: harness modules are not product code, and editing them must not rebuild the image.
+CONTEXT_EXCLUDES = ("src/xpupool/kube/testing*.py",)
 
 
 @dataclass(frozen=True)
@@ -118,7 +124,13 @@ def input_files(paths: tuple[str, ...]) -> list[str]:
         text=True,
         check=True,
     ).stdout
-    return sorted({f for f in out.splitlines() if (REPO_ROOT / f).is_file()})
+    return sorted(
+        {
+            f
+            for f in out.splitlines()
+            if (REPO_ROOT / f).is_file() and not any(fnmatch.fnmatch(f, pattern) for pattern in CONTEXT_EXCLUDES)
+        }
+    )
 
 
 def image_key(recipe: ImageRecipe) -> str:
