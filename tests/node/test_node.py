@@ -106,3 +106,24 @@ async def test_daemonset_pod_runs_on_node(
     assert status.get("numberReady") == 1, json.dumps(status)
     pods = await node_transport.list(PODS, namespace=node_namespace, label_selector="app=ds-probe")
     assert [p["spec"]["nodeName"] for p in pods.items] == [node_cluster.node_name]
+
+
+async def test_kubelet_restart_keeps_running_containers(
+    node_cluster: NodeCluster, node_transport: AiohttpTransport, node_namespace: str, busybox_image: str
+) -> None:
+    """``restart_kubelet`` (what the pairing tests use): containers belong to containerd and keep
+    running; the new kubelet reports Ready again and starts new pods."""
+    await node_transport.create(
+        PODS, busybox_pod("before", node_cluster, busybox_image, "sleep 3600"), namespace=node_namespace
+    )
+    before = await wait_pod(node_transport, node_namespace, "before", ("Running",))
+    container_id = before["status"]["containerStatuses"][0]["containerID"]
+    node_cluster.restart_kubelet()
+    after = await node_transport.get(PODS, "before", namespace=node_namespace)
+    status = after["status"]["containerStatuses"][0]
+    assert after["status"]["phase"] == "Running"
+    assert status["containerID"] == container_id and status["restartCount"] == 0
+    new_pod = busybox_pod("after", node_cluster, busybox_image, "true")
+    await node_transport.create(PODS, new_pod, namespace=node_namespace)
+    done = await wait_pod(node_transport, node_namespace, "after", ("Succeeded", "Failed"))
+    assert done["status"]["phase"] == "Succeeded", done["status"]

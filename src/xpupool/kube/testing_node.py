@@ -467,6 +467,16 @@ temp = "{r}/containerd/tmp"
             self.import_image(archive)
         return BUSYBOX_IMAGE
 
+    def restart_kubelet(self, *, ready_timeout_s: float = 120.0) -> None:
+        """Stop the kubelet (SIGTERM, as a node upgrade would) and start it again with the same
+        configuration; returns once the Node is Ready. Running containers stay up (they belong
+        to containerd); every device-plugin socket is deleted by the new kubelet, so plugins must
+        re-register."""
+        self.control_plane.stop_process("kubelet")
+        restarted = _now()
+        self._start_kubelet()
+        self._wait_node_ready(ready_timeout_s, heartbeat_after=restarted)
+
     def _start_kubelet(self) -> None:
         cp = self.control_plane
         kubelet_root = self.kubelet_root_dir
@@ -588,16 +598,23 @@ temp = "{r}/containerd/tmp"
                 return None
             raise
 
-    def node_ready(self) -> bool:
+    def node_ready(self, *, heartbeat_after: dt.datetime | None = None) -> bool:
+        """The Node's Ready condition is True (and, if given, was last reported after
+        ``heartbeat_after``: a kubelet started after that moment said so)."""
         try:
             node = self.api_get(f"/api/v1/nodes/{NODE_NAME}")
         except OSError:
             return False
-        conditions = (node or {}).get("status", {}).get("conditions", [])
-        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        for c in (node or {}).get("status", {}).get("conditions", []):
+            if c.get("type") == "Ready" and c.get("status") == "True":
+                if heartbeat_after is None:
+                    return True
+                beat = dt.datetime.fromisoformat(str(c.get("lastHeartbeatTime", "")).replace("Z", "+00:00"))
+                return beat > heartbeat_after
+        return False
 
-    def _wait_node_ready(self, timeout_s: float) -> None:
-        self.control_plane.wait_ready(self.node_ready, "kubelet", timeout_s)
+    def _wait_node_ready(self, timeout_s: float, *, heartbeat_after: dt.datetime | None = None) -> None:
+        self.control_plane.wait_ready(lambda: self.node_ready(heartbeat_after=heartbeat_after), "kubelet", timeout_s)
 
     def _wait_service_account(self, namespace: str, timeout_s: float) -> None:
         """Pods are admitted only once the controller-manager made the namespace's ``default``
