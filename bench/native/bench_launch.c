@@ -45,7 +45,8 @@ static int cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static void set_share(struct xpu_region *r, uint32_t bp)
+/* the node agent's live resize, done by the benchmark on the region's config file */
+static void set_share(struct xpu_config *r, uint32_t bp)
 {
     atomic_fetch_add(&r->hdr.generation, 1);
     r->dev[0].share_request_bp = bp;
@@ -61,9 +62,10 @@ int main(int argc, char **argv)
     lk_t direct = (lk_t)fake_cuda_raw("cuLaunchKernel");
     lk_t shim = (lk_t)cuLaunchKernel;
     const char *rp = getenv("XPUSHIM_REGION");
-    struct xpu_region *r = NULL;
-    if (rp) {
-        int fd = open(rp, O_RDWR);
+    struct xpu_config *r = NULL;
+    char cfg_path[512];
+    if (rp && snprintf(cfg_path, sizeof cfg_path, "%s/%s", rp, XPU_CONFIG_FILE) < (int)sizeof cfg_path) {
+        int fd = open(cfg_path, O_RDWR);
         if (fd >= 0) {
             r = mmap(NULL, sizeof *r, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
             close(fd);
@@ -92,7 +94,15 @@ int main(int argc, char **argv)
     qsort(s, (size_t)rounds, sizeof s[0], cmp);
     qsort(l, (size_t)rounds, sizeof l[0], cmp);
     double dm = d[rounds / 2], sm = s[rounds / 2], lm = l[rounds / 2];
-    unsigned long long thr = r ? (unsigned long long)atomic_load(&r->dev[0].throttled_launches) : 0;
+    unsigned long long thr = 0;
+    if (r && snprintf(cfg_path, sizeof cfg_path, "%s/%s", rp, XPU_USAGE_FILE) < (int)sizeof cfg_path) {
+        int fd = open(cfg_path, O_RDONLY);
+        struct xpu_usage *u = fd >= 0 ? mmap(NULL, sizeof *u, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
+        if (fd >= 0)
+            close(fd);
+        if (u != MAP_FAILED)
+            thr = (unsigned long long)atomic_load(&u->dev[0].throttled_launches);
+    }
     printf("{\"double\": \"fake libcuda.so.1 (test double)\", \"region\": %s, \"calls_per_round\": %ld, "
            "\"rounds\": %d, \"direct_ns\": %.2f, \"shim_ns\": %.2f, \"shim_added_ns\": %.2f, "
            "\"shim_ratio\": %.3f, \"limited_ns\": %.2f, \"limited_added_ns\": %.2f, \"limited_ratio\": %.3f, "

@@ -369,9 +369,9 @@ int xpu_dev_index_by_uuid(const char *uuid)
     struct xpu_core *c = xpu_core();
     if (c->status != XPU_REGION_OK || !uuid)
         return -1;
-    uint32_t n = c->region->hdr.ndevices;
+    uint32_t n = c->region->cfg->hdr.ndevices;
     for (uint32_t d = 0; d < n && d < XPU_MAX_DEVICES; d++) {
-        const char *u = c->region->dev[d].uuid;
+        const char *u = c->region->cfg->dev[d].uuid;
         if (u[0] && strncmp(u, uuid, XPU_UUID_LEN) == 0)
             return (int)d;
     }
@@ -383,9 +383,9 @@ int xpu_dev_index_by_ordinal(int ordinal)
     struct xpu_core *c = xpu_core();
     if (c->status != XPU_REGION_OK)
         return -1;
-    uint32_t n = c->region->hdr.ndevices;
+    uint32_t n = c->region->cfg->hdr.ndevices;
     for (uint32_t d = 0; d < n && d < XPU_MAX_DEVICES; d++)
-        if (!c->region->dev[d].uuid[0] && (int)c->region->dev[d].ordinal == ordinal)
+        if (!c->region->cfg->dev[d].uuid[0] && (int)c->region->cfg->dev[d].ordinal == ordinal)
             return (int)d;
     return -1;
 }
@@ -421,7 +421,7 @@ static void init_once(void)
     }
     g_xpu.status = xpu_region_map(path, &g_xpu.region);
     if (g_xpu.status == XPU_REGION_OK) {
-        g_xpu.fail_open_on_broken = (g_xpu.region->hdr.policy & XPU_POLICY_FAIL_OPEN_ON_BROKEN) != 0;
+        g_xpu.fail_open_on_broken = (g_xpu.region->cfg->hdr.policy & XPU_POLICY_FAIL_OPEN_ON_BROKEN) != 0;
         atexit(at_exit);
     } else if (g_xpu.status == XPU_REGION_BROKEN) {
         xpu_log_once(0, "region unusable, failing closed for allocations:", path);

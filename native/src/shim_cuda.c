@@ -74,7 +74,8 @@ CUresult CUDAAPI cuStreamGetCaptureInfo_v2_ptsz(CUstream s, CUstreamCaptureStatu
     X(cuStreamBeginCapture) X(cuStreamBeginCapture_ptsz) X(cuStreamBeginCapture_v2)                    \
     X(cuStreamBeginCapture_v2_ptsz) X(cuStreamBeginCaptureToGraph) X(cuStreamBeginCaptureToGraph_ptsz) \
     X(cuStreamEndCapture) X(cuStreamEndCapture_ptsz)                                                   \
-    X(cuMemMap) X(cuMemUnmap) X(cuMemRetainAllocationHandle) X(cuGraphAddNode) X(cuGraphAddNode_v2)
+    X(cuMemMap) X(cuMemUnmap) X(cuMemRetainAllocationHandle) X(cuGraphAddNode) X(cuGraphAddNode_v2)   \
+    X(cuDevicePrimaryCtxRetain) X(cuCtxCreate_v2) X(cuCtxCreate_v3) X(cuCtxCreate_v4)
 
 #define INTERNAL(X)                                                                                    \
     X(cuCtxGetDevice) X(cuDeviceGetUuid) X(cuDeviceGetMemPool) X(cuMemPoolGetAttribute)                \
@@ -108,7 +109,7 @@ static void cuda_init(void)
 #define RESOLVE(n) resolve(&R_##n, #n);
     HOOKED(RESOLVE)
     INTERNAL(RESOLVE)
-    if (c->status == XPU_REGION_OK && c->region->hdr.ndevices == 1)
+    if (c->status == XPU_REGION_OK && c->region->cfg->hdr.ndevices == 1)
         g_single = 0;
     else
         g_single = -4;
@@ -221,7 +222,7 @@ static void acct_track(int d, unsigned kind, uint64_t key, uint64_t bytes)
         return;
     if (xpu_track_put(kind, key, bytes, d) != 0) {
         /* cannot remember it: keep the charge (fail closed), count the error */
-        atomic_fetch_add(&g_xpu.region->dev[d].accounting_errors, 1);
+        atomic_fetch_add(&g_xpu.region->use->dev[d].accounting_errors, 1);
     }
 }
 
@@ -231,6 +232,53 @@ static void acct_free(unsigned kind, uint64_t key)
     int d;
     if (xpu_track_take(kind, key, &bytes, &d) && d >= 0)
         xpu_mem_release(g_xpu.region, (unsigned)d, bytes);
+}
+
+/* ------------------------------------------------------------------ contexts
+ * A context costs device memory no allocation call shows (the context itself, loaded
+ * modules, local memory, the device heap): the region's per-process reserve is charged when a
+ * process first creates or retains a context on a device (or first allocates there), once. */
+static CUresult ctx_reserve(CUdevice dev)
+{
+    int d = dev_of_ordinal(dev);
+    if (d == DEV_BROKEN)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    if (d < 0)
+        return CUDA_SUCCESS;
+    return xpu_mem_reserve(g_xpu.region, (unsigned)d, 0) == 0 ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+XPU_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
+{
+    __typeof__(&cuDevicePrimaryCtxRetain) f = REAL(cuDevicePrimaryCtxRetain);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = ctx_reserve(dev);
+    return rc == CUDA_SUCCESS ? f(pctx, dev) : rc;
+}
+XPU_EXPORT CUresult CUDAAPI cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice dev)
+{
+    __typeof__(&cuCtxCreate_v2) f = REAL(cuCtxCreate_v2);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = ctx_reserve(dev);
+    return rc == CUDA_SUCCESS ? f(pctx, flags, dev) : rc;
+}
+XPU_EXPORT CUresult CUDAAPI cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *params, int n, unsigned int flags,
+                                           CUdevice dev)
+{
+    __typeof__(&cuCtxCreate_v3) f = REAL(cuCtxCreate_v3);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = ctx_reserve(dev);
+    return rc == CUDA_SUCCESS ? f(pctx, params, n, flags, dev) : rc;
+}
+XPU_EXPORT CUresult CUDAAPI cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params, unsigned int flags, CUdevice dev)
+{
+    __typeof__(&cuCtxCreate_v4) f = REAL(cuCtxCreate_v4);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = ctx_reserve(dev);
+    return rc == CUDA_SUCCESS ? f(pctx, params, flags, dev) : rc;
 }
 
 /* ------------------------------------------------------------------ classic allocations */
@@ -551,7 +599,7 @@ XPU_EXPORT CUresult CUDAAPI cuMemCreate(CUmemGenericAllocationHandle *handle, si
         return rc;
     }
     if (d >= 0 && xpu_track_put_aux(XPU_K_VMM, (uint64_t)*handle, size, d, 0, 1) != 0)
-        atomic_fetch_add(&g_xpu.region->dev[d].accounting_errors, 1); /* keep the charge */
+        atomic_fetch_add(&g_xpu.region->use->dev[d].accounting_errors, 1); /* keep the charge */
     return rc;
 }
 
@@ -757,16 +805,16 @@ static CUresult quota_check(int d, uint64_t bytes, int whole_quota_only)
         return CUDA_SUCCESS;
     struct xpu_dev_cfg cfg;
     xpu_region_read_cfg(g_xpu.region, (unsigned)d, &cfg);
-    uint64_t used = whole_quota_only ? 0 : atomic_load(&g_xpu.region->dev[d].mem_used);
+    uint64_t used = whole_quota_only ? 0 : atomic_load(&g_xpu.region->use->dev[d].mem_used);
     if (cfg.mem_limit && (bytes > cfg.mem_limit || used > cfg.mem_limit - bytes)) {
         if (whole_quota_only) {
-            atomic_fetch_add(&g_xpu.region->dev[d].oom_events, 1);
+            atomic_fetch_add(&g_xpu.region->use->dev[d].oom_events, 1);
             return CUDA_ERROR_OUT_OF_MEMORY;
         }
         xpu_region_reap(g_xpu.region);
-        used = atomic_load(&g_xpu.region->dev[d].mem_used);
+        used = atomic_load(&g_xpu.region->use->dev[d].mem_used);
         if (bytes > cfg.mem_limit || used > cfg.mem_limit - bytes) {
-            atomic_fetch_add(&g_xpu.region->dev[d].oom_events, 1);
+            atomic_fetch_add(&g_xpu.region->use->dev[d].oom_events, 1);
             return CUDA_ERROR_OUT_OF_MEMORY;
         }
     }
@@ -1009,7 +1057,7 @@ XPU_EXPORT CUresult CUDAAPI cuMemGetInfo_v2(size_t *free_b, size_t *total_b)
     if (!cfg.mem_limit)
         return rc;
     uint64_t total = cfg.mem_limit < *total_b ? cfg.mem_limit : *total_b;
-    uint64_t used = atomic_load(&g_xpu.region->dev[d].mem_used);
+    uint64_t used = atomic_load(&g_xpu.region->use->dev[d].mem_used);
     uint64_t fr = used < total ? total - used : 0;
     if (fr > *free_b)
         fr = *free_b; /* never report more than is physically free */
