@@ -42,6 +42,9 @@
  * of this library resolve too. Call counters are exported (fake_cuda_calls) so tests can
  * prove which export ran; fake_cuda_capture_invalidations() counts captures this double
  * invalidated.
+ * cudart-compat: the files listed in fake_cuda_internal.h complete it for the real libcudart
+ * (cudacompat answers cuGetProcAddress/cuGetExportTable; device memory is real host memory;
+ * contexts; copies and memsets in stream order).
  */
 #define _GNU_SOURCE
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
@@ -54,6 +57,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "cudacompat.h"
+#include "fake_cuda_internal.h"
+
 #undef cuGetProcAddress
 #undef cuMemAlloc
 #undef cuStreamBeginCapture
@@ -64,7 +70,7 @@
 #define WEAK_EXPORT EXPORT __attribute__((weak))
 
 /* ---------------------------------------------------------------- counters */
-#define MAXC 160
+#define MAXC 512 /* cudart-compat: the runtime reaches a few hundred entry points */
 static struct { _Atomic(const char *) name; _Atomic long n; } g_calls[MAXC];
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER; /* memory tables, pools, graphs */
 
@@ -96,6 +102,7 @@ static void count(const char *name)
     pthread_mutex_unlock(&cmu);
 }
 #define COUNT() count(__func__)
+void fake_cuda_count(const char *name) { count(name); } /* cudart-compat: for the other fake_cuda_*.c */
 
 EXPORT long fake_cuda_calls(const char *name)
 {
@@ -346,8 +353,8 @@ static CUresult capturing_stream_forbidden(struct fstream *s)
 #define MIB (1024ull * 1024)
 static uint64_t g_total = 16 * GIB; /* physical memory of each fake device */
 static _Atomic uint64_t g_phys_used;
-static _Atomic uint64_t g_next_ptr = 0x7f0000000000ull;
-static _Thread_local CUdevice t_cur;
+/* cudart-compat: contexts live in fake_cuda_context.c; t_cur is the current context's device */
+#define t_cur fake_cuda_current_device()
 
 EXPORT uint64_t fake_cuda_phys_used(void) { return atomic_load(&g_phys_used); }
 
@@ -361,7 +368,8 @@ static int phys_alloc(uint64_t b)
     return 0;
 }
 static void phys_free(uint64_t b) { atomic_fetch_sub(&g_phys_used, b); }
-static uint64_t new_ptr(uint64_t b) { return atomic_fetch_add(&g_next_ptr, (b + 0x1fffffull) & ~0x1fffffull); }
+/* cudart-compat: device memory is real host memory (fake_cuda_memory.c), released in al_take */
+static uint64_t new_ptr(uint64_t b) { return fake_devmem_map(b); }
 
 EXPORT CUresult cuInit(unsigned int f)
 {
@@ -374,23 +382,8 @@ EXPORT CUresult cuInit(unsigned int f)
     g_serial = s && s[0] == '1';
     return CUDA_SUCCESS;
 }
-WEAK_EXPORT CUresult cuDriverGetVersion(int *v) { *v = 12090; return CUDA_SUCCESS; }
-WEAK_EXPORT CUresult cuDeviceGetCount(int *n) { *n = 2; return CUDA_SUCCESS; }
-WEAK_EXPORT CUresult cuDeviceGet(CUdevice *d, int o) { *d = o; return o >= 0 && o < 2 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE; }
-WEAK_EXPORT CUresult cuCtxGetDevice(CUdevice *d) { *d = t_cur; return CUDA_SUCCESS; }
-WEAK_EXPORT CUresult cuCtxSetCurrent(CUcontext c) { t_cur = (CUdevice)(uintptr_t)c; return CUDA_SUCCESS; }
-WEAK_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *c, CUdevice d) { COUNT(); *c = (CUcontext)(uintptr_t)d; return CUDA_SUCCESS; }
-WEAK_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d) { (void)d; COUNT(); return CUDA_SUCCESS; }
-WEAK_EXPORT CUresult cuCtxCreate_v2(CUcontext *c, unsigned int f, CUdevice d) { (void)f; COUNT(); *c = (CUcontext)(uintptr_t)d; t_cur = d; return CUDA_SUCCESS; }
-WEAK_EXPORT CUresult cuCtxCreate_v3(CUcontext *c, CUexecAffinityParam *p, int n, unsigned int f, CUdevice d) { (void)p; (void)n; (void)f; COUNT(); *c = (CUcontext)(uintptr_t)d; t_cur = d; return CUDA_SUCCESS; }
-WEAK_EXPORT CUresult cuCtxCreate_v4(CUcontext *c, CUctxCreateParams *p, unsigned int f, CUdevice d) { (void)p; (void)f; COUNT(); *c = (CUcontext)(uintptr_t)d; t_cur = d; return CUDA_SUCCESS; }
-WEAK_EXPORT CUresult cuDeviceGetUuid(CUuuid *u, CUdevice d)
-{
-    static const unsigned char base[16] = {0, 0, 0, 0, 0x11, 0x11, 0x22, 0x22, 0x33, 0x33, 0x44, 0x44, 0x44, 0x44, 0x44, 0x40};
-    memcpy(u->bytes, base, 16);
-    u->bytes[15] = (char)(0x40 + d);
-    return CUDA_SUCCESS;
-}
+/* cudart-compat: versions, devices and contexts are defined in fake_cuda_device.c and
+ * fake_cuda_context.c (real context objects the runtime needs) */
 WEAK_EXPORT CUresult cuDeviceTotalMem_v2(size_t *b, CUdevice d) { (void)d; COUNT(); *b = g_total; return CUDA_SUCCESS; }
 WEAK_EXPORT CUresult cuMemGetInfo_v2(size_t *f, size_t *t)
 {
@@ -434,6 +427,8 @@ static int al_take(uint64_t k, uint64_t *sz, int *kind, struct fpool **pool)
             break;
         }
     pthread_mutex_unlock(&g_mu);
+    if (f)
+        fake_devmem_unmap(k); /* cudart-compat */
     return f;
 }
 
@@ -499,8 +494,9 @@ EXPORT CUresult cuMemFree_v2(CUdeviceptr p)
         phys_free(b);
     return CUDA_SUCCESS;
 }
-EXPORT CUresult cuMemHostAlloc(void **p, size_t b, unsigned int f) { (void)f; COUNT(); *p = malloc(b ? b : 1); return CUDA_SUCCESS; }
-EXPORT CUresult cuMemFreeHost(void *p) { COUNT(); free(p); return CUDA_SUCCESS; }
+EXPORT CUresult cuMemHostAlloc(void **p, size_t b, unsigned int f) { (void)f; COUNT(); *p = malloc(b ? b : 1); fake_hostmem_register(*p, b); return CUDA_SUCCESS; }
+/* cudart-compat: pinned memory is registered (pointer attributes); a foreign pointer is refused */
+EXPORT CUresult cuMemFreeHost(void *p) { COUNT(); if (!fake_hostmem_unregister(p)) return CUDA_ERROR_INVALID_VALUE; free(p); return CUDA_SUCCESS; }
 
 /* ---------------------------------------------------------------- stream-ordered pools */
 #define POOL_MAGIC 0x504f4f4cu
@@ -1560,10 +1556,37 @@ static CUresult stream_query(CUstream h, int ptsz)
         rc = unsafe_call();
     if (rc != CUDA_SUCCESS)
         return rc;
-    return now_ns() >= stream_ready(s) ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
+    uint64_t ready = stream_ready(s); /* cudart-compat: read before "now" (ready >= its own now) */
+    return now_ns() >= ready ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
 EXPORT CUresult cuStreamQuery(CUstream s) { COUNT(); return stream_query(s, 0); }
 EXPORT CUresult cuStreamQuery_ptsz(CUstream s) { COUNT(); return stream_query(s, 1); }
+/* cudart-compat: stream order for the copies, memsets and host functions of fake_cuda_memory.c and
+ * fake_cuda_stream.c, which run at submission: checks the handle, refuses a capturing stream
+ * (captured copies are not modelled: CUDA_ERROR_NOT_SUPPORTED, the capture stays valid), then waits
+ * until the stream's earlier work is done */
+CUresult fake_stream_order(CUstream h, int ptsz)
+{
+    struct fstream *s = stream_of(h, ptsz);
+    if (!s)
+        return CUDA_ERROR_INVALID_HANDLE;
+    if (atomic_load(&s->cap_id))
+        return CUDA_ERROR_NOT_SUPPORTED;
+    CUresult rc = legacy_conflict(s);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    sleep_until(stream_ready(s));
+    return CUDA_SUCCESS;
+}
+/* cudart-compat: a stream's creation flags (CUDA_ERROR_INVALID_HANDLE for an unknown stream) */
+CUresult fake_stream_flags(CUstream h, int ptsz, unsigned *flags)
+{
+    struct fstream *s = stream_of(h, ptsz);
+    if (!s)
+        return CUDA_ERROR_INVALID_HANDLE;
+    *flags = s->flags;
+    return CUDA_SUCCESS;
+}
 EXPORT CUresult cuCtxSynchronize(void)
 {
     COUNT();
@@ -1584,76 +1607,12 @@ EXPORT CUresult cuCtxSynchronize(void)
 }
 
 /* ---------------------------------------------------------------- resolver
- * Looks up the library's own exports (all fake_cuda_*.c files of libcuda.so.1) with glibc's
- * dlsym on this library's handle, never through an interposed dlsym. */
-typedef void *(*dlsym_fn)(void *, const char *);
-static void *self_lookup(const char *name)
-{
-    static _Atomic(dlsym_fn) real_dlsym;
-    static void *_Atomic self;
-    dlsym_fn f = atomic_load(&real_dlsym);
-    if (!f) {
-        static const char *const vers[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17", "GLIBC_2.0"};
-        for (size_t i = 0; i < sizeof vers / sizeof vers[0] && !f; i++)
-            f = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", vers[i]);
-        atomic_store(&real_dlsym, f);
-    }
-    void *h = atomic_load(&self);
-    if (!h) {
-        Dl_info di;
-        if (dladdr((void *)cuInit, &di) && di.dli_fname)
-            h = dlopen(di.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
-        atomic_store(&self, h);
-    }
-    if (!f || !h || strncmp(name, "cu", 2) != 0)
-        return NULL;
-    return f(h, name);
-}
+ * cudart-compat: (symbol, version, flags) -> export is native/cudacompat's (the version ladder
+ * generated from cudaTypedefs.h); the exports of every fake_cuda_*.c file of this library are
+ * listed by fake_exports.c (generated from the objects, no dlsym) */
 
 /* test-double helper: the fake's own address of an export (never an interposed wrapper) */
-EXPORT void *fake_cuda_raw(const char *name) { return self_lookup(name); }
-
-/* base names whose ABI changed at a CUDA version: cuGetProcAddress returns <name><suffix> */
-static const struct { const char *base; int since; const char *suffix; } g_ver[] = {
-    {"cuMemAlloc", 3020, "_v2"}, {"cuMemAllocPitch", 3020, "_v2"}, {"cuMemFree", 3020, "_v2"},
-    {"cuMemGetInfo", 3020, "_v2"}, {"cuDeviceTotalMem", 3020, "_v2"}, {"cuArrayCreate", 3020, "_v2"},
-    {"cuArray3DCreate", 3020, "_v2"}, {"cuCtxCreate", 3020, "_v2"}, {"cuEventDestroy", 4000, "_v2"},
-    {"cuStreamDestroy", 4000, "_v2"}, {"cuStreamBeginCapture", 10010, "_v2"},
-    {"cuDevicePrimaryCtxRelease", 11000, "_v2"}, {"cuGetProcAddress", 12000, "_v2"},
-    {"cuEventElapsedTime", 12080, "_v2"}, {"cuStreamGetCaptureInfo", 11030, "_v2"},
-    {"cuGraphAddKernelNode", 12000, "_v2"}, {"cuGraphInstantiate", 11000, "_v2"},
-};
-
-static void *resolve(const char *sym, int ver, cuuint64_t flags)
-{
-    char name[128];
-    if (strlen(sym) > 100)
-        return NULL;
-    if (strcmp(sym, "cuGraphInstantiate") == 0 && ver >= 12000)
-        sym = "cuGraphInstantiateWithFlags";
-    strcpy(name, sym);
-    for (size_t i = 0; i < sizeof g_ver / sizeof g_ver[0]; i++)
-        if (strcmp(g_ver[i].base, sym) == 0 && ver >= g_ver[i].since)
-            strcat(name, g_ver[i].suffix);
-    if (strcmp(sym, "cuStreamGetCaptureInfo") == 0 && ver >= 12030)
-        strcpy(name, "cuStreamGetCaptureInfo_v3");
-    if (strcmp(sym, "cuGraphAddNode") == 0 && ver >= 12030)
-        strcpy(name, "cuGraphAddNode_v2");
-    if (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) {
-        char b2[140];
-        strcpy(b2, name);
-        strcat(b2, "_ptsz");
-        void *p = self_lookup(b2);
-        if (p)
-            return p;
-        strcpy(b2, name);
-        strcat(b2, "_ptds");
-        p = self_lookup(b2);
-        if (p)
-            return p;
-    }
-    return self_lookup(name);
-}
+EXPORT void *fake_cuda_raw(const char *name) { return fake_cuda_export(name); }
 
 static _Atomic long g_last_version, g_last_flags;
 EXPORT long fake_cuda_last_gpa_version(void) { return atomic_load(&g_last_version); }
@@ -1665,17 +1624,13 @@ EXPORT CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int ver, cuuint
     COUNT();
     atomic_store(&g_last_version, ver);
     atomic_store(&g_last_flags, (long)flags);
-    *pfn = resolve(sym, ver, flags);
-    if (st)
-        *st = *pfn ? CU_GET_PROC_ADDRESS_SUCCESS : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
-    return *pfn ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+    return cudacompat_get_proc_address(sym, pfn, ver, flags, st);
 }
 EXPORT CUresult cuGetProcAddress(const char *sym, void **pfn, int ver, cuuint64_t flags)
 {
     COUNT();
     atomic_store(&g_last_version, ver);
     atomic_store(&g_last_flags, (long)flags);
-    *pfn = resolve(sym, ver, flags);
-    return *pfn ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+    return cudacompat_get_proc_address(sym, pfn, ver, flags, NULL);
 }
 WEAK_EXPORT CUresult cuGetExportTable(const void **t, const CUuuid *id) { (void)t; (void)id; return CUDA_ERROR_NOT_SUPPORTED; }

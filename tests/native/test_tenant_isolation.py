@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from xpupool.agent import shim_region as sr
-from xpupool.agent.allocation import PendingPod, RuntimePaths
+from xpupool.agent.allocation import PodSlice, RuntimePaths
 from xpupool.agent.discovery import DeviceInfo
 from xpupool.agent.regions import ShimRegionWriter, container_key, container_shim_wiring
 from xpupool.core.model import Allocation, Vendor
@@ -102,13 +102,12 @@ def container_root() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _pod(uid: str, share_milli: int) -> PendingPod:
-    return PendingPod(
+def _pod(uid: str, share_milli: int) -> PodSlice:
+    return PodSlice(
         namespace="ns",
         name=uid,
         uid=uid,
-        resource_version="1",
-        created="t",
+        container="main",
         allocation=Allocation(
             pod=f"ns/{uid}", node="n1", device_node="n1", cards=(0,), share_milli=share_milli, device_memory_mib=(1024,)
         ),

@@ -41,7 +41,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from xpupool.agent.allocation import PendingPod, RuntimePaths
+from xpupool.agent.allocation import PodSlice, RuntimePaths
 from xpupool.agent.discovery import DeviceInfo
 from xpupool.agent.shim_region import (
     ENV_REGION,
@@ -87,7 +87,7 @@ class ShimRegionWriter:
         self._cards = Path(card_host_dir)
         self._card_container_dir = card_container_dir
 
-    def write(self, *, path: Path, pod: PendingPod, cards: Sequence[DeviceInfo]) -> Status:
+    def write(self, *, path: Path, pod: PodSlice, cards: Sequence[DeviceInfo]) -> Status:
         """Write the container region directory ``path`` (``<per-container dir>/region``)."""
         if path.exists():
             try:
