@@ -268,14 +268,18 @@ int xpu_track_ref(unsigned kind, uint64_t key, int drefs, int dmaps, uint64_t *b
     return rc;
 }
 
-size_t xpu_track_take_range(unsigned kind, uint64_t lo, uint64_t hi, uint64_t *aux, size_t cap)
+size_t xpu_track_take_range(unsigned kind, uint64_t lo, uint64_t hi, struct xpu_track_item *out, size_t cap)
 {
     size_t n = 0;
     pthread_mutex_lock(&g_track_mu);
     for (size_t i = 0; i < g_cap && n < cap; i++) {
         struct track_ent *e = &g_tab[i];
         if (e->kind == kind && e->key >= lo && e->key < hi) {
-            aux[n++] = e->aux;
+            out[n].key = e->key;
+            out[n].bytes = e->bytes;
+            out[n].aux = e->aux;
+            out[n].dev = e->dev;
+            n++;
             e->kind = UINT32_MAX;
         }
     }

@@ -89,6 +89,11 @@ for mode in basic async graph procaddr fork; do
 done
 "$REG" create "$R" mem_mib=1024 req=5000 lim=5000
 run "cuda threads: concurrent alloc/launch/free, one slot (fake libcuda test double)" "$R" "$B/tests/t_cuda" threads
+# a driver that hands a freed address straight to another thread: frees uncharge before the real free
+for i in 1 2 3; do
+    "$REG" create "$R" mem_mib=1024 req=5000 lim=5000
+    FAKE_CUDA_REUSE_ADDRESSES=1 run "cuda threads with immediate address reuse, run $i" "$R" "$B/tests/t_cuda" threads
+done
 
 # quota shared by two processes of one container, then kill -9 reconciliation
 "$REG" create "$R" mem_mib=1024

@@ -239,6 +239,11 @@ static void mode_procaddr(void)
         void *a = NULL;
         CHECK(gpa(plain[i], &a, 12090, 0, &st) == CUDA_SUCCESS && in_shim(a), "%s substituted", plain[i]);
     }
+    /* what the real runtimes resolve (found with libcudart 12.9 / 13.x on the double): the legacy
+     * cuGraphInstantiate below 12.0 and cuCtxSynchronize_v2 from 13.0 are wrappers too */
+    void *gi = NULL, *cs13 = NULL;
+    CHECK(gpa("cuGraphInstantiate", &gi, 10000, 0, &st) == CUDA_SUCCESS && in_shim(gi), "cuGraphInstantiate@10000");
+    CHECK(gpa("cuCtxSynchronize", &cs13, 13000, 0, &st) == CUDA_SUCCESS && in_shim(cs13), "cuCtxSynchronize@13000");
     /* not hooked: identity passes through; unknown symbols keep the driver's status */
     CHECK(gpa("cuInit", &fn, 12000, 0, &st) == CUDA_SUCCESS && !in_shim(fn), "cuInit passes through");
     CHECK(gpa("cuDoesNotExist", &fn, 12000, 0, &st) == CUDA_ERROR_NOT_FOUND && fn == NULL &&
@@ -251,6 +256,12 @@ static void mode_procaddr(void)
     /* RTLD_NEXT from the program resolves past the program, not past the shim */
     void *nx = dlsym(RTLD_NEXT, "cuMemAlloc_v2");
     CHECK(nx != NULL, "RTLD_NEXT finds a definition");
+    uint64_t swaps = 0, misses = 0;
+    void (*stats)(uint64_t *, uint64_t *) = (void (*)(uint64_t *, uint64_t *))dlsym(RTLD_DEFAULT, "xpushim_resolver_stats");
+    CHECK(stats, "resolver statistics");
+    stats(&swaps, &misses);
+    CHECK(swaps > 0 && misses == 0, "every hooked lookup swapped, the legacy pass-through is no miss (swaps %llu, misses %llu)",
+          (unsigned long long)swaps, (unsigned long long)misses);
     printf("procaddr ok\n");
 }
 
