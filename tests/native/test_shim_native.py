@@ -258,3 +258,21 @@ def test_real_pynvml_process_lists_show_only_the_container(
     assert got["compute"] == sorted([[h1.pid, 400 * MIB], [h2.pid, 300 * MIB]])  # reserves included
     assert got["used"] == 700 * MIB
     reg.close()
+
+
+def test_gpu_suite_driver_probes_run_on_the_test_double(build: Path, tmp_path: Path) -> None:
+    """The bench/gpu driver-API probes (pool release at sync, release-after-map) against the fake
+    libcuda TEST DOUBLE: keeps the GPU suite's ctypes code honest between GPU runs. Not a GPU result."""
+    worker = ROOT / "bench" / "gpu" / "worker.py"
+    _create(tmp_path / "r", mem_mib=1024).close()
+    env = _env(build, tmp_path / "r")
+
+    def probe(*args: str) -> dict[str, object]:
+        out = subprocess.run([sys.executable, str(worker), *args], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        result: dict[str, object] = json.loads(out.stdout.splitlines()[-1])
+        return result
+
+    assert probe("drv_pool", "600")["alloc_after_release_rc"] == 0
+    vmm = probe("drv_vmm", "800", "3")
+    assert vmm["created"] == 1, vmm  # the mapped 800 MiB stays charged after cuMemRelease
