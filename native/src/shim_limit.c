@@ -206,6 +206,8 @@ void xpu_limit_fork_child(void)
     for (unsigned d = 0; d < XPU_MAX_DEVICES; d++)
         meter_reset(&g_m[d]);
     atomic_store(&g_in_query, 0);
+    atomic_store(&g_captures, 0); /* the parent's captures do not exist in the child */
+    atomic_store(&g_untracked, 0);
     t_cache_dev = -1;
 }
 
