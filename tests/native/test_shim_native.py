@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -276,3 +277,44 @@ def test_gpu_suite_driver_probes_run_on_the_test_double(build: Path, tmp_path: P
     assert probe("drv_pool", "600")["alloc_after_release_rc"] == 0
     vmm = probe("drv_vmm", "800", "3")
     assert vmm["created"] == 1, vmm  # the mapped 800 MiB stays charged after cuMemRelease
+
+
+def test_agent_resolves_host_pids_even_in_a_pid_namespace(
+    build: Path, tmp_path: Path, holders: list[subprocess.Popen[str]]
+) -> None:
+    """The agent fills each region's host-pid table (what NVML filtering trusts) from /proc: a
+    process in its container's own pid namespace (pid 1 there) is found by NSpid, start time and its
+    mapping of its region's usage file; entries of processes that ended are dropped."""
+    from xpupool.agent.regions import record_host_pids
+
+    root = tmp_path / "regions"
+    regions = {}
+    for name in ("pod-a-000000000001", "pod-b-000000000002"):  # one pid namespace per container
+        (root / name).mkdir(parents=True)
+        cfg = sr.DeviceConfig(mem_limit_bytes=1024 * MIB)
+        regions[name] = sr.ShimRegion.create(root / name / "region", [cfg], container_key=7)
+    path_a, path_b = root / "pod-a-000000000001" / "region", root / "pod-b-000000000002" / "region"
+    plain = _hold(build, path_a, 100 * MIB, holders)
+    ns = None
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        ns = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount-proc", str(build / "tests" / "t_cuda"), "hold", str(100 * MIB)],
+            env=_env(build, path_b), stdout=subprocess.PIPE, text=True,
+        )
+        holders.append(ns)
+        assert ns.stdout is not None and ns.stdout.readline().startswith("READY")
+    assert record_host_pids(region_root=root) == (2 if ns else 1)
+    assert regions["pod-a-000000000001"].host_pids() == {plain.pid: plain.pid}  # the agent's own pid view
+    if ns is not None:
+        table = regions["pod-b-000000000002"].host_pids()
+        assert list(table) == [1] and table[1] != ns.pid  # pid 1 inside; unshare's child on the host
+        status = Path(f"/proc/{table[1]}/status").read_text()
+        assert next(ln for ln in status.splitlines() if ln.startswith("NSpid:")).split()[-1] == "1"
+    assert record_host_pids(region_root=root) == 0  # in step: nothing to change, no /proc scan
+    plain.kill()
+    plain.wait()
+    _t_cuda(build, path_a, "try", str(MIB))  # a registration reaps the dead process's slot
+    assert record_host_pids(region_root=root) == 1
+    assert regions["pod-a-000000000001"].host_pids() == {}
+    for reg in regions.values():
+        reg.close()

@@ -27,6 +27,11 @@ returned as a Status and fail the ``Allocate`` (fail closed).
 :func:`collect_garbage` removes region directories of pods that no longer exist on the node and
 releases their tenant slots; directories younger than ``grace_s`` are kept (the pod list may
 predate a very recent ``Allocate``).
+
+:func:`record_host_pids` keeps each region's host-pid table (agent-owned, in ``config``) in step
+with the processes its shims registered: the shim knows only container pids, NVML reports host
+pids, and the shim shows a container only the NVML entries of its own processes through this
+table.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import re
 import shutil
 import time
@@ -249,3 +255,94 @@ def collect_garbage(
         removed.append(directory.name)
     return removed
 
+
+
+def _proc_start_time(proc: Path) -> int:
+    """Field 22 of ``<proc>/stat`` (clock ticks since boot), 0 if unreadable."""
+    try:
+        raw = (proc / "stat").read_text()
+    except OSError:
+        return 0
+    fields = raw[raw.rfind(")") + 2 :].split()
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else 0
+
+
+def _innermost_pid(proc: Path) -> int:
+    """The pid a process has in its own (innermost) pid namespace, from ``NSpid``; 0 if unknown."""
+    try:
+        for line in (proc / "status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _maps_file(proc: Path, dev: int, ino: int) -> bool:
+    """Whether the process maps the file ``(dev, ino)`` (its shim mapped the region's usage)."""
+    want = f"{os.major(dev):02x}:{os.minor(dev):02x} {ino} "
+    try:
+        with open(proc / "maps") as f:
+            return any(want in line for line in f)
+    except OSError:
+        return False
+
+
+def record_host_pids(*, region_root: Path, proc_root: Path = Path("/proc")) -> int:
+    """Bring every region's host-pid table in step with its registered processes; returns how many
+    entries changed. Needs the host's pid view (the agent runs with ``hostPID``).
+
+    A container process is identified on the host by its innermost pid (``NSpid``), its start time
+    and its mapping of the region's own ``usage`` file (device and inode), so processes of other
+    containers with the same container pid never match. ``/proc`` is only scanned when some
+    registered process has no valid entry yet.
+    """
+    changed = 0
+    pending: list[tuple[ShimRegion, int, int, dict[int, int]]] = []  # region, dev, ino, unresolved pid -> start
+    try:
+        dirs = sorted(p / REGION_FILE for p in region_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return 0
+    try:
+        for path in dirs:
+            try:
+                st = os.stat(path / USAGE_FILE)
+                region = ShimRegion.open(path)
+            except (RegionError, OSError, ValueError):
+                continue
+            snap = region.snapshot()
+            wanted = {p.pid: p.start_time for p in snap.processes if p.pid > 0}
+            unresolved: dict[int, int] = {}
+            for pid, host in region.host_pids().items():
+                host_proc = proc_root / str(host)
+                if pid not in wanted or _proc_start_time(host_proc) != wanted[pid] or not _maps_file(
+                    host_proc, st.st_dev, st.st_ino
+                ):
+                    region.set_host_pid(pid, 0)  # the process is gone, or the pid was reused
+                    changed += 1
+            known = region.host_pids()
+            unresolved = {pid: start for pid, start in wanted.items() if pid not in known}
+            if unresolved:
+                pending.append((region, st.st_dev, st.st_ino, unresolved))
+            else:
+                region.close()
+        if not pending:
+            return changed
+        inner_wanted = {pid for *_, unresolved in pending for pid in unresolved}
+        for entry in proc_root.iterdir():
+            if not entry.name.isdigit():
+                continue
+            inner = _innermost_pid(entry)
+            if inner not in inner_wanted:
+                continue
+            start = _proc_start_time(entry)
+            for region, dev, ino, unresolved in pending:
+                if unresolved.get(inner) == start and _maps_file(entry, dev, ino):
+                    region.set_host_pid(inner, int(entry.name), start)
+                    del unresolved[inner]
+                    changed += 1
+                    break
+        return changed
+    finally:
+        for region, *_ in pending:
+            region.close()
