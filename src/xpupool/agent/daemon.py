@@ -36,7 +36,7 @@ from xpupool.agent.deviceplugin import (
 )
 from xpupool.agent.discovery import Backend, DeviceInfo, Discovery, make_backend
 from xpupool.agent.kubeapi import KubeApi, NodeApi, PodApi
-from xpupool.agent.metrics import AgentCollector, AgentSnapshot, metrics_app
+from xpupool.agent.metrics import AgentCollector, AgentSnapshot, OwnerLabelledCollector, PodListOwners, metrics_app
 from xpupool.agent.publisher import InventoryPublisher
 from xpupool.agent.regions import ShimRegionWriter
 from xpupool.agent.shim_region import ShimRegionCollector, SliceRef
@@ -151,6 +151,8 @@ class Agent:
             )
         self._pod_api = pod_api
         self._monotonic = monotonic
+        #: pod of each slice, for the slice series' namespace/pod/queue labels
+        self.owners = PodListOwners()
         self._last_gc_s: float | None = None
         self.plugin = VxpuDevicePlugin(
             node=settings.node_name,
@@ -163,18 +165,24 @@ class Agent:
             self.plugin, plugin_dir=Path(settings.plugin_dir), socket_name=settings.plugin_socket
         )
 
-    def slice_collector(self) -> ShimRegionCollector:
-        """Per-slice usage read from the shim regions of this node (issue 4 item 8): granted vs
-        used memory, granted vs measured share, throttle time. Slices are listed on every scrape,
-        so ended pods stop being exported at once."""
+    def _slice_refs(self) -> list[SliceRef]:
         root = Path(self.settings.region_host_root)
+        if not root.is_dir():
+            return []
+        return [SliceRef(p.parent.name, str(p)) for p in sorted(root.glob(f"*/{regions.REGION_FILE}"))]
 
-        def slices() -> list[SliceRef]:
-            if not root.is_dir():
-                return []
-            return [SliceRef(p.parent.name, str(p)) for p in sorted(root.glob(f"*/{regions.REGION_FILE}"))]
+    def slice_collector(self) -> OwnerLabelledCollector:
+        """Per-slice usage read from the shim regions of this node (issue 4 item 8): granted vs
+        used memory, granted vs measured share, throttle time, labelled with the owning pod's
+        namespace, name and queue. Slices are listed on every scrape, so ended pods stop being
+        exported at once."""
+        return OwnerLabelledCollector(ShimRegionCollector(self._slice_refs), self.owners)
 
-        return ShimRegionCollector(slices)
+    async def refresh_owners(self) -> None:
+        """Re-list this node's pods when a slice of a pod not seen yet appeared (see
+        :class:`~xpupool.agent.metrics.PodListOwners`)."""
+        if self.owners.needs_refresh(ref.slice_id for ref in self._slice_refs()):
+            self.owners.update(await self._pod_api.list_pods_on_node(self.settings.node_name))
 
     def discover(self) -> list[Discovery]:
         return [backend.discover() for backend in self._backends]
@@ -182,6 +190,7 @@ class Agent:
     async def collect_garbage(self) -> list[str]:
         """Remove shim regions of pods gone from this node (see :func:`regions.collect_garbage`)."""
         pods = await self._pod_api.list_pods_on_node(self.settings.node_name)
+        self.owners.update(pods)
         live = {
             str((p.get("metadata") or {}).get("uid", ""))
             for p in pods
@@ -207,6 +216,10 @@ class Agent:
             else:
                 if removed:
                     log.info("removed shim regions of finished pods: %s", removed)
+        try:
+            await self.refresh_owners()
+        except Exception as exc:  # transport: slices keep empty owner labels until the next tick
+            log.warning("listing pods for slice owners failed: %s", exc)
         devices, errors = merge_discoveries(await asyncio.to_thread(self.discover))
         await self.plugin.update_devices(devices)
         snap = self.snapshot

@@ -1,24 +1,36 @@
 """Prometheus exporter of the node agent (``prometheus_client`` collector on an aiohttp endpoint).
 
 A custom collector renders the *latest* snapshot on each scrape, so a card that disappears stops
-being exported at once (no stale gauges). Labels are bounded: one series per card of this node
-(``uuid``, ``index``, ``vendor``, ``model``), no pod names.
+being exported at once (no stale gauges). Card series are labelled ``node``, ``uuid``, ``index``,
+``vendor``, ``model``.
+
+Per-slice series (the shim collector of :mod:`xpupool.agent.shim_region`) are wrapped by
+:class:`OwnerLabelledCollector`, which adds the ``namespace``, ``pod`` and ``queue`` of the pod
+that owns each slice, so a dashboard can sum by queue and an alert can name the pod. These
+labels stay bounded: a node holds at most its slot count of slices, and series of ended pods
+vanish at the next scrape. The owner of a slice comes from a :class:`SliceOwners` (today
+:class:`PodListOwners`: the slice's region directory starts with the pod UID; an exact
+pod <-> allocation pairing can replace it behind the same one-method Protocol).
 
 Endpoints: ``GET /metrics`` (text exposition format), ``GET /healthz`` (200 once a discovery ran).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from xpupool.agent.discovery import DeviceInfo
+from xpupool.agent.regions import pod_uid_of
+from xpupool.core.request import LABEL_QUEUE
 
 
 @dataclass
@@ -83,6 +95,82 @@ class AgentCollector:
             counter = CounterMetricFamily(name, doc, labels=["node"])
             counter.add_metric([snap.node], value)
             yield counter
+
+
+@dataclass(frozen=True, slots=True)
+class SliceOwner:
+    """The pod a slice belongs to, as exported in the slice series' labels."""
+
+    namespace: str
+    pod: str
+    queue: str
+
+
+class SliceOwners(Protocol):
+    def owner_of(self, slice_id: str) -> SliceOwner | None:
+        """The owner of ``slice_id`` (a region directory name), or None when unknown. Called on
+        every scrape for every slice: must not block or do I/O."""
+        ...
+
+
+class PodListOwners:
+    """:class:`SliceOwners` from the agent's latest list of the pods on its node.
+
+    A slice id is its region directory name, ``<pod uid>-<digest>`` (:func:`regions.pod_uid_of`),
+    so the owner is the listed pod with that UID. :meth:`needs_refresh` tells the agent when a
+    slice of an unlisted UID appeared since the last list (each UID triggers at most one re-list,
+    so a slice whose pod is gone does not make the agent list pods every tick).
+    """
+
+    def __init__(self) -> None:
+        self._by_uid: dict[str, SliceOwner] = {}
+        self._looked_up: set[str] = set()
+
+    def update(self, pods: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the known pods with ``pods`` (a full list of the node's pods)."""
+        by_uid: dict[str, SliceOwner] = {}
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            uid = str(meta.get("uid") or "")
+            if uid:
+                queue = (meta.get("labels") or {}).get(LABEL_QUEUE) or "default"
+                by_uid[uid] = SliceOwner(str(meta.get("namespace", "")), str(meta.get("name", "")), str(queue))
+        self._by_uid = by_uid
+        self._looked_up |= set(by_uid)
+
+    def needs_refresh(self, slice_ids: Iterable[str]) -> bool:
+        """True when a slice of a UID not yet looked up exists; marks those UIDs looked up."""
+        fresh = {pod_uid_of(s) for s in slice_ids} - self._looked_up
+        self._looked_up |= fresh
+        return bool(fresh)
+
+    def owner_of(self, slice_id: str) -> SliceOwner | None:
+        return self._by_uid.get(pod_uid_of(slice_id))
+
+
+OWNER_LABELS = ("namespace", "pod", "queue")
+
+
+class OwnerLabelledCollector:
+    """Re-exports every family of ``inner`` (the per-slice shim collector) with the owner labels
+    added to each sample that has a ``slice`` label; unknown owners get empty values, so every
+    series of a family keeps the same label names."""
+
+    def __init__(self, inner: Collector, owners: SliceOwners) -> None:
+        self._inner = inner
+        self._owners = owners
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._inner.collect():
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            for sample in family.samples:
+                labels = dict(sample.labels)
+                if "slice" in labels:
+                    owner = self._owners.owner_of(labels["slice"])
+                    labels.update(zip(OWNER_LABELS, (owner.namespace, owner.pod, owner.queue) if owner else ("",) * 3,
+                                      strict=True))
+                out.samples.append(Sample(sample.name, labels, sample.value, sample.timestamp, sample.exemplar))
+            yield out
 
 
 def metrics_app(collector: AgentCollector, *extra: Collector) -> web.Application:

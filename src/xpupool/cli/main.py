@@ -1,21 +1,21 @@
-"""``xpupool`` CLI: demo, simulate, timeshare, check-request."""
+"""``xpupool`` CLI: demo, simulate, timeshare, check-request; live views status, pods, queues."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from xpupool.cli import live
+from xpupool.cli.console import make_console
 from xpupool.cli.timeshare import timeshare
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, help="xpupool: one pool of GPUs/NPUs for Kubernetes.")
-console = Console(width=None if sys.stdout.isatty() else 140)  # wide tables when piped
+console = make_console()
 DEFAULT_POLICIES = "random,dotprod,gpuclustering,gpupacking,bestfit,fgd,xpupool"
 
 
@@ -150,6 +150,7 @@ def check_request(
 
 
 app.command("timeshare", help="Exclusive cards vs shared vXPUs on the GenAI duty-cycle trace.")(timeshare)
+live.register(app)
 
 if __name__ == "__main__":
     app()
