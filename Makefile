@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest native test-native kube-bins helm e2e bench bench-kube simulate clean
+.PHONY: setup demo test lint typecheck pytest native test-native kube-bins helm view-tools e2e bench bench-kube simulate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,11 +39,15 @@ kube-bins:
 helm:
 	bash hack/helm/install.sh
 
+# Debian's chromium (web-page test) and prometheus (promtool: alert-rule tests), when missing.
+view-tools:
+	bash hack/view/install-tools.sh
+
 # pytest exit code 5 (no tests collected) is a failure, never hidden.
 pytest: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-test: setup kube-bins helm lint typecheck test-native pytest
+test: setup kube-bins helm view-tools lint typecheck test-native pytest
 
 e2e: setup kube-bins
 	$(PY) -m pytest -q -m e2e_apiserver tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 1; fi; exit $$rc

@@ -12,31 +12,13 @@ import asyncio
 import json
 import os
 import sys
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
-from xpupool.kube.testing import ControlPlane
-from xpupool.kube.transport import NAMESPACES, AiohttpTransport, KubeConfig
+from .livepool import AGENT_CARD_USED_MIB, AGENT_UTILIZATION_PCT, SLICE_SHARE_BP, SLICE_USED_MIB, LivePool
 
-from .livepool import AGENT_CARD_USED_MIB, AGENT_UTILIZATION_PCT, SLICE_SHARE_BP, SLICE_USED_MIB, LivePool, live_pool
-
-pytestmark = [pytest.mark.e2e_apiserver, pytest.mark.asyncio(loop_scope="module")]
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def pool(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LivePool]:
-    transport = AiohttpTransport(KubeConfig.from_file(control_plane.kubeconfig))
-    namespace = f"v-{uuid.uuid4().hex[:8]}"
-    await transport.create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    try:
-        async with live_pool(control_plane, transport, namespace, tmp_path_factory.mktemp("livepool")) as p:
-            yield p
-    finally:
-        await transport.close()
+pytestmark = [pytest.mark.e2e_apiserver, pytest.mark.asyncio(loop_scope="package")]
 
 
 async def cli(pool: LivePool, *args: str, columns: int = 80) -> str:

@@ -181,7 +181,7 @@ async def read_pool(
     usage: dict[str, NodeUsage | None] = {}
     warnings = list(notes)
     if scraper is not None:
-        agents = agent_endpoints([p for p in pods if _matches(p, agent_selector)])
+        agents = agent_endpoints([p for p in pods if matches_selector(p, agent_selector)])
         usage = await scraper.scrape(agents)
         errors = getattr(scraper, "errors", {})
         warnings.extend(f"agent on {node}: {text}" for node, text in sorted(errors.items()) if node in usage)
@@ -196,7 +196,7 @@ async def read_pool(
     )
 
 
-def _matches(obj: JsonDict, selector: str) -> bool:
+def matches_selector(obj: JsonDict, selector: str) -> bool:
     """Equality-based label selector (``a=b,c=d``) against ``obj``'s labels."""
     labels = (obj.get("metadata") or {}).get("labels") or {}
     for term in filter(None, (t.strip() for t in selector.split(","))):
