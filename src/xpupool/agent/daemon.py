@@ -176,7 +176,7 @@ class Agent:
         used memory, granted vs measured share, throttle time, labelled with the owning pod's
         namespace, name and queue. Slices are listed on every scrape, so ended pods stop being
         exported at once."""
-        return OwnerLabelledCollector(ShimRegionCollector(self._slice_refs), self.owners)
+        return OwnerLabelledCollector(ShimRegionCollector(self._slice_refs), self.owners, node=self.settings.node_name)
 
     async def refresh_owners(self) -> None:
         """Re-list this node's pods when a slice of a pod not seen yet appeared (see

@@ -152,13 +152,14 @@ OWNER_LABELS = ("namespace", "pod", "queue")
 
 
 class OwnerLabelledCollector:
-    """Re-exports every family of ``inner`` (the per-slice shim collector) with the owner labels
-    added to each sample that has a ``slice`` label; unknown owners get empty values, so every
-    series of a family keeps the same label names."""
+    """Re-exports every family of ``inner`` (the per-slice shim collector) with ``node`` and the
+    owner labels added to each sample that has a ``slice`` label; unknown owners get empty values,
+    so every series of a family keeps the same label names."""
 
-    def __init__(self, inner: Collector, owners: SliceOwners) -> None:
+    def __init__(self, inner: Collector, owners: SliceOwners, *, node: str) -> None:
         self._inner = inner
         self._owners = owners
+        self._node = node
 
     def collect(self) -> Iterator[Metric]:
         for family in self._inner.collect():
@@ -169,6 +170,7 @@ class OwnerLabelledCollector:
                     owner = self._owners.owner_of(labels["slice"])
                     labels.update(zip(OWNER_LABELS, (owner.namespace, owner.pod, owner.queue) if owner else ("",) * 3,
                                       strict=True))
+                    labels["node"] = self._node
                 out.samples.append(Sample(sample.name, labels, sample.value, sample.timestamp, sample.exemplar))
             yield out
 

@@ -23,6 +23,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from xpupool.core.model import WHOLE_CARD_MILLI, Request
 from xpupool.core.queues import UNLIMITED, QueueBook, QueueSpec, Resources
@@ -223,6 +224,7 @@ def build_snapshot(
         _node_view(obj, slices, others, cpu_requested, usage, problems) for obj in node_objs
     ]
     queue_views = _queue_views(queues, running, running_count, pending, node_views, problems)
+    remote = [_checked(r, {n.name: n for n in node_views}) for r in remote]
     cards = [c for n in node_views for c in n.cards]
     healthy = [c for c in cards if c.healthy]
     totals = Totals(
@@ -301,7 +303,26 @@ def _node_view(
         cpu_requested_milli=cpu_requested.get(model.name, 0),
         other_pods=tuple(sorted(others.get(model.name, ()), key=lambda o: (o.namespace, o.pod))),
         agent_reachable=None if model.name not in usage else live is not None,
+        ready=_ready(obj),
     )
+
+
+def _checked(session: RemoteView, nodes: Mapping[str, NodeView]) -> RemoteView:
+    """The session with its ``problem`` set from the state of its card node."""
+    device = nodes.get(session.device_node)
+    problem = ""
+    if device is None:
+        problem = "device_node_missing"
+    elif not device.ready:
+        problem = "device_node_not_ready"
+    elif any(c.index in session.cards and not c.healthy for c in device.cards):
+        problem = "card_unhealthy"
+    return replace(session, problem=problem) if problem else session
+
+
+def _ready(node: JsonDict) -> bool:
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return not any(c.get("type") == "Ready" and c.get("status") == "False" for c in conditions)
 
 
 def _with_usage(s: SliceView, live: SliceUsage) -> SliceView:

@@ -50,10 +50,14 @@ class PoolCollector:
         q_running = GaugeMetricFamily("xpupool_queue_running_pods", "Running pods of the queue", labels=["queue"])
         remote = GaugeMetricFamily("xpupool_pool_remote_sessions", "Remote vXPUs by client and card node",
                                    labels=["client_node", "device_node"])
+        remote_errors = GaugeMetricFamily(
+            "xpupool_pool_remote_session_errors",
+            "Remote vXPUs that cannot work: their card node is missing or not ready, or their card unhealthy",
+            labels=["client_node", "device_node", "reason"])
         agent = GaugeMetricFamily("xpupool_pool_agent_reachable",
                                   "1 when the node's agent answered the view's last scrape", labels=["node"])
         families = (allocated, allocated_mem, slices, cards, pending, oldest, q_guar, q_limit, q_used, q_borrowed,
-                    q_running, remote, agent)
+                    q_running, remote, remote_errors, agent)
         if snap is None:
             yield from families
             return
@@ -87,6 +91,12 @@ class PoolCollector:
         pairs: dict[tuple[str, str], int] = defaultdict(int)
         for r in snap.remote:
             pairs[(r.client_node, r.device_node)] += 1
+        broken: dict[tuple[str, str, str], int] = defaultdict(int)
+        for r in snap.remote:
+            if r.problem:
+                broken[(r.client_node, r.device_node, r.problem)] += 1
         for (client, device), count in sorted(pairs.items()):
             remote.add_metric([client, device], count)
+        for labels, count in sorted(broken.items()):
+            remote_errors.add_metric(list(labels), count)
         yield from families

@@ -87,6 +87,8 @@ class NodeView:
     other_pods: tuple[OtherPod, ...] = ()
     #: True/False when an agent was asked for live figures, None when none was asked
     agent_reachable: bool | None = None
+    #: the kubelet's Ready condition is not False
+    ready: bool = True
 
     @property
     def free_pct(self) -> float:
@@ -155,6 +157,9 @@ class RemoteView:
     share_pct: float
     memory_mib: int
     bandwidth_mbps: int
+    #: why the session cannot work ("" = nothing known against it): device_node_missing,
+    #: device_node_not_ready, card_unhealthy
+    problem: str = ""
 
 
 @dataclass(frozen=True, slots=True)

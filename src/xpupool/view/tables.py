@@ -102,7 +102,8 @@ def remote_table(snap: PoolSnapshot) -> Table:
     _num(table, "memGiB")
     _num(table, "Mbit/s")
     for r in snap.remote:
-        table.add_row(f"{r.namespace}/{r.pod}", f"{r.client_node} → {r.device_node}", ",".join(map(str, r.cards)),
+        pod = f"{r.namespace}/{r.pod}" + (f" ! {r.problem}" if r.problem else "")
+        table.add_row(pod, f"{r.client_node} → {r.device_node}", ",".join(map(str, r.cards)),
                       f"{r.share_pct:g}", gib(r.memory_mib), str(r.bandwidth_mbps))
     return table
 

@@ -174,8 +174,9 @@ function renderRemote(snap) {
     el("td", { text: `${r.namespace}/${r.pod}` }), el("td", { text: r.client_node }), el("td", { text: r.device_node }),
     el("td", { text: r.cards.join(",") }), el("td", { class: "num", text: `${r.share_pct} %` }),
     el("td", { class: "num", text: `${gib(r.memory_mib)} GiB` }),
-    el("td", { class: "num", text: `${r.bandwidth_mbps} Mbit/s` }))));
-  if (!snap.remote.length) body.append(el("tr", {}, el("td", { colSpan: 7, class: "empty", text: "none" })));
+    el("td", { class: "num", text: `${r.bandwidth_mbps} Mbit/s` }),
+    el("td", { class: r.problem ? "reason" : "", text: r.problem ? r.problem.replaceAll("_", " ") : "ok" }))));
+  if (!snap.remote.length) body.append(el("tr", {}, el("td", { colSpan: 8, class: "empty", text: "none" })));
   document.getElementById("remote-count").textContent = String(snap.remote.length);
 }
 
