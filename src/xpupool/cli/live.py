@@ -16,18 +16,21 @@ import enum
 import json
 import os
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console, RenderableType
 from rich.live import Live
 
 from xpupool.cli.console import make_console
-from xpupool.kube.objects import SCHEDULER_NAME
-from xpupool.kube.transport import AiohttpTransport, ApiError, KubeConfig, TransportError
-from xpupool.view import tables
-from xpupool.view.model import PoolSnapshot
-from xpupool.view.source import AGENT_SELECTOR, AgentScraper, ApiserverProxyScraper, DirectScraper, read_pool
+
+if TYPE_CHECKING:  # imported when a command runs: other commands start without aiohttp
+    from xpupool.kube.transport import KubeConfig
+    from xpupool.view.model import PoolSnapshot
+    from xpupool.view.source import AgentScraper
+
+#: ``xpupool.kube.objects.SCHEDULER_NAME`` (tests/view/test_tables.py checks they agree)
+SCHEDULER_NAME = "xpupool"
 
 
 class Output(enum.StrEnum):
@@ -54,6 +57,8 @@ SchedulerOpt = Annotated[str, typer.Option(help="the scheduler name xpupool's po
 
 
 def _scraper(mode: Agents, config: KubeConfig) -> AgentScraper | None:
+    from xpupool.view.source import ApiserverProxyScraper, DirectScraper
+
     if mode is Agents.AUTO:
         mode = Agents.DIRECT if os.environ.get("KUBERNETES_SERVICE_HOST") else Agents.PROXY
     if mode is Agents.OFF:
@@ -62,6 +67,8 @@ def _scraper(mode: Agents, config: KubeConfig) -> AgentScraper | None:
 
 
 def _load_config(kubeconfig: str | None, console: Console) -> KubeConfig:
+    from xpupool.kube.transport import KubeConfig
+
     try:
         return KubeConfig.load(kubeconfig)
     except (OSError, KeyError, ValueError, TypeError) as exc:
@@ -69,7 +76,7 @@ def _load_config(kubeconfig: str | None, console: Console) -> KubeConfig:
         raise typer.Exit(2) from None
 
 
-JsonPart = Callable[[PoolSnapshot], dict[str, Any]]
+JsonPart = Callable[["PoolSnapshot"], dict[str, Any]]
 
 
 def whole(snap: PoolSnapshot) -> dict[str, Any]:
@@ -96,9 +103,12 @@ def run_view(
     interval: float,
     agents: Agents,
     scheduler_name: str,
-    agent_selector: str = AGENT_SELECTOR,
+    agent_selector: str | None = None,
 ) -> None:
     """Read the pool once (or every ``interval`` with ``watch``) and print it."""
+    from xpupool.kube.transport import AiohttpTransport, ApiError, TransportError
+    from xpupool.view.source import AGENT_SELECTOR, read_pool
+
     console = make_console()
     config = _load_config(kubeconfig, console)
 
@@ -109,7 +119,7 @@ def run_view(
         try:
             while True:
                 try:
-                    snap = await read_pool(transport, scraper=scraper, agent_selector=agent_selector,
+                    snap = await read_pool(transport, scraper=scraper, agent_selector=agent_selector or AGENT_SELECTOR,
                                            scheduler_name=scheduler_name)
                 except (ApiError, TransportError) as exc:
                     console.print(f"[red]cannot read the pool from {config.server}[/]: {exc}")
@@ -148,6 +158,8 @@ def status(
     scheduler_name: SchedulerOpt = SCHEDULER_NAME,
 ) -> None:
     """Nodes × cards: each slice with its pod, compute %, memory and live use; free capacity; remote sessions."""
+    from xpupool.view import tables
+
     run_view(lambda snap: tables.status_view(snap, node=node), kubeconfig=kubeconfig, output=output, watch=watch,
              interval=interval, agents=agents, scheduler_name=scheduler_name)
 
@@ -160,6 +172,8 @@ def pods(
     scheduler_name: SchedulerOpt = SCHEDULER_NAME,
 ) -> None:
     """Pending pods with the scheduler's reasons, the longest waiting first."""
+    from xpupool.view import tables
+
     run_view(tables.pending_view, as_json=part("pending"), kubeconfig=kubeconfig, output=output, watch=watch,
              interval=interval, agents=Agents.OFF, scheduler_name=scheduler_name)
 
@@ -172,6 +186,8 @@ def queues(
     scheduler_name: SchedulerOpt = SCHEDULER_NAME,
 ) -> None:
     """Queues: guarantee, limit, used, borrowed, running and pending pods."""
+    from xpupool.view import tables
+
     run_view(tables.queues_view, as_json=part("queues"), kubeconfig=kubeconfig, output=output, watch=watch,
              interval=interval, agents=Agents.OFF, scheduler_name=scheduler_name)
 
