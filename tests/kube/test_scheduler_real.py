@@ -166,34 +166,13 @@ async def test_metrics_count_binds(transport: AiohttpTransport, namespace: str, 
 
 async def test_xpuqueue_limit_is_enforced_and_raising_it_admits(transport: AiohttpTransport, namespace: str) -> None:
     """An XPUQueue (CRD from xpupool.kube.crds) caps its pods; raising the cap lets them in."""
-    from xpupool.kube.crds import crds
     from xpupool.kube.queues import XPUQUEUES
-    from xpupool.kube.transport import ApiError, Resource
+    from xpupool.kube.testing import declare_queues
 
-    crd_res = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", False, "CustomResourceDefinition")
-    for crd in crds():
-        try:
-            await transport.create(crd_res, crd)
-        except ApiError as exc:
-            assert exc.status == 409, exc  # installed by an earlier test
-    deadline = asyncio.get_running_loop().time() + 20
-    while True:  # the CRD is served a moment after it is established
-        try:
-            await transport.list(XPUQUEUES, limit=1)
-            break
-        except ApiError:
-            assert asyncio.get_running_loop().time() < deadline, "XPUQueue CRD never served"
-            await asyncio.sleep(0.2)
     queue = f"q-{namespace}"
-    await transport.create(
-        XPUQUEUES,
-        {
-            "apiVersion": "xpupool.io/v1alpha1",
-            "kind": "XPUQueue",
-            "metadata": {"name": queue},
-            "spec": {"weight": 1, "quota": [{"resource": "xpupool.io/vxpu-core", "limit": 100}]},
-        },
-    )
+    # queues: with the CRD installed a namespace may use only the queues that admit it
+    spec = {"weight": 1, "quota": [{"resource": "xpupool.io/vxpu-core", "limit": 100}]}
+    await declare_queues(transport, {queue: spec}, namespaces=[namespace])
     pool = {"xpupool.test/pool": namespace}
     await create_all(transport, NODES, [fake_node(f"{namespace}-n0", cards=4, labels=pool)])
     name = f"xpupool-{namespace}"
@@ -287,3 +266,49 @@ async def test_remote_vxpu_binds_the_pod_to_a_cpu_node_with_its_card_elsewhere(
     assert alloc["node"] == f"{namespace}-cpu" and alloc["deviceNode"] == f"{namespace}-gpu"
     gpu = daemon.state.node_index[f"{namespace}-gpu"]
     assert int(daemon.state.bandwidth_capacity[gpu] - daemon.state.bandwidth_free[gpu]) == 2000
+
+
+async def test_tainted_gpu_pool_gated_pods_and_replica_anti_affinity(
+    transport: AiohttpTransport, namespace: str, daemon: KubeScheduler
+) -> None:
+    """A tainted GPU pool is used by pods that tolerate it (and only by them); a gated pod is
+    reported ``SchedulingGated`` and never bound until its gate is removed; replicas with hostname
+    anti-affinity get one node each and the surplus replica waits with a reason."""
+    pool = {"xpupool.test/pool": namespace}
+    taint = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+    nodes = [fake_node(f"{namespace}-g{i}", cards=2, labels=pool) for i in range(2)]
+    for node in nodes:
+        node["spec"] = {"taints": taint}
+    await create_all(transport, NODES, nodes)
+    name = daemon.config.scheduler_name
+    tolerate = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    anti = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "llm"}}, "topologyKey": "kubernetes.io/hostname"}]}}
+    replicas = []
+    for i in range(3):
+        replica = fake_pod(namespace, f"llm-{i}", scheduler=name, vxpu=1, core_pct=10, labels={"app": "llm"})
+        replica["spec"].update(tolerations=tolerate, affinity=anti)
+        replicas.append(replica)
+    intolerant = fake_pod(namespace, "intolerant", scheduler=name, vxpu=1, core_pct=10)
+    gated = fake_pod(namespace, "gated", scheduler=name, vxpu=1, core_pct=10)
+    gated["spec"].update(tolerations=tolerate, schedulingGates=[{"name": "example.com/approval"}])
+    await create_all(transport, PODS, [*replicas, intolerant, gated])
+    bound = await wait_bound(transport, namespace, 2)
+    await asyncio.sleep(1.5)  # a few more cycles: nothing else may bind
+    pods = {p["metadata"]["name"]: p for p in (await transport.list(PODS, namespace=namespace)).items}
+    on_node = {n: p["spec"].get("nodeName") for n, p in pods.items()}
+    placed = [n for n in ("llm-0", "llm-1", "llm-2") if on_node[n]]
+    assert len(placed) == 2 and len({on_node[n] for n in placed}) == 2, on_node
+    assert not on_node["intolerant"] and not on_node["gated"], on_node
+    assert len(bound) == 2
+
+    def condition(pod: JsonDict) -> JsonDict:
+        return next(c for c in pod["status"].get("conditions", []) if c["type"] == "PodScheduled")
+
+    assert condition(pods["gated"])["reason"] == "SchedulingGated"
+    assert "untolerated taint {nvidia.com/gpu: present}" in condition(pods["intolerant"])["message"]
+    waiting = next(n for n in ("llm-0", "llm-1", "llm-2") if not on_node[n])
+    assert "didn't match pod anti-affinity rules" in condition(pods[waiting])["message"]
+    await transport.patch(PODS, "gated", {"spec": {"schedulingGates": None}}, namespace=namespace)
+    bound = await wait_bound(transport, namespace, 3)
+    assert "gated" in {p["metadata"]["name"] for p in bound}

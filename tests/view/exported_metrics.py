@@ -19,7 +19,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from xpupool.agent.discovery import DeviceInfo
-from xpupool.agent.metrics import AgentCollector, AgentSnapshot, OwnerLabelledCollector, PodListOwners
+from xpupool.agent.metrics import AgentCollector, AgentSnapshot, OwnerLabelledCollector, PairedOwners, QueueLabels
+from xpupool.agent.pairing import SliceIndex
 from xpupool.agent.shim_region import DeviceConfig, ShimRegion, ShimRegionCollector, SliceRef
 from xpupool.core.model import Vendor
 from xpupool.kube.metrics import KubeMetrics
@@ -49,7 +50,7 @@ def exported_families() -> list[Metric]:
         return _families([
             AgentCollector(AgentSnapshot(node="n1", devices=[device])),
             OwnerLabelledCollector(ShimRegionCollector(lambda: [SliceRef(region.parent.name, str(region))]),
-                                   PodListOwners(), node="n1"),
+                                   PairedOwners(SliceIndex(), QueueLabels()), node="n1"),
             KubeMetrics().registry,  # the scheduler daemon's registry
             WebhookCollector(WebhookStats(), LatencyHistogram(), lambda: []),
             PoolCollector(lambda: snapshot),

@@ -94,12 +94,13 @@ async def test_queues_add_up_the_pods_of_each_queue(pool: LivePool) -> None:
     data = json.loads(await cli(pool, "queues", "-o", "json", "--scheduler-name", pool.scheduler_name))
     queues = {q["name"]: q for q in data["queues"]}
     train = queues[pool.queue]
-    assert train["declared"] and train["weight"] == 2
+    assert train["declared"] and train["reported"] and train["weight"] == 2
     assert (train["guarantee"]["cards"], train["limit"]["cards"]) == (0.5, 1.0)
     assert (train["used"]["cards"], train["borrowed"]["cards"]) == (0.5, 0.0)  # 30 % + 20 %
     assert (train["running"], train["pending"]) == (2, 1)
-    research = queues["research"]
-    assert not research["declared"] and research["used"]["cards"] == 2.0 and research["borrowed"]["cards"] == 2.0
+    research = queues[f"research-{pool.namespace}"]  # declared, nothing guaranteed: all borrowed
+    assert research["declared"] and research["used"]["cards"] == 2.0 and research["borrowed"]["cards"] == 2.0
+    assert (research["running"], research["pending"]) == (1, 0)
 
 
 async def test_every_live_table_fits_80_columns_without_cutting_a_cell(pool: LivePool) -> None:

@@ -8,9 +8,9 @@ Per-slice series (the shim collector of :mod:`xpupool.agent.shim_region`) are wr
 :class:`OwnerLabelledCollector`, which adds the ``namespace``, ``pod`` and ``queue`` of the pod
 that owns each slice, so a dashboard can sum by queue and an alert can name the pod. These
 labels stay bounded: a node holds at most its slot count of slices, and series of ended pods
-vanish at the next scrape. The owner of a slice comes from a :class:`SliceOwners` (today
-:class:`PodListOwners`: the slice's region directory starts with the pod UID; an exact
-pod <-> allocation pairing can replace it behind the same one-method Protocol).
+vanish at the next scrape. The owner of a slice comes from a :class:`SliceOwners`:
+:class:`PairedOwners` reads the pairing's exact slice index (pod and container of each region)
+and the pod's queue label.
 
 Endpoints: ``GET /metrics`` (text exposition format), ``GET /healthz`` (200 once a discovery ran).
 """
@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from xpupool.agent.discovery import DeviceInfo
-from xpupool.agent.regions import pod_uid_of
+from xpupool.agent.pairing import SliceIndex
 from xpupool.core.request import LABEL_QUEUE
 
 
@@ -98,8 +98,8 @@ class AgentCollector:
 
 
 @dataclass(frozen=True, slots=True)
-class SliceOwner:
-    """The pod a slice belongs to, as exported in the slice series' labels."""
+class OwnerLabels:
+    """The owner labels of one slice's series."""
 
     namespace: str
     pod: str
@@ -107,45 +107,56 @@ class SliceOwner:
 
 
 class SliceOwners(Protocol):
-    def owner_of(self, slice_id: str) -> SliceOwner | None:
+    def owner_of(self, slice_id: str) -> OwnerLabels | None:
         """The owner of ``slice_id`` (a region directory name), or None when unknown. Called on
         every scrape for every slice: must not block or do I/O."""
         ...
 
 
-class PodListOwners:
-    """:class:`SliceOwners` from the agent's latest list of the pods on its node.
-
-    A slice id is its region directory name, ``<pod uid>-<digest>`` (:func:`regions.pod_uid_of`),
-    so the owner is the listed pod with that UID. :meth:`needs_refresh` tells the agent when a
-    slice of an unlisted UID appeared since the last list (each UID triggers at most one re-list,
-    so a slice whose pod is gone does not make the agent list pods every tick).
-    """
+class QueueLabels:
+    """Pod UID -> the pod's queue (label ``xpupool.io/queue``, else ``default``), from the agent's
+    lists of its node's pods. :meth:`needs_refresh` tells the agent when a pod with a slice is not
+    known yet (each UID triggers at most one re-list, so a slice whose pod is gone does not make the
+    agent list pods every tick)."""
 
     def __init__(self) -> None:
-        self._by_uid: dict[str, SliceOwner] = {}
+        self._by_uid: dict[str, str] = {}
         self._looked_up: set[str] = set()
 
     def update(self, pods: Iterable[Mapping[str, Any]]) -> None:
         """Replace the known pods with ``pods`` (a full list of the node's pods)."""
-        by_uid: dict[str, SliceOwner] = {}
+        by_uid: dict[str, str] = {}
         for pod in pods:
             meta = pod.get("metadata") or {}
             uid = str(meta.get("uid") or "")
             if uid:
-                queue = (meta.get("labels") or {}).get(LABEL_QUEUE) or "default"
-                by_uid[uid] = SliceOwner(str(meta.get("namespace", "")), str(meta.get("name", "")), str(queue))
+                by_uid[uid] = str((meta.get("labels") or {}).get(LABEL_QUEUE) or "default")
         self._by_uid = by_uid
         self._looked_up |= set(by_uid)
 
-    def needs_refresh(self, slice_ids: Iterable[str]) -> bool:
-        """True when a slice of a UID not yet looked up exists; marks those UIDs looked up."""
-        fresh = {pod_uid_of(s) for s in slice_ids} - self._looked_up
+    def needs_refresh(self, pod_uids: Iterable[str]) -> bool:
+        """True when a UID not yet looked up is among ``pod_uids``; marks them looked up."""
+        fresh = set(pod_uids) - self._looked_up
         self._looked_up |= fresh
         return bool(fresh)
 
-    def owner_of(self, slice_id: str) -> SliceOwner | None:
-        return self._by_uid.get(pod_uid_of(slice_id))
+    def get(self, pod_uid: str) -> str:
+        return self._by_uid.get(pod_uid, "")
+
+
+class PairedOwners:
+    """:class:`SliceOwners` from the pairing's exact slice index (which pod and container each
+    region belongs to, :class:`~xpupool.agent.pairing.SliceIndex`) and the pods' queue labels."""
+
+    def __init__(self, index: SliceIndex, queues: QueueLabels) -> None:
+        self._index = index
+        self._queues = queues
+
+    def owner_of(self, slice_id: str) -> OwnerLabels | None:
+        owner = self._index.owner(slice_id)
+        if owner is None:
+            return None
+        return OwnerLabels(owner.namespace, owner.pod, self._queues.get(owner.pod_uid))
 
 
 OWNER_LABELS = ("namespace", "pod", "queue")

@@ -67,11 +67,12 @@ def _scraper(mode: Agents, config: KubeConfig) -> AgentScraper | None:
 
 
 def _load_config(kubeconfig: str | None, console: Console) -> KubeConfig:
+    from xpupool.kube.credentials import CredentialError
     from xpupool.kube.transport import KubeConfig
 
     try:
         return KubeConfig.load(kubeconfig)
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except (CredentialError, OSError, KeyError, ValueError, TypeError) as exc:
         console.print(f"[red]cannot read the kubeconfig[/]: {exc}")
         raise typer.Exit(2) from None
 
@@ -106,10 +107,15 @@ def run_view(
     agent_selector: str | None = None,
 ) -> None:
     """Read the pool once (or every ``interval`` with ``watch``) and print it."""
-    from xpupool.kube.transport import AiohttpTransport, ApiError, TransportError
-    from xpupool.view.source import AGENT_SELECTOR, read_pool
-
     console = make_console()
+    try:
+        from xpupool.kube.transport import AiohttpTransport, ApiError, TransportError
+        from xpupool.view.source import AGENT_SELECTOR, read_pool
+    except ModuleNotFoundError as exc:  # a plain install: the cluster clients are the kube extra
+        if (exc.name or "").startswith("xpupool"):
+            raise
+        console.print(f"the live views need the kube extra (pip install 'xpupool[kube]'): {exc}", markup=False)
+        raise typer.Exit(2) from None
     config = _load_config(kubeconfig, console)
 
     async def main() -> None:

@@ -12,8 +12,11 @@ scheduler accounts:
   does not pretend to know which;
 * a pod of ours without a node is pending; its reason is the scheduler's ``PodScheduled=False``
   condition message (what ``kubectl describe`` shows), or "not tried yet";
-* queue usage is charged like the scheduler charges it (:class:`~xpupool.core.queues.QueueBook`);
-  ``borrowed`` is the part of ``used`` above the guarantee.
+* a declared queue (an ``XPUQueue``) shows what the scheduler wrote in its ``status`` (the one
+  place queue usage is computed: ``kube/scheduler/queue_status.py``): the ``xpupool.io/vxpu-core``
+  row without a card model, in cards; a queue without status yet is shown as not reported. The
+  implicit ``default`` queue has no object: its used cards are the sum of its running pods' cards,
+  all borrowed (it is guaranteed nothing).
 """
 
 from __future__ import annotations
@@ -25,14 +28,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
-from xpupool.core.model import WHOLE_CARD_MILLI, Request
-from xpupool.core.queues import UNLIMITED, QueueBook, QueueSpec, Resources
+from xpupool.core.constraints import Effect
+from xpupool.core.model import WHOLE_CARD_MILLI, Node, Request
 from xpupool.kube.objects import (
     ANN_INVENTORY,
     SCHEDULER_NAME,
     decode_allocation,
     node_model,
-    node_schedulable,
     node_utilization,
     pod_is_terminal,
     pod_key,
@@ -100,20 +102,18 @@ def _card_uuids(node: JsonDict) -> dict[int, str]:
         return {}
 
 
-def _amounts(resources: Resources) -> Amounts:
-    return Amounts(
-        cards=resources.xpu_milli / WHOLE_CARD_MILLI,
-        cpu=resources.cpu_milli / 1000,
-        memory_mib=resources.memory_mib,
-    )
+def _schedulable(node: Node) -> bool:
+    """Not cordoned and no NoSchedule/NoExecute taint (Ready=False adds one)."""
+    return not node.unschedulable and not any(
+        t.effect in (Effect.NO_SCHEDULE, Effect.NO_EXECUTE) for t in node.taints)
 
 
-def _limit(resources: Resources) -> Limits:
-    return Limits(
-        cards=None if resources.xpu_milli >= UNLIMITED.xpu_milli else resources.xpu_milli / WHOLE_CARD_MILLI,
-        cpu=None if resources.cpu_milli >= UNLIMITED.cpu_milli else resources.cpu_milli / 1000,
-        memory_mib=None if resources.memory_mib >= UNLIMITED.memory_mib else resources.memory_mib,
-    )
+def _percent_cards(raw: object) -> float:
+    """A ``vxpu-core`` status figure (percent of a card, int or text) in cards."""
+    try:
+        return float(str(raw)) / 100
+    except ValueError:
+        return 0.0
 
 
 def _pending_reason(pod: JsonDict) -> str:
@@ -147,7 +147,7 @@ def build_snapshot(
     cpu_requested: dict[str, int] = defaultdict(int)
     pending: list[PendingView] = []
     remote: list[RemoteView] = []
-    running: list[Request] = []
+    running_cards: dict[str, float] = defaultdict(float)
     running_count: dict[str, int] = defaultdict(int)
 
     for pod in pods:
@@ -187,7 +187,7 @@ def build_snapshot(
         cpu_requested[node] += request.cpu_milli
         allocation = decode_allocation(pod)
         if allocation is not None and allocation.node == node and ours:
-            running.append(request)
+            running_cards[request.queue] += request.gpu_milli_total / WHOLE_CARD_MILLI
             running_count[request.queue] += 1
             if allocation.device_node not in node_names:
                 problems.append(f"{key}: its cards are on {allocation.device_node}, which is not a node here")
@@ -223,7 +223,7 @@ def build_snapshot(
     node_views = [
         _node_view(obj, slices, others, cpu_requested, usage, problems) for obj in node_objs
     ]
-    queue_views = _queue_views(queues, running, running_count, pending, node_views, problems)
+    queue_views = _queue_views(queues, running_cards, running_count, pending, problems)
     remote = [_checked(r, {n.name: n for n in node_views}) for r in remote]
     cards = [c for n in node_views for c in n.cards]
     healthy = [c for c in cards if c.healthy]
@@ -296,7 +296,7 @@ def _node_view(
             problems.append(f"{pods}: allocated card {card} of {node}, which has no such card")
     return NodeView(
         name=model.name,
-        schedulable=node_schedulable(obj),
+        schedulable=_schedulable(model),
         cards=tuple(cards),
         cpu_milli=model.cpu_milli,
         memory_mib=model.memory_mib,
@@ -341,55 +341,43 @@ def _with_usage(s: SliceView, live: SliceUsage) -> SliceView:
 
 def _queue_views(
     queues: Iterable[JsonDict],
-    running: Sequence[Request],
+    running_cards: Mapping[str, float],
     running_count: Mapping[str, int],
     pending: Sequence[PendingView],
-    nodes: Sequence[NodeView],
     problems: list[str],
 ) -> list[QueueView]:
-    specs: dict[str, QueueSpec] = {}
-    for obj in queues:
-        spec, notes = queue_spec(obj)
-        specs[spec.name] = spec
-        problems.extend(notes)
-    declared = set(specs)
-    for name in {r.queue for r in running} | {p.queue for p in pending}:
-        specs.setdefault(name, QueueSpec(name))
-    capacity = Resources(
-        sum(n.cpu_milli for n in nodes),
-        sum(n.memory_mib for n in nodes),
-        sum(len(n.cards) for n in nodes) * WHOLE_CARD_MILLI,
-    )
-    book = QueueBook(specs.values(), capacity)
-    for request in running:
-        book.charge(request)
     waiting: dict[str, list[float]] = defaultdict(list)
     for p in pending:
         waiting[p.queue].append(p.waiting_s)
-    views = []
-    for name in sorted(book.queues):
-        spec = book.queues[name]
-        used = book.usage.get(name, Resources())
-        quota = spec.quota
-        borrowed = Resources(
-            max(0, used.cpu_milli - quota.cpu_milli),
-            max(0, used.memory_mib - quota.memory_mib),
-            max(0, used.xpu_milli - quota.xpu_milli),
+    views: dict[str, QueueView] = {}
+    for obj in queues:
+        spec, notes = queue_spec(obj)
+        problems.extend(notes)
+        status = obj.get("status") or {}
+        row: JsonDict = next((r for r in status.get("resources") or []
+                    if r.get("resource") == "xpupool.io/vxpu-core" and not r.get("model")), {})
+        reported = "runningPods" in status
+        if not reported:
+            problems.append(f"queue {spec.name}: no status from the scheduler yet")
+        views[spec.name] = QueueView(
+            name=spec.name,
+            weight=spec.weight,
+            guarantee=Amounts(cards=_percent_cards(row.get("guaranteed", 0))),
+            limit=Limits(cards=_percent_cards(row["limit"]) if "limit" in row else None),
+            used=Amounts(cards=_percent_cards(row.get("allocated", 0))),
+            borrowed=Amounts(cards=_percent_cards(row.get("borrowed", 0))),
+            running=int(status.get("runningPods") or 0),
+            pending=int(status.get("pendingPods") or 0),
+            declared=True,
+            oldest_pending_s=max(waiting.get(spec.name, []), default=0.0),
+            reported=reported,
+            parent=spec.parent,
         )
-        if name == "default" and name not in declared and used == Resources() and not waiting[name]:
-            continue  # the implicit default queue, empty: nothing to show
-        views.append(
-            QueueView(
-                name=name,
-                weight=spec.weight,
-                guarantee=_amounts(quota),
-                limit=_limit(spec.limit),
-                used=_amounts(used),
-                borrowed=_amounts(borrowed),
-                running=running_count.get(name, 0),
-                pending=len(waiting[name]),
-                declared=name in declared,
-                oldest_pending_s=max(waiting[name], default=0.0),
-            )
+    for name in sorted({*running_count, *waiting} - set(views)):
+        used = round(running_cards.get(name, 0.0), 3)
+        views[name] = QueueView(
+            name=name, weight=1.0, guarantee=Amounts(), limit=Limits(), used=Amounts(cards=used),
+            borrowed=Amounts(cards=used), running=running_count.get(name, 0), pending=len(waiting.get(name, [])),
+            declared=False, oldest_pending_s=max(waiting.get(name, []), default=0.0),
         )
-    return views
+    return [views[name] for name in sorted(views)]

@@ -115,20 +115,17 @@ class PendingView:
 
 @dataclass(frozen=True, slots=True)
 class Amounts:
-    """A resource vector in display units: cards (fractions), CPU cores, memory MiB."""
+    """Accelerator compute in cards (fractions): what the queue views show; the XPUQueue's
+    status has every resource, per card model too (``kubectl get xpuqueue -o yaml``)."""
 
     cards: float = 0.0
-    cpu: float = 0.0
-    memory_mib: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """A queue's hard caps; ``None`` is unlimited."""
+    """A queue's hard cap in cards; ``None`` is unlimited."""
 
     cards: float | None = None
-    cpu: float | None = None
-    memory_mib: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +140,9 @@ class QueueView:
     pending: int
     declared: bool = True
     oldest_pending_s: float = 0.0
+    #: False for a declared queue whose status the scheduler has not written yet (figures are 0)
+    reported: bool = True
+    parent: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,7 +159,7 @@ def queues_view(snap: PoolSnapshot) -> RenderableType:
     """``xpupool queues``: guarantee, limit, used, borrowed (cards), running and pending pods."""
     if not snap.queues:
         return Text("no queues", style="dim")
-    table = _table("Queues (cards; cpu and memory in -o json)")
+    table = _table("Queues (cards of compute; every resource: kubectl get xpuqueue -o yaml)")
     table.add_column("queue", overflow="fold", ratio=1)
     _num(table, "guar.")
     _num(table, "limit")
@@ -170,6 +170,11 @@ def queues_view(snap: PoolSnapshot) -> RenderableType:
     _num(table, "oldest")
     for q in snap.queues:
         name = q.name if q.declared else f"{q.name}*"
+        if q.parent:
+            name += f" ({q.parent})"
+        if not q.reported:
+            table.add_row(name, "?", "?", "?", "?", Text("no status yet", style="dim"), "?", "")
+            continue
         table.add_row(name, _cards(q.guarantee.cards), _cards(q.limit.cards), f"{q.used.cards:g}",
                       f"{q.borrowed.cards:g}", queue_bar(q), f"{q.running}/{q.pending}",
                       age(q.oldest_pending_s) if q.pending else "")

@@ -156,13 +156,15 @@ function renderQueues(snap) {
       mark.style.left = `${(100 * q.guarantee.cards) / scale}%`;
       bar.append(mark);
     }
-    const text = `used ${cards(q.used.cards)} · guaranteed ${cards(q.guarantee.cards)} · limit ${cards(q.limit.cards)}` +
+    const text = !q.reported ? "no status from the scheduler yet" :
+      `used ${cards(q.used.cards)} · guaranteed ${cards(q.guarantee.cards)} · limit ${cards(q.limit.cards)}` +
       ` · borrowed ${cards(q.borrowed.cards)} cards · ${q.running} running · ${q.pending} pending` +
       (q.pending ? ` (oldest ${age(q.oldest_pending_s)})` : "");
     return el("div", {
       class: "queue", "data-queue": q.name, "data-used": q.used.cards, "data-guarantee": q.guarantee.cards,
       "data-limit": q.limit.cards ?? "", "data-borrowed": q.borrowed.cards, "data-pending": q.pending,
-    }, el("div", { class: "queue-name", text: q.declared ? q.name : `${q.name} (no XPUQueue)` }), bar,
+    }, el("div", { class: "queue-name", text: (q.declared ? q.name : `${q.name} (implicit)`) +
+      (q.parent ? ` ⊂ ${q.parent}` : "") }), bar,
     el("div", { class: "queue-text", text }));
   });
   box.replaceChildren(...(rows.length ? rows : [el("p", { class: "empty", text: "no queues" })]));
