@@ -94,7 +94,8 @@ def dashboard(uid: str, title: str, description: str, panels: list[tuple[Panel, 
 
 
 def pool_overview() -> dict[str, Any]:
-    stat = [("Cards", 'xpupool_pool_cards{state="total"}'), ("Allocated cards", 'xpupool_pool_cards{state="allocated"}'),
+    stat = [("Cards", 'xpupool_pool_cards{state="total"}'),
+            ("Allocated cards", 'xpupool_pool_cards{state="allocated"}'),
             ("Free cards", 'xpupool_pool_cards{state="free"}'), ("Idle cards", 'xpupool_pool_cards{state="idle"}'),
             ("Pending pods", "sum(xpupool_pool_pending_pods)"), ("Remote vXPUs", "sum(xpupool_pool_remote_sessions)")]
     panels: list[tuple[Panel, int, int]] = [(panel("stat", title, [(expr, "")]), 4, 4) for title, expr in stat]
