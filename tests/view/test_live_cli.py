@@ -131,3 +131,20 @@ async def test_an_agent_the_apiserver_will_not_proxy_is_a_warning_not_a_failure(
     assert all(s["memory_used_mib"] is None for c in gpu0["cards"] for s in c["slices"])
     assert any(w.startswith(f"agent on {pool.gpu_nodes[0]}: HTTP") for w in snap["warnings"]), snap["warnings"]
     assert sum(len(c["slices"]) for c in gpu0["cards"]) >= 1
+
+
+async def test_watch_prints_a_fresh_snapshot_per_interval(pool: LivePool) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "xpupool.cli.main", "status", "-o", "json", "--watch", "--interval", "0.5",
+        "--agents", "off", "--scheduler-name", pool.scheduler_name, "--kubeconfig", str(pool.kubeconfig),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "80"})
+    try:
+        assert proc.stdout is not None
+        first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+        second = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+    finally:
+        proc.terminate()
+        await proc.wait()
+    for snap in (first, second):  # one whole document per line
+        assert {n["name"] for n in snap["nodes"]} >= {*pool.gpu_nodes, pool.cpu_node}
+    assert second["taken_at"] >= first["taken_at"]
