@@ -114,6 +114,10 @@ CUresult cudacompat_get_export_table(const void **table, const CUuuid *table_id)
  * driver). */
 void cudacompat_context_destroyed(CUcontext ctx);
 
+/* cuGetErrorName / cuGetErrorString, answered from cuda.h's enumerators and their documentation */
+CUresult cudacompat_error_name(CUresult error, const char **str);
+CUresult cudacompat_error_string(CUresult error, const char **str);
+
 /* Length in bytes of a fatbin image (header + payload), or 0 if image is not a fatbin. */
 size_t cudacompat_fatbin_size(const void *image);
 

@@ -12,6 +12,7 @@
 #include "cudacompat.h"
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,18 @@ static void trace(const char *line)
 }
 
 static void *lookup(const char *name) { return fake_cuda_export(name); }
+
+void fake_cuda_trace(const char *fmt, ...)
+{
+    if (!g_trace)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    trace(line);
+}
 
 FAKE_EXPORT CUresult cuModuleLoadData(CUmodule *module, const void *image);
 
@@ -64,3 +77,13 @@ FAKE_EXPORT uint64_t fake_cuda_slot_calls(const unsigned char uuid[16], unsigned
     return cudacompat_slot_calls(&id, slot);
 }
 FAKE_EXPORT uint64_t fake_cuda_trapped_slots(void) { return cudacompat_trapped_calls(); }
+
+/* answered locally by cudacompat (cuda.h's names and descriptions) */
+FAKE_EXPORT CUresult cuGetErrorName(CUresult error, const char **str) { return cudacompat_error_name(error, str); }
+FAKE_EXPORT CUresult cuGetErrorString(CUresult error, const char **str) { return cudacompat_error_string(error, str); }
+
+/* the runtime's private tables (replaces the weak NOT_SUPPORTED answer of fake_libcuda.c) */
+FAKE_EXPORT CUresult cuGetExportTable(const void **table, const CUuuid *id)
+{
+    return cudacompat_get_export_table(table, id);
+}

@@ -95,11 +95,7 @@ FAKE_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
     return CUDA_SUCCESS;
 }
 
-static void primary_gone(CUdevice dev)
-{
-    fake_stream_drain_all();
-    cudacompat_context_destroyed((CUcontext)&g_primary[dev]);
-}
+static void primary_gone(CUdevice dev) { cudacompat_context_destroyed((CUcontext)&g_primary[dev]); }
 
 FAKE_EXPORT CUresult cuDevicePrimaryCtxRelease(CUdevice dev)
 {
@@ -233,7 +229,6 @@ FAKE_EXPORT CUresult cuCtxDestroy(CUcontext ctx)
             t_depth--;
             i--;
         }
-    fake_stream_drain_all();
     cudacompat_context_destroyed(ctx);
     c->magic = 0;
     free(c);
@@ -352,6 +347,18 @@ FAKE_EXPORT CUresult cuCtxSynchronize_v2(CUcontext ctx)
     if (ctx && !fake_cuda_valid_context(ctx))
         return CUDA_ERROR_INVALID_CONTEXT;
     return cuCtxSynchronize(); /* the double has one timeline for every context */
+}
+
+/* the fake devices cannot reach each other's memory */
+FAKE_EXPORT CUresult cuCtxEnablePeerAccess(CUcontext peer, unsigned flags)
+{
+    if (flags || !fake_cuda_valid_context(peer))
+        return flags ? CUDA_ERROR_INVALID_VALUE : CUDA_ERROR_INVALID_CONTEXT;
+    return CUDA_ERROR_PEER_ACCESS_UNSUPPORTED;
+}
+FAKE_EXPORT CUresult cuCtxDisablePeerAccess(CUcontext peer)
+{
+    return fake_cuda_valid_context(peer) ? CUDA_ERROR_PEER_ACCESS_NOT_ENABLED : CUDA_ERROR_INVALID_CONTEXT;
 }
 
 /* limits the runtime reads and sets at start-up: remembered per process */

@@ -10,6 +10,7 @@
 
 #include "cudacompat.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,10 +18,20 @@
 #define MOD_MAGIC 0x584d4f44u /* "XMOD" */
 #define FN_MAGIC 0x5846554eu  /* "XFUN" */
 
+#define MAX_GLOBALS 64
+#define GLOBAL_BYTES (64 * 1024) /* the double cannot read a global's size from the image */
+
+struct fake_global {
+    char name[128];
+    CUdeviceptr ptr;
+};
 struct fake_module {
     uint32_t magic;
     size_t image_bytes;
     int is_library;
+    pthread_mutex_t mu;
+    struct fake_global globals[MAX_GLOBALS];
+    int nglobals;
 };
 struct fake_function {
     uint32_t magic;
@@ -66,10 +77,12 @@ static CUresult load(CUmodule *module, const void *image, int is_library)
     if (!m)
         return CUDA_ERROR_OUT_OF_MEMORY;
     m->magic = MOD_MAGIC;
+    pthread_mutex_init(&m->mu, NULL);
     m->image_bytes = n;
     m->is_library = is_library;
     g_image_bytes += n;
     *module = (CUmodule)m;
+    fake_cuda_trace("%s %p: %zu-byte image", is_library ? "library" : "module", (void *)m, n);
     return CUDA_SUCCESS;
 }
 
@@ -101,8 +114,12 @@ FAKE_EXPORT CUresult cuModuleUnload(CUmodule module)
     FAKE_COUNT();
     if (!is_module(module))
         return CUDA_ERROR_INVALID_HANDLE;
-    ((struct fake_module *)module)->magic = 0;
-    free(module);
+    struct fake_module *m = (struct fake_module *)module;
+    for (int i = 0; i < m->nglobals; i++)
+        fake_devmem_unmap(m->globals[i].ptr);
+    m->magic = 0;
+    pthread_mutex_destroy(&m->mu);
+    free(m);
     return CUDA_SUCCESS;
 }
 
@@ -119,6 +136,7 @@ static CUresult get_function(CUfunction *f, void *module, const char *name)
     fn->module = module;
     strncpy(fn->name, name, sizeof fn->name - 1);
     *f = (CUfunction)fn; /* owned by the module for the life of the process (never freed) */
+    fake_cuda_trace("function %s in %p", fn->name, module);
     return CUDA_SUCCESS;
 }
 
@@ -126,6 +144,51 @@ FAKE_EXPORT CUresult cuModuleGetFunction(CUfunction *f, CUmodule module, const c
 {
     FAKE_COUNT();
     return get_function(f, module, name);
+}
+
+/* a module's __device__ variable: GLOBAL_BYTES of zeroed device memory per (module, name), made
+ * on first lookup (the runtime looks up every variable it registered when a module loads) */
+static CUresult get_global(CUdeviceptr *ptr, size_t *bytes, void *module, const char *name)
+{
+    if (!name)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!is_module(module))
+        return CUDA_ERROR_INVALID_HANDLE;
+    struct fake_module *m = module;
+    CUresult rc = CUDA_SUCCESS;
+    pthread_mutex_lock(&m->mu);
+    int i = 0;
+    while (i < m->nglobals && strcmp(m->globals[i].name, name) != 0)
+        i++;
+    if (i == m->nglobals) {
+        if (m->nglobals == MAX_GLOBALS || strlen(name) >= sizeof m->globals[0].name) {
+            rc = CUDA_ERROR_NOT_FOUND;
+        } else {
+            strcpy(m->globals[i].name, name);
+            m->globals[i].ptr = fake_devmem_map(GLOBAL_BYTES);
+            m->nglobals++;
+        }
+    }
+    if (rc == CUDA_SUCCESS) {
+        if (ptr)
+            *ptr = m->globals[i].ptr;
+        if (bytes)
+            *bytes = GLOBAL_BYTES;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return rc;
+}
+
+FAKE_EXPORT CUresult cuModuleGetGlobal(CUdeviceptr *ptr, size_t *bytes, CUmodule module, const char *name)
+{
+    FAKE_COUNT();
+    return get_global(ptr, bytes, module, name);
+}
+
+FAKE_EXPORT CUresult cuLibraryGetGlobal(CUdeviceptr *ptr, size_t *bytes, CUlibrary lib, const char *name)
+{
+    FAKE_COUNT();
+    return get_global(ptr, bytes, lib, name);
 }
 
 FAKE_EXPORT CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode *mode)
@@ -183,6 +246,16 @@ FAKE_EXPORT CUresult cuKernelGetFunction(CUfunction *f, CUkernel k)
     return CUDA_SUCCESS;
 }
 
+FAKE_EXPORT CUresult cuKernelGetLibrary(CUlibrary *lib, CUkernel k)
+{
+    if (!lib)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!k || ((struct fake_function *)k)->magic != FN_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    *lib = (CUlibrary)((struct fake_function *)k)->module;
+    return CUDA_SUCCESS;
+}
+
 static int is_function(const void *f) { return f && ((const struct fake_function *)f)->magic == FN_MAGIC; }
 
 static int function_attribute(const struct fake_function *fn, CUfunction_attribute a)
@@ -201,6 +274,7 @@ static int function_attribute(const struct fake_function *fn, CUfunction_attribu
 
 FAKE_EXPORT CUresult cuFuncGetAttribute(int *v, CUfunction_attribute a, CUfunction f)
 {
+    FAKE_COUNT();
     if (!v || (unsigned)a >= CU_FUNC_ATTRIBUTE_MAX)
         return CUDA_ERROR_INVALID_VALUE;
     if (!is_function(f))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import sys
 
-SYMBOL = re.compile(r"^[0-9a-fA-F]*\s+T\s+(cu[A-Z]\w*)$")
+SYMBOL = re.compile(r"^[0-9a-fA-F]*\s+[TW]\s+(cu[A-Z]\w*)$")
 
 
 def main() -> int:

@@ -235,6 +235,18 @@ static void test_tables(void)
           "the computed answer depends on the time it is asked for");
 }
 
+static void test_errors(void)
+{
+    const char *str = (const char *)1;
+    CHECK(cudacompat_error_name(CUDA_ERROR_OUT_OF_MEMORY, &str) == CUDA_SUCCESS && strcmp(str, "CUDA_ERROR_OUT_OF_MEMORY") == 0,
+          "error name");
+    CHECK(cudacompat_error_string(CUDA_ERROR_INVALID_VALUE, &str) == CUDA_SUCCESS && strstr(str, "parameters") != NULL,
+          "error description from cuda.h");
+    CHECK(cudacompat_error_name(CUDA_SUCCESS, &str) == CUDA_SUCCESS && strcmp(str, "CUDA_SUCCESS") == 0, "success");
+    CHECK(cudacompat_error_string((CUresult)123456, &str) == CUDA_ERROR_INVALID_VALUE && str == NULL, "unknown code");
+    CHECK(cudacompat_error_name(CUDA_ERROR_UNKNOWN, NULL) == CUDA_ERROR_INVALID_VALUE, "NULL out");
+}
+
 int main(void)
 {
     struct cudacompat_backend b = {
@@ -259,6 +271,7 @@ int main(void)
     test_hmac_md2();
     test_procaddr();
     test_tables();
+    test_errors();
     printf("cudacompat: passed %d, failed %d\n", g_passed, g_failed);
     return g_failed ? 1 : 0;
 }
