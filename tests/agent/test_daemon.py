@@ -198,7 +198,8 @@ async def test_metrics_endpoint_exports_per_slice_usage_from_shim_regions(
     try:
         async with aiohttp.ClientSession() as http, http.get(server.make_url("/metrics")) as resp:
             body = await resp.text()
-        labels = 'device="EMU-kw-1-0",slice="pod-uid-1_main"'
+        # no pod with that UID on the node: the owner labels are empty (see tests/view for owners)
+        labels = 'device="EMU-kw-1-0",namespace="",node="kw-1",pod="",queue="",slice="pod-uid-1_main"'
         assert f"xpupool_vxpu_memory_granted_bytes{{{labels}}} 4.294967296e+09" in body
         assert f"xpupool_vxpu_memory_used_bytes{{{labels}}} 1.073741824e+09" in body
         assert f"xpupool_vxpu_share_granted_ratio{{{labels}}} 0.3" in body

@@ -44,7 +44,14 @@ from xpupool.agent.deviceplugin import (
 )
 from xpupool.agent.discovery import Backend, DeviceInfo, Discovery, make_backend
 from xpupool.agent.kubeapi import KubeApi, NodeApi, PodApi
-from xpupool.agent.metrics import AgentCollector, AgentSnapshot, metrics_app
+from xpupool.agent.metrics import (
+    AgentCollector,
+    AgentSnapshot,
+    OwnerLabelledCollector,
+    PairedOwners,
+    QueueLabels,
+    metrics_app,
+)
 from xpupool.agent.pairing import Pairing, RegionWriter, SliceIndex, foreign_held_cards
 from xpupool.agent.podresources import DEFAULT_SOCKET as PODRESOURCES_SOCKET
 from xpupool.agent.podresources import DeviceHolders, KubeletPodResources
@@ -173,6 +180,8 @@ class Agent:
         self._node_api = node_api
         self._pod_api = pod_api
         self._monotonic = monotonic
+        #: queue label of each pod with a slice (the slice's pod itself comes from self.slices)
+        self.queues = QueueLabels()
         self._last_gc_s: float | None = None
         self._own_holders = holders is None
         self.holders: DeviceHolders = holders or KubeletPodResources(Path(settings.podresources_socket))
@@ -200,18 +209,26 @@ class Agent:
             self.plugin, plugin_dir=Path(settings.plugin_dir), socket_name=settings.plugin_socket
         )
 
-    def slice_collector(self) -> ShimRegionCollector:
-        """Per-slice usage read from the shim regions of this node (issue 4 item 8): granted vs
-        used memory, granted vs measured share, throttle time. Slices are listed on every scrape,
-        so ended pods stop being exported at once."""
+    def _slice_refs(self) -> list[SliceRef]:
         root = Path(self.settings.region_host_root)
+        if not root.is_dir():
+            return []
+        return [SliceRef(p.parent.name, str(p)) for p in sorted(root.glob(f"*/{regions.REGION_FILE}"))]
 
-        def slices() -> list[SliceRef]:
-            if not root.is_dir():
-                return []
-            return [SliceRef(p.parent.name, str(p)) for p in sorted(root.glob(f"*/{regions.REGION_FILE}"))]
+    def slice_collector(self) -> OwnerLabelledCollector:
+        """Per-slice usage read from the shim regions of this node (issue 4 item 8): granted vs
+        used memory, granted vs measured share, throttle time, labelled with the owning pod's
+        namespace, name and queue. Slices are listed on every scrape, so ended pods stop being
+        exported at once."""
+        owners = PairedOwners(self.slices, self.queues)
+        return OwnerLabelledCollector(ShimRegionCollector(self._slice_refs), owners, node=self.settings.node_name)
 
-        return ShimRegionCollector(slices)
+    async def refresh_owners(self) -> None:
+        """Re-list this node's pods when a slice of a pod whose queue is not known yet appeared
+        (see :class:`~xpupool.agent.metrics.QueueLabels`)."""
+        uids = [o.pod_uid for o in self.slices.owners().values()]
+        if self.queues.needs_refresh(uids):
+            self.queues.update(await self._pod_api.list_pods_on_node(self.settings.node_name))
 
     def discover(self) -> list[Discovery]:
         return [backend.discover() for backend in self._backends]
@@ -219,6 +236,7 @@ class Agent:
     async def collect_garbage(self) -> list[str]:
         """Remove shim regions of pods gone from this node (see :func:`regions.collect_garbage`)."""
         pods = await self._pod_api.list_pods_on_node(self.settings.node_name)
+        self.queues.update(pods)
         live = {
             str((p.get("metadata") or {}).get("uid", ""))
             for p in pods
@@ -288,6 +306,10 @@ class Agent:
             await asyncio.to_thread(regions.record_host_pids, region_root=Path(self.settings.region_host_root))
         except Exception as exc:  # never fatal: the lists stay empty until the next tick
             log.warning("recording host pids of shim processes failed: %s", exc)
+        try:
+            await self.refresh_owners()
+        except Exception as exc:  # transport: slices keep an empty queue label until the next tick
+            log.warning("listing pods for the slices' queue labels failed: %s", exc)
         devices, errors = merge_discoveries(await asyncio.to_thread(self.discover))
         await self.plugin.update_devices(devices)
         errors.extend(await self._held(devices))

@@ -54,6 +54,7 @@ import datetime as dt
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -76,6 +77,7 @@ from xpupool.kube import certs
 from xpupool.kube.objects import SCHEDULER_NAME, node_model, pod_request
 from xpupool.kube.queues import OPEN_CATALOGUE, XPUQUEUES, QueueCatalogue
 from xpupool.kube.transport import NAMESPACES, NODES, ApiError, JsonDict, Resource, Transport
+from xpupool.kube.webhook_metrics import LatencyHistogram, WebhookCollector, metrics_app
 
 log = logging.getLogger(__name__)
 
@@ -335,6 +337,8 @@ class WebhookState:
     queues: Callable[[], QueueCatalogue | None] = lambda: OPEN_CATALOGUE
     stats: WebhookStats = field(default_factory=WebhookStats)
     ready: Callable[[], bool] = lambda: True
+    #: time to answer each review (exported by :mod:`xpupool.kube.webhook_metrics`)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 STATE_KEY: web.AppKey[WebhookState] = web.AppKey("xpupool_webhook_state", WebhookState)
@@ -342,6 +346,14 @@ STATE_KEY: web.AppKey[WebhookState] = web.AppKey("xpupool_webhook_state", Webhoo
 
 async def _mutate(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
+    start = time.perf_counter()
+    try:
+        return await _answer(request, state)
+    finally:
+        state.latency.observe(time.perf_counter() - start)
+
+
+async def _answer(request: web.Request, state: WebhookState) -> web.Response:
     try:
         review = await request.json()
         review_request = review["request"]
@@ -581,6 +593,7 @@ async def serve(
     host: str = "0.0.0.0",
     stop: asyncio.Event | None = None,
     state: WebhookState | None = None,
+    metrics_port: int = 0,
 ) -> None:
     """Run the webhook until ``stop`` is set (default: until SIGTERM/SIGINT): certificates first
     (Secret + caBundle), then the pool cache, then HTTPS. Closes ``transport`` on the way out."""
@@ -608,12 +621,19 @@ async def serve(
         runner = web.AppRunner(make_app(state))
         await runner.setup()
         await web.TCPSite(runner, host, port, ssl_context=keeper.context.context).start()
+        metrics_runner = None
+        if metrics_port:  # plain HTTP, see xpupool.kube.webhook_metrics
+            metrics_runner = web.AppRunner(metrics_app(WebhookCollector(state.stats, state.latency, pool.nodes)))
+            await metrics_runner.setup()
+            await web.TCPSite(metrics_runner, host, metrics_port).start()
         tasks = [asyncio.create_task(c.run(stop)) for c in (pool, queues, keeper)]
         try:
             await stop.wait()
         finally:
             await asyncio.gather(*tasks, return_exceptions=True)
             await runner.cleanup()
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
     finally:
         await transport.close()
 
@@ -647,6 +667,7 @@ def main() -> None:
             secret_name=env.get("XPUPOOL_WEBHOOK_SECRET", "xpupool-webhook-tls"),
             webhook_configuration=env.get("XPUPOOL_WEBHOOK_CONFIGURATION", "xpupool"),
             port=int(env.get("XPUPOOL_WEBHOOK_PORT", "8443")),
+            metrics_port=int(env.get("XPUPOOL_WEBHOOK_METRICS_PORT", "0")),
         )
     )
 
