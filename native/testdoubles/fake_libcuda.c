@@ -8,6 +8,8 @@
  * passes them (CLOCK_MONOTONIC). cuGetProcAddress(_v2) resolves base name + version +
  * flags from a built-in table (per-thread-stream variants for flags == 2).
  * Call counters are exported (fake_cuda_calls) so tests can prove which export ran.
+ * The files listed in fake_cuda_internal.h complete it for the real libcudart (cudacompat answers
+ * cuGetProcAddress/cuGetExportTable; device memory is real host memory; contexts; streams).
  */
 #define _GNU_SOURCE
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
@@ -19,12 +21,15 @@
 #include <string.h>
 #include <time.h>
 
+#include "cudacompat.h"
+#include "fake_cuda_internal.h"
+
 #undef cuGetProcAddress
 #undef cuMemAlloc
 #define EXPORT __attribute__((visibility("default")))
 
 /* ---------------------------------------------------------------- counters */
-#define MAXC 128
+#define MAXC 512 /* cudart-compat: the runtime reaches a few hundred entry points */
 static struct { _Atomic(const char *) name; _Atomic long n; } g_calls[MAXC];
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -55,6 +60,7 @@ static void count(const char *name)
     pthread_mutex_unlock(&g_mu);
 }
 #define COUNT() count(__func__)
+void fake_cuda_count(const char *name) { count(name); } /* cudart-compat: for the other fake_cuda_*.c */
 
 EXPORT long fake_cuda_calls(const char *name)
 {
@@ -77,7 +83,6 @@ static uint64_t now_ns(void)
 #define GIB (1024ull * 1024 * 1024)
 static uint64_t g_total = 16 * GIB; /* physical memory of each fake device */
 static _Atomic uint64_t g_phys_used;
-static _Atomic uint64_t g_next_ptr = 0x7f0000000000ull;
 static _Atomic uint64_t g_busy_until;  /* simulated GPU timeline */
 static _Atomic uint64_t g_busy_total;  /* sum of kernel durations */
 
@@ -94,7 +99,8 @@ static int phys_alloc(uint64_t b)
     return 0;
 }
 static void phys_free(uint64_t b) { atomic_fetch_sub(&g_phys_used, b); }
-static uint64_t new_ptr(uint64_t b) { return atomic_fetch_add(&g_next_ptr, (b + 0xfffu) & ~0xfffull); }
+/* cudart-compat: device memory is real host memory (fake_cuda_memory.c), released in al_take */
+static uint64_t new_ptr(uint64_t b) { return fake_devmem_map(b); }
 
 /* tiny map of live allocations: ptr -> size */
 #define MAXA 4096
@@ -125,6 +131,8 @@ static int al_take(uint64_t k, uint64_t *sz, int *kind)
             break;
         }
     pthread_mutex_unlock(&g_mu);
+    if (f)
+        fake_devmem_unmap(k); /* cudart-compat */
     return f;
 }
 
@@ -151,20 +159,9 @@ EXPORT CUresult cuInit(unsigned int f)
         g_total = strtoull(t, NULL, 10) * 1024ull * 1024ull;
     return CUDA_SUCCESS;
 }
-EXPORT CUresult cuDriverGetVersion(int *v) { *v = 12090; return CUDA_SUCCESS; }
-EXPORT CUresult cuDeviceGetCount(int *n) { *n = 2; return CUDA_SUCCESS; }
-EXPORT CUresult cuDeviceGet(CUdevice *d, int o) { *d = o; return o < 2 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE; }
-static _Thread_local CUdevice t_cur;
-EXPORT CUresult cuCtxGetDevice(CUdevice *d) { *d = t_cur; return CUDA_SUCCESS; }
-EXPORT CUresult cuCtxSetCurrent(CUcontext c) { t_cur = (CUdevice)(uintptr_t)c; return CUDA_SUCCESS; }
-EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *c, CUdevice d) { *c = (CUcontext)(uintptr_t)d; return CUDA_SUCCESS; }
-EXPORT CUresult cuDeviceGetUuid(CUuuid *u, CUdevice d)
-{
-    static const unsigned char base[16] = {0, 0, 0, 0, 0x11, 0x11, 0x22, 0x22, 0x33, 0x33, 0x44, 0x44, 0x44, 0x44, 0x44, 0x40};
-    memcpy(u->bytes, base, 16);
-    u->bytes[15] = (char)(0x40 + d);
-    return CUDA_SUCCESS;
-}
+/* cudart-compat: versions, devices (fake_cuda_device.c) and contexts (fake_cuda_context.c) moved
+ * out; t_cur is the current context's device */
+#define t_cur fake_cuda_current_device()
 EXPORT CUresult cuDeviceTotalMem_v2(size_t *b, CUdevice d) { (void)d; COUNT(); *b = g_total; return CUDA_SUCCESS; }
 EXPORT CUresult cuMemGetInfo_v2(size_t *f, size_t *t)
 {
@@ -173,7 +170,7 @@ EXPORT CUresult cuMemGetInfo_v2(size_t *f, size_t *t)
     *f = g_total - atomic_load(&g_phys_used);
     return CUDA_SUCCESS;
 }
-EXPORT CUresult cuGetExportTable(const void **t, const CUuuid *id) { (void)t; (void)id; return CUDA_ERROR_NOT_SUPPORTED; }
+EXPORT CUresult cuGetExportTable(const void **t, const CUuuid *id) { return cudacompat_get_export_table(t, id); }
 
 /* ---------------------------------------------------------------- classic allocations */
 EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *p, size_t b)
@@ -223,8 +220,9 @@ EXPORT CUresult cuMemFree_v2(CUdeviceptr p)
     phys_free(b);
     return CUDA_SUCCESS;
 }
-EXPORT CUresult cuMemHostAlloc(void **p, size_t b, unsigned int f) { (void)f; COUNT(); *p = malloc(b ? b : 1); return CUDA_SUCCESS; }
-EXPORT CUresult cuMemFreeHost(void *p) { COUNT(); free(p); return CUDA_SUCCESS; }
+EXPORT CUresult cuMemHostAlloc(void **p, size_t b, unsigned int f) { (void)f; COUNT(); *p = malloc(b ? b : 1); fake_hostmem_register(*p, b); return CUDA_SUCCESS; }
+/* cudart-compat: pinned memory is registered (async copy rules); a foreign pointer is refused */
+EXPORT CUresult cuMemFreeHost(void *p) { COUNT(); if (!fake_hostmem_unregister(p)) return CUDA_ERROR_INVALID_VALUE; free(p); return CUDA_SUCCESS; }
 
 /* ---------------------------------------------------------------- pools */
 struct fpool { uint64_t reserved, in_use; int dev; };
@@ -482,8 +480,9 @@ static CUresult rec(CUevent e)
     ev->recorded = 1;
     return CUDA_SUCCESS;
 }
-EXPORT CUresult cuEventRecord(CUevent e, CUstream s) { (void)s; COUNT(); return rec(e); }
-EXPORT CUresult cuEventRecord_ptsz(CUevent e, CUstream s) { (void)s; COUNT(); return rec(e); }
+/* cudart-compat: an event completes after the copies queued before it (fake_cuda_stream.c) */
+EXPORT CUresult cuEventRecord(CUevent e, CUstream s) { COUNT(); CUresult rc = fake_stream_drain(s); return rc ? rc : rec(e); }
+EXPORT CUresult cuEventRecord_ptsz(CUevent e, CUstream s) { COUNT(); CUresult rc = fake_stream_drain(s ? s : CU_STREAM_PER_THREAD); return rc ? rc : rec(e); }
 EXPORT CUresult cuEventQuery(CUevent e)
 {
     struct fevent *ev = (struct fevent *)e;
@@ -520,84 +519,21 @@ static CUresult stream_sync(void)
     }
     return CUDA_SUCCESS;
 }
-EXPORT CUresult cuStreamSynchronize(CUstream s) { (void)s; COUNT(); return stream_sync(); }
-EXPORT CUresult cuStreamSynchronize_ptsz(CUstream s) { (void)s; COUNT(); return stream_sync(); }
-EXPORT CUresult cuCtxSynchronize(void) { COUNT(); return stream_sync(); }
+/* cudart-compat: the stream's queued copies first (fake_cuda_stream.c) */
+EXPORT CUresult cuStreamSynchronize(CUstream s) { COUNT(); CUresult rc = fake_stream_drain(s); return rc ? rc : stream_sync(); }
+EXPORT CUresult cuStreamSynchronize_ptsz(CUstream s) { COUNT(); CUresult rc = fake_stream_drain(s ? s : CU_STREAM_PER_THREAD); return rc ? rc : stream_sync(); }
+EXPORT CUresult cuCtxSynchronize(void) { COUNT(); fake_stream_drain_all(); return stream_sync(); }
 
-/* ---------------------------------------------------------------- resolver */
+/* ---------------------------------------------------------------- resolver
+ * cudart-compat: (symbol, version, flags) -> export is native/cudacompat's (the version ladder
+ * generated from cudaTypedefs.h); the double's exports are listed by fake_exports.c */
 EXPORT CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int ver, cuuint64_t flags,
                                     CUdriverProcAddressQueryResult *st);
 EXPORT CUresult cuGetProcAddress(const char *sym, void **pfn, int ver, cuuint64_t flags);
 
-struct fentry { const char *name; void *fn; };
-#define E(n) {#n, (void *)n}
-static const struct fentry g_exports[] = {
-    E(cuInit), E(cuDriverGetVersion), E(cuDeviceGetCount), E(cuDeviceGet), E(cuCtxGetDevice), E(cuCtxSetCurrent),
-    E(cuDeviceGetUuid), E(cuDeviceTotalMem_v2), E(cuMemGetInfo_v2), E(cuGetExportTable), E(cuMemAlloc_v2),
-    E(cuMemAlloc), E(cuMemAllocPitch_v2), E(cuMemAllocManaged), E(cuMemFree_v2), E(cuMemHostAlloc),
-    E(cuMemFreeHost), E(cuDeviceGetMemPool), E(cuMemPoolCreate), E(cuMemPoolDestroy), E(cuMemAllocAsync),
-    E(cuMemAllocAsync_ptsz), E(cuMemAllocFromPoolAsync), E(cuMemAllocFromPoolAsync_ptsz), E(cuMemFreeAsync),
-    E(cuMemFreeAsync_ptsz), E(cuMemPoolTrimTo), E(cuMemPoolGetAttribute), E(cuMemCreate), E(cuMemRelease),
-    E(cuArrayCreate_v2), E(cuArray3DCreate_v2), E(cuArrayDestroy), E(cuMipmappedArrayCreate),
-    E(cuMipmappedArrayDestroy), E(cuGraphCreate), E(cuGraphDestroy), E(cuGraphAddMemAllocNode),
-    E(cuGraphInstantiateWithFlags), E(cuGraphInstantiate_v2), E(cuGraphInstantiateWithParams),
-    E(cuGraphInstantiateWithParams_ptsz), E(cuGraphExecDestroy), E(cuGraphUpload), E(cuGraphUpload_ptsz),
-    E(cuGraphLaunch), E(cuGraphLaunch_ptsz), E(cuDeviceGraphMemTrim), E(cuDeviceGetGraphMemAttribute),
-    E(cuLaunchKernel), E(cuLaunchKernel_ptsz), E(cuLaunchKernelEx), E(cuLaunchKernelEx_ptsz),
-    E(cuLaunchCooperativeKernel), E(cuLaunchCooperativeKernel_ptsz), E(cuLaunchCooperativeKernelMultiDevice),
-    E(cuLaunch), E(cuLaunchGrid), E(cuLaunchGridAsync), E(cuEventCreate), E(cuEventDestroy_v2), E(cuEventRecord),
-    E(cuEventRecord_ptsz), E(cuEventQuery), E(cuEventSynchronize), E(cuEventElapsedTime), E(cuEventElapsedTime_v2),
-    E(cuStreamSynchronize), E(cuStreamSynchronize_ptsz), E(cuCtxSynchronize), E(cuGetProcAddress), E(cuGetProcAddress_v2), E(cuDevicePrimaryCtxRetain),
-};
-
-static void *lookup(const char *n)
-{
-    for (size_t i = 0; i < sizeof g_exports / sizeof g_exports[0]; i++)
-        if (strcmp(g_exports[i].name, n) == 0)
-            return g_exports[i].fn;
-    return NULL;
-}
-
 /* test-double helper: the fake's own address of an export (linked -Bsymbolic, so this is
  * never an interposed wrapper) */
-EXPORT void *fake_cuda_raw(const char *name) { return lookup(name); }
-
-/* symbols that became _v2 at a given CUDA version */
-static const struct { const char *base; int v2_since; } g_v2[] = {
-    {"cuMemAlloc", 3020}, {"cuMemAllocPitch", 3020}, {"cuMemFree", 3020}, {"cuMemGetInfo", 3020},
-    {"cuDeviceTotalMem", 3020}, {"cuArrayCreate", 3020}, {"cuArray3DCreate", 3020},
-    {"cuGetProcAddress", 12000}, {"cuEventElapsedTime", 12080}, {"cuGraphInstantiate", 11000},
-};
-
-static void *resolve(const char *sym, int ver, cuuint64_t flags)
-{
-    char buf[128];
-    if (strlen(sym) > 100)
-        return NULL;
-    if (strcmp(sym, "cuGraphInstantiate") == 0 && ver >= 12000)
-        return lookup("cuGraphInstantiateWithFlags");
-    const char *name = sym;
-    for (size_t i = 0; i < sizeof g_v2 / sizeof g_v2[0]; i++)
-        if (strcmp(g_v2[i].base, sym) == 0 && ver >= g_v2[i].v2_since) {
-            strcpy(buf, sym);
-            strcat(buf, "_v2");
-            name = buf;
-        }
-    if (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) {
-        char b2[140];
-        strcpy(b2, name);
-        strcat(b2, "_ptsz");
-        void *p = lookup(b2);
-        if (p)
-            return p;
-        strcpy(b2, name);
-        strcat(b2, "_ptds");
-        p = lookup(b2);
-        if (p)
-            return p;
-    }
-    return lookup(name);
-}
+EXPORT void *fake_cuda_raw(const char *name) { return fake_cuda_export(name); }
 
 static _Atomic long g_last_version, g_last_flags;
 EXPORT long fake_cuda_last_gpa_version(void) { return atomic_load(&g_last_version); }
@@ -609,16 +545,12 @@ EXPORT CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int ver, cuuint
     COUNT();
     atomic_store(&g_last_version, ver);
     atomic_store(&g_last_flags, (long)flags);
-    *pfn = resolve(sym, ver, flags);
-    if (st)
-        *st = *pfn ? CU_GET_PROC_ADDRESS_SUCCESS : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
-    return *pfn ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+    return cudacompat_get_proc_address(sym, pfn, ver, flags, st);
 }
 EXPORT CUresult cuGetProcAddress(const char *sym, void **pfn, int ver, cuuint64_t flags)
 {
     COUNT();
     atomic_store(&g_last_version, ver);
     atomic_store(&g_last_flags, (long)flags);
-    *pfn = resolve(sym, ver, flags);
-    return *pfn ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+    return cudacompat_get_proc_address(sym, pfn, ver, flags, NULL);
 }
