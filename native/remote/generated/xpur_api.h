@@ -8,7 +8,7 @@
 #include "xpur_protocol.h"
 
 #define XPUR_API_ID_LIMIT 1024
-#define XPUR_API_COUNT 199
+#define XPUR_API_COUNT 202
 
 enum xpur_api_id {
     XPUR_API_cuInit = 1,
@@ -43,6 +43,9 @@ enum xpur_api_id {
     XPUR_API_cuDevicePrimaryCtxReset_v2 = 32,
     XPUR_API_cuDevicePrimaryCtxSetFlags_v2 = 33,
     XPUR_API_cuDevicePrimaryCtxGetState = 34,
+    XPUR_API_cuDevicePrimaryCtxRelease = 57,
+    XPUR_API_cuDevicePrimaryCtxReset = 58,
+    XPUR_API_cuDevicePrimaryCtxSetFlags = 59,
     XPUR_API_cuCtxCreate_v2 = 35,
     XPUR_API_cuCtxDestroy_v2 = 36,
     XPUR_API_cuCtxGetCurrent = 37,
@@ -559,6 +562,8 @@ CUresult xpur_c_cuOccupancyMaxPotentialBlockSizeWithFlags(unsigned xo, int *minG
 CUresult xpur_c_cuGraphInstantiateWithParams(unsigned xo, CUgraphExec *phGraphExec, CUgraph hGraph, CUDA_GRAPH_INSTANTIATE_PARAMS *instantiateParams);
 CUresult xpur_c_cuDeviceGetGraphMemAttribute(unsigned xo, CUdevice device, CUgraphMem_attribute attr, void* value);
 CUresult xpur_c_cuDeviceSetGraphMemAttribute(unsigned xo, CUdevice device, CUgraphMem_attribute attr, void* value);
+void xpur_hook_cuDevicePrimaryCtxReset_v2(unsigned xo, CUdevice dev); /* after a successful call (client bookkeeping) */
+void xpur_hook_cuDevicePrimaryCtxReset(unsigned xo, CUdevice dev); /* after a successful call (client bookkeeping) */
 void xpur_hook_cuMemAlloc_v2(unsigned xo, CUdeviceptr *dptr, size_t bytesize); /* after a successful call (client bookkeeping) */
 void xpur_hook_cuMemFree_v2(unsigned xo, CUdeviceptr dptr); /* after a successful call (client bookkeeping) */
 void xpur_hook_cuMemAllocAsync(unsigned xo, CUdeviceptr *dptr, size_t bytesize, CUstream hStream); /* after a successful call (client bookkeeping) */

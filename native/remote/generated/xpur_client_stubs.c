@@ -254,7 +254,10 @@ static CUresult g_cuDevicePrimaryCtxReset_v2(unsigned xo, CUdevice dev)
         return rc;
     xpur_put_i32(&c.w, (int32_t)dev);
     rc = xpur_call_sync(&c);
-    return xpur_call_end(&c, rc);
+    rc = xpur_call_end(&c, rc);
+    if (rc == CUDA_SUCCESS)
+        xpur_hook_cuDevicePrimaryCtxReset_v2(xo, dev);
+    return rc;
 }
 #undef cuDevicePrimaryCtxReset_v2
 XPUR_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxReset_v2(CUdevice dev)
@@ -305,6 +308,64 @@ static CUresult g_cuDevicePrimaryCtxGetState(unsigned xo, CUdevice dev, unsigned
 XPUR_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, int *active)
 {
     return g_cuDevicePrimaryCtxGetState(0, dev, flags, active);
+}
+
+static CUresult g_cuDevicePrimaryCtxRelease(unsigned xo, CUdevice dev)
+{
+    CUresult rc;
+    struct xpur_call c;
+    if ((rc = xpur_dev_in(dev)) != CUDA_SUCCESS)
+        return rc;
+    if ((rc = xpur_call_begin(&c, XPUR_API_cuDevicePrimaryCtxRelease, xo | XPUR_O_NOCTX)) != CUDA_SUCCESS)
+        return rc;
+    xpur_put_i32(&c.w, (int32_t)dev);
+    rc = xpur_call_sync(&c);
+    return xpur_call_end(&c, rc);
+}
+#undef cuDevicePrimaryCtxRelease
+XPUR_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxRelease(CUdevice dev)
+{
+    return g_cuDevicePrimaryCtxRelease(0, dev);
+}
+
+static CUresult g_cuDevicePrimaryCtxReset(unsigned xo, CUdevice dev)
+{
+    CUresult rc;
+    struct xpur_call c;
+    if ((rc = xpur_dev_in(dev)) != CUDA_SUCCESS)
+        return rc;
+    if ((rc = xpur_call_begin(&c, XPUR_API_cuDevicePrimaryCtxReset, xo | XPUR_O_NOCTX)) != CUDA_SUCCESS)
+        return rc;
+    xpur_put_i32(&c.w, (int32_t)dev);
+    rc = xpur_call_sync(&c);
+    rc = xpur_call_end(&c, rc);
+    if (rc == CUDA_SUCCESS)
+        xpur_hook_cuDevicePrimaryCtxReset(xo, dev);
+    return rc;
+}
+#undef cuDevicePrimaryCtxReset
+XPUR_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxReset(CUdevice dev)
+{
+    return g_cuDevicePrimaryCtxReset(0, dev);
+}
+
+static CUresult g_cuDevicePrimaryCtxSetFlags(unsigned xo, CUdevice dev, unsigned int flags)
+{
+    CUresult rc;
+    struct xpur_call c;
+    if ((rc = xpur_dev_in(dev)) != CUDA_SUCCESS)
+        return rc;
+    if ((rc = xpur_call_begin(&c, XPUR_API_cuDevicePrimaryCtxSetFlags, xo | XPUR_O_NOCTX)) != CUDA_SUCCESS)
+        return rc;
+    xpur_put_i32(&c.w, (int32_t)dev);
+    xpur_put_u32(&c.w, (uint32_t)flags);
+    rc = xpur_call_sync(&c);
+    return xpur_call_end(&c, rc);
+}
+#undef cuDevicePrimaryCtxSetFlags
+XPUR_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxSetFlags(CUdevice dev, unsigned int flags)
+{
+    return g_cuDevicePrimaryCtxSetFlags(0, dev, flags);
 }
 
 #undef cuCtxCreate_v2
@@ -570,9 +631,11 @@ static CUresult g_cuMemAlloc_v2(unsigned xo, CUdeviceptr *dptr, size_t bytesize)
     rc = xpur_call_sync(&c);
     if (rc == CUDA_SUCCESS) {
         *dptr = (CUdeviceptr)xpur_get_u64(&c.r);
-        xpur_hook_cuMemAlloc_v2(xo, dptr, bytesize);
     }
-    return xpur_call_end(&c, rc);
+    rc = xpur_call_end(&c, rc);
+    if (rc == CUDA_SUCCESS)
+        xpur_hook_cuMemAlloc_v2(xo, dptr, bytesize);
+    return rc;
 }
 #undef cuMemAlloc_v2
 XPUR_EXPORT CUresult CUDAAPI cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
@@ -594,10 +657,10 @@ static CUresult g_cuMemFree_v2(unsigned xo, CUdeviceptr dptr)
         return rc;
     xpur_put_u64(&c.w, (uint64_t)dptr);
     rc = xpur_call_sync(&c);
-    if (rc == CUDA_SUCCESS) {
+    rc = xpur_call_end(&c, rc);
+    if (rc == CUDA_SUCCESS)
         xpur_hook_cuMemFree_v2(xo, dptr);
-    }
-    return xpur_call_end(&c, rc);
+    return rc;
 }
 #undef cuMemFree_v2
 XPUR_EXPORT CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr)
@@ -754,9 +817,11 @@ static CUresult g_cuMemAllocAsync(unsigned xo, CUdeviceptr *dptr, size_t bytesiz
     rc = xpur_call_sync(&c);
     if (rc == CUDA_SUCCESS) {
         *dptr = (CUdeviceptr)xpur_get_u64(&c.r);
-        xpur_hook_cuMemAllocAsync(xo, dptr, bytesize, hStream);
     }
-    return xpur_call_end(&c, rc);
+    rc = xpur_call_end(&c, rc);
+    if (rc == CUDA_SUCCESS)
+        xpur_hook_cuMemAllocAsync(xo, dptr, bytesize, hStream);
+    return rc;
 }
 #undef cuMemAllocAsync
 XPUR_EXPORT CUresult CUDAAPI cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
@@ -789,9 +854,11 @@ static CUresult g_cuMemAllocFromPoolAsync(unsigned xo, CUdeviceptr *dptr, size_t
     rc = xpur_call_sync(&c);
     if (rc == CUDA_SUCCESS) {
         *dptr = (CUdeviceptr)xpur_get_u64(&c.r);
-        xpur_hook_cuMemAllocFromPoolAsync(xo, dptr, bytesize, pool, hStream);
     }
-    return xpur_call_end(&c, rc);
+    rc = xpur_call_end(&c, rc);
+    if (rc == CUDA_SUCCESS)
+        xpur_hook_cuMemAllocFromPoolAsync(xo, dptr, bytesize, pool, hStream);
+    return rc;
 }
 #undef cuMemAllocFromPoolAsync
 XPUR_EXPORT CUresult CUDAAPI cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool, CUstream hStream)
@@ -989,9 +1056,11 @@ static CUresult g_cuMemAddressReserve(unsigned xo, CUdeviceptr *ptr, size_t size
     rc = xpur_call_sync(&c);
     if (rc == CUDA_SUCCESS) {
         *ptr = (CUdeviceptr)xpur_get_u64(&c.r);
-        xpur_hook_cuMemAddressReserve(xo, ptr, size, alignment, addr, flags);
     }
-    return xpur_call_end(&c, rc);
+    rc = xpur_call_end(&c, rc);
+    if (rc == CUDA_SUCCESS)
+        xpur_hook_cuMemAddressReserve(xo, ptr, size, alignment, addr, flags);
+    return rc;
 }
 #undef cuMemAddressReserve
 XPUR_EXPORT CUresult CUDAAPI cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t alignment, CUdeviceptr addr, unsigned long long flags)
@@ -1008,10 +1077,10 @@ static CUresult g_cuMemAddressFree(unsigned xo, CUdeviceptr ptr, size_t size)
     xpur_put_u64(&c.w, (uint64_t)ptr);
     xpur_put_u64(&c.w, (uint64_t)size);
     rc = xpur_call_sync(&c);
-    if (rc == CUDA_SUCCESS) {
+    rc = xpur_call_end(&c, rc);
+    if (rc == CUDA_SUCCESS)
         xpur_hook_cuMemAddressFree(xo, ptr, size);
-    }
-    return xpur_call_end(&c, rc);
+    return rc;
 }
 #undef cuMemAddressFree
 XPUR_EXPORT CUresult CUDAAPI cuMemAddressFree(CUdeviceptr ptr, size_t size)
@@ -1034,10 +1103,10 @@ static CUresult g_cuMemMap(unsigned xo, CUdeviceptr ptr, size_t size, size_t off
     xpur_put_u64(&c.w, h_handle);
     xpur_put_u64(&c.w, (uint64_t)flags);
     rc = xpur_call_sync(&c);
-    if (rc == CUDA_SUCCESS) {
+    rc = xpur_call_end(&c, rc);
+    if (rc == CUDA_SUCCESS)
         xpur_hook_cuMemMap(xo, ptr, size, offset, handle, flags);
-    }
-    return xpur_call_end(&c, rc);
+    return rc;
 }
 #undef cuMemMap
 XPUR_EXPORT CUresult CUDAAPI cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle, unsigned long long flags)
@@ -1054,10 +1123,10 @@ static CUresult g_cuMemUnmap(unsigned xo, CUdeviceptr ptr, size_t size)
     xpur_put_u64(&c.w, (uint64_t)ptr);
     xpur_put_u64(&c.w, (uint64_t)size);
     rc = xpur_call_sync(&c);
-    if (rc == CUDA_SUCCESS) {
+    rc = xpur_call_end(&c, rc);
+    if (rc == CUDA_SUCCESS)
         xpur_hook_cuMemUnmap(xo, ptr, size);
-    }
-    return xpur_call_end(&c, rc);
+    return rc;
 }
 #undef cuMemUnmap
 XPUR_EXPORT CUresult CUDAAPI cuMemUnmap(CUdeviceptr ptr, size_t size)
@@ -2314,9 +2383,11 @@ static CUresult g_cuModuleGetGlobal_v2(unsigned xo, CUdeviceptr *dptr, size_t *b
     if (rc == CUDA_SUCCESS) {
         *dptr = (CUdeviceptr)xpur_get_u64(&c.r);
         *bytes = (size_t)xpur_get_u64(&c.r);
-        xpur_hook_cuModuleGetGlobal_v2(xo, dptr, bytes, hmod, name);
     }
-    return xpur_call_end(&c, rc);
+    rc = xpur_call_end(&c, rc);
+    if (rc == CUDA_SUCCESS)
+        xpur_hook_cuModuleGetGlobal_v2(xo, dptr, bytes, hmod, name);
+    return rc;
 }
 #undef cuModuleGetGlobal_v2
 XPUR_EXPORT CUresult CUDAAPI cuModuleGetGlobal_v2(CUdeviceptr *dptr, size_t *bytes, CUmodule hmod, const char *name)
@@ -2412,9 +2483,11 @@ static CUresult g_cuLibraryGetGlobal(unsigned xo, CUdeviceptr *dptr, size_t *byt
     if (rc == CUDA_SUCCESS) {
         *dptr = (CUdeviceptr)xpur_get_u64(&c.r);
         *bytes = (size_t)xpur_get_u64(&c.r);
-        xpur_hook_cuLibraryGetGlobal(xo, dptr, bytes, library, name);
     }
-    return xpur_call_end(&c, rc);
+    rc = xpur_call_end(&c, rc);
+    if (rc == CUDA_SUCCESS)
+        xpur_hook_cuLibraryGetGlobal(xo, dptr, bytes, library, name);
+    return rc;
 }
 #undef cuLibraryGetGlobal
 XPUR_EXPORT CUresult CUDAAPI cuLibraryGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUlibrary library, const char *name)
@@ -3080,6 +3153,9 @@ const struct xpur_symbol xpur_symbols[] = {
     {"cuDevicePrimaryCtxReset_v2", (void *)cuDevicePrimaryCtxReset_v2, XPUR_API_cuDevicePrimaryCtxReset_v2},
     {"cuDevicePrimaryCtxSetFlags_v2", (void *)cuDevicePrimaryCtxSetFlags_v2, XPUR_API_cuDevicePrimaryCtxSetFlags_v2},
     {"cuDevicePrimaryCtxGetState", (void *)cuDevicePrimaryCtxGetState, XPUR_API_cuDevicePrimaryCtxGetState},
+    {"cuDevicePrimaryCtxRelease", (void *)cuDevicePrimaryCtxRelease, XPUR_API_cuDevicePrimaryCtxRelease},
+    {"cuDevicePrimaryCtxReset", (void *)cuDevicePrimaryCtxReset, XPUR_API_cuDevicePrimaryCtxReset},
+    {"cuDevicePrimaryCtxSetFlags", (void *)cuDevicePrimaryCtxSetFlags, XPUR_API_cuDevicePrimaryCtxSetFlags},
     {"cuCtxCreate_v2", (void *)cuCtxCreate_v2, XPUR_API_cuCtxCreate_v2},
     {"cuCtxDestroy_v2", (void *)cuCtxDestroy_v2, XPUR_API_cuCtxDestroy_v2},
     {"cuCtxGetCurrent", (void *)cuCtxGetCurrent, XPUR_API_cuCtxGetCurrent},

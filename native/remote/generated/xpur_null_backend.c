@@ -2007,6 +2007,25 @@ static void seed_cuDevicePrimaryCtxGetState(struct xpur_wbuf *w, uint64_t *count
     (void)counter;
     xpur_put_u32(w, 0);
 }
+static void seed_cuDevicePrimaryCtxRelease(struct xpur_wbuf *w, uint64_t *counter)
+{
+    (void)w;
+    (void)counter;
+    xpur_put_u32(w, 0);
+}
+static void seed_cuDevicePrimaryCtxReset(struct xpur_wbuf *w, uint64_t *counter)
+{
+    (void)w;
+    (void)counter;
+    xpur_put_u32(w, 0);
+}
+static void seed_cuDevicePrimaryCtxSetFlags(struct xpur_wbuf *w, uint64_t *counter)
+{
+    (void)w;
+    (void)counter;
+    xpur_put_u32(w, 0);
+    xpur_put_u32(w, 0);
+}
 static void seed_cuCtxGetFlags(struct xpur_wbuf *w, uint64_t *counter)
 {
     (void)w;
@@ -2652,6 +2671,15 @@ int xpur_fuzz_seed(uint16_t api, struct xpur_wbuf *w, uint64_t *counter)
         return 1;
     case 34:
         seed_cuDevicePrimaryCtxGetState(w, counter);
+        return 1;
+    case 57:
+        seed_cuDevicePrimaryCtxRelease(w, counter);
+        return 1;
+    case 58:
+        seed_cuDevicePrimaryCtxReset(w, counter);
+        return 1;
+    case 59:
+        seed_cuDevicePrimaryCtxSetFlags(w, counter);
         return 1;
     case 44:
         seed_cuCtxGetFlags(w, counter);

@@ -187,6 +187,73 @@ static void s_cuDevicePrimaryCtxGetState(struct xpur_session *s, struct xpur_req
     xpur_put_i32(&q->out, (int32_t)o_active);
 }
 
+static void s_cuDevicePrimaryCtxRelease(struct xpur_session *s, struct xpur_req *q)
+{
+    struct xpur_rbuf *in = &q->in;
+    int32_t a_dev = xpur_get_i32(in);
+    if (!xpur_rbuf_done(in)) {
+        xpur_req_malformed(q);
+        return;
+    }
+    if (a_dev != 0) {
+        q->status = CUDA_ERROR_INVALID_DEVICE;
+        return;
+    }
+    __typeof__(s->be->p_cuDevicePrimaryCtxRelease_v2) fn = s->be->p_cuDevicePrimaryCtxRelease_v2;
+    if (!fn) {
+        q->status = CUDA_ERROR_NOT_SUPPORTED;
+        return;
+    }
+    q->status = fn(s->dev);
+    if (q->status != CUDA_SUCCESS)
+        return;
+}
+
+static void s_cuDevicePrimaryCtxReset(struct xpur_session *s, struct xpur_req *q)
+{
+    struct xpur_rbuf *in = &q->in;
+    int32_t a_dev = xpur_get_i32(in);
+    if (!xpur_rbuf_done(in)) {
+        xpur_req_malformed(q);
+        return;
+    }
+    if (a_dev != 0) {
+        q->status = CUDA_ERROR_INVALID_DEVICE;
+        return;
+    }
+    __typeof__(s->be->p_cuDevicePrimaryCtxReset_v2) fn = s->be->p_cuDevicePrimaryCtxReset_v2;
+    if (!fn) {
+        q->status = CUDA_ERROR_NOT_SUPPORTED;
+        return;
+    }
+    q->status = fn(s->dev);
+    if (q->status != CUDA_SUCCESS)
+        return;
+}
+
+static void s_cuDevicePrimaryCtxSetFlags(struct xpur_session *s, struct xpur_req *q)
+{
+    struct xpur_rbuf *in = &q->in;
+    int32_t a_dev = xpur_get_i32(in);
+    uint32_t a_flags = xpur_get_u32(in);
+    if (!xpur_rbuf_done(in)) {
+        xpur_req_malformed(q);
+        return;
+    }
+    if (a_dev != 0) {
+        q->status = CUDA_ERROR_INVALID_DEVICE;
+        return;
+    }
+    __typeof__(s->be->p_cuDevicePrimaryCtxSetFlags_v2) fn = s->be->p_cuDevicePrimaryCtxSetFlags_v2;
+    if (!fn) {
+        q->status = CUDA_ERROR_NOT_SUPPORTED;
+        return;
+    }
+    q->status = fn(s->dev, (unsigned int)a_flags);
+    if (q->status != CUDA_SUCCESS)
+        return;
+}
+
 static void s_cuCtxGetFlags(struct xpur_session *s, struct xpur_req *q)
 {
     struct xpur_rbuf *in = &q->in;
@@ -2588,6 +2655,9 @@ const xpur_handler xpur_handlers[XPUR_API_ID_LIMIT] = {
     [32] = s_cuDevicePrimaryCtxReset_v2,
     [33] = s_cuDevicePrimaryCtxSetFlags_v2,
     [34] = s_cuDevicePrimaryCtxGetState,
+    [57] = s_cuDevicePrimaryCtxRelease,
+    [58] = s_cuDevicePrimaryCtxReset,
+    [59] = s_cuDevicePrimaryCtxSetFlags,
     [35] = xpur_s_cuCtxCreate_v2,
     [36] = xpur_s_cuCtxDestroy_v2,
     [38] = xpur_s_cuCtxSetCurrent,

@@ -255,7 +255,8 @@ int main(int argc, char **argv)
     long refused = 0, served = 0, leaks = 0;
     static uint8_t buf[256 * 1024];
     for (long i = 0; i < frames; i++) {
-        size_t n = build_frame(buf, sizeof buf, &counter, ++req + s.last_request, s.id);
+        s.last_request = 0; /* request ids are checked per connection: each buffer is a fresh stream */
+        size_t n = build_frame(buf, sizeof buf, &counter, ++req, s.id);
         if (rnd() % 5) /* 80 % mutated, 20 % valid frames that move the session's state along */
             n = mutate(buf, n, sizeof buf);
         xpur_conn_mem(&s.conn, buf, n);

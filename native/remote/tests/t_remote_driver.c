@@ -83,7 +83,7 @@ static int basic(void)
     printf("device %s total %zu MiB driver %d\n", name, total >> 20, drv);
     const char *s = NULL;
     CHECK(cuGetErrorString(CUDA_ERROR_OUT_OF_MEMORY, &s));
-    EXPECT(s && strcmp(s, "out of memory") == 0, "error string: %s", s ? s : "(null)");
+    EXPECT(s && strstr(s, "memory"), "error string: %s", s ? s : "(null)");
     CHECK(cuGetErrorName(CUDA_ERROR_INVALID_HANDLE, &s));
     EXPECT(s && strcmp(s, "CUDA_ERROR_INVALID_HANDLE") == 0, "error name");
     CUcontext cur = NULL;

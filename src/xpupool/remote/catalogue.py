@@ -131,6 +131,12 @@ class Api:
     range2d: Range2D | None = None
     destroys: str | None = None
     hook: bool = False
+    backend: str | None = None
+
+    @property
+    def server_symbol(self) -> str:
+        """The backend entry the daemon calls for this API."""
+        return self.backend or self.name
 
     @property
     def alias(self) -> str | None:
@@ -345,8 +351,10 @@ def load(path: Path = CATALOGUE_PATH) -> Catalogue:
             noctx=bool(raw.get("noctx", False)), pt=raw.get("pt"), syncpoint=bool(raw.get("syncpoint", False)),
             track=_track(name, raw.get("track")), ranges=_ranges(name, raw.get("range")),
             range2d=_range2d(name, raw.get("range2d")), destroys=_destroyed_param(name, params, raw.get("destroys")),
-            hook=bool(raw.get("hook", False)),
+            hook=bool(raw.get("hook", False)), backend=raw.get("backend"),
         )
+        if api.backend and (api.alias or not api.generic):
+            raise CatalogueError(f"{name}: backend is for generated entries without a per-thread alias")
         if api.hook and not api.generic:
             raise CatalogueError(f"{name}: hook is for generated (sync/async) entries")
         if not 1 <= api.id <= 1023:

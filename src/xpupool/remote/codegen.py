@@ -101,7 +101,8 @@ def gen_protocol_py(cat: Catalogue) -> str:
 
 def _backend_members(cat: Catalogue) -> Iterable[tuple[str, Api]]:
     for a in cat.apis:
-        if a.mode is Mode.UNSUPPORTED or a.name in ("cuGetProcAddress", "cuGetProcAddress_v2", "cuGetExportTable"):
+        if a.mode is Mode.UNSUPPORTED or a.backend or a.name in ("cuGetProcAddress", "cuGetProcAddress_v2",
+                                                                  "cuGetExportTable"):
             continue
         yield a.name, a
         if a.alias:
@@ -254,14 +255,17 @@ def _client_generic(a: Api) -> list[str]:
     else:
         body.append("    rc = xpur_call_sync(&c);")
         outs = [p for p in a.params if p.direction is Dir.OUT]
-        if outs or a.hook:
+        if outs:
             body.append("    if (rc == CUDA_SUCCESS) {")
             for p in outs:
                 body.append("        " + _cget(p))
-            if a.hook:
-                body.append(f"        xpur_hook_{a.name}(xo, {a.c_args()});")
             body.append("    }")
-        body.append("    return xpur_call_end(&c, rc);")
+        if a.hook:  # after the channel is released: hooks may call back into the driver API
+            body.append("    rc = xpur_call_end(&c, rc);")
+            body.append(f"    if (rc == CUDA_SUCCESS)\n        xpur_hook_{a.name}(xo, {a.c_args()});")
+            body.append("    return rc;")
+        else:
+            body.append("    return xpur_call_end(&c, rc);")
     body.append("}")
     return body
 
@@ -378,7 +382,7 @@ def _server_generic(a: Api) -> list[str]:
     for p in a.params:
         if p.direction is Dir.OUT:
             body.append(f"    {p.ctype} o_{p.name};\n    memset(&o_{p.name}, 0, sizeof o_{p.name});")
-    body.append(f"    __typeof__(s->be->p_{a.name}) fn = s->be->p_{a.name};")
+    body.append(f"    __typeof__(s->be->p_{a.server_symbol}) fn = s->be->p_{a.server_symbol};")
     if a.alias:
         body.append(f"    if ((q->hdr.flags & XPUR_F_PER_THREAD) && s->be->p_{a.alias})")
         body.append(f"        fn = s->be->p_{a.alias};")

@@ -12,7 +12,7 @@
  * Configuration (read once, at cuInit): XPUPOOL_REMOTE_ENDPOINT (host:port, [v6]:port or
  * unix:/path), XPUPOOL_REMOTE_TOKEN or XPUPOOL_REMOTE_TOKEN_FILE, XPUPOOL_REMOTE_CA (PEM bundle:
  * TLS, required for TCP unless XPUPOOL_REMOTE_INSECURE=1), XPUPOOL_REMOTE_SERVER_NAME (the name the
- * certificate must carry; default: the endpoint host), XPUPOOL_REMOTE_TIMEOUT_MS (default 3000),
+ * certificate must carry; default: the endpoint host), XPUPOOL_REMOTE_TIMEOUT_MS (default 2500),
  * XPUPOOL_REMOTE_LOG (0 quiet, 1 errors (default), 2 info).
  */
 #ifndef XPUR_CLIENT_H
@@ -103,6 +103,11 @@ void xpur_func_put(uint64_t id, struct xpur_func_info *info);
 const struct xpur_func_info *xpur_func_get(uint64_t id);
 
 void xpur_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* (re)install the cudacompat backend with the driver version cuDriverGetVersion reports */
+void xpur_compat_install(int driver_version);
+/* the primary context's id (0 until it was retained) and its reset (cudart context-local state) */
+uint64_t xpur_primary_ctx(void);
 
 /* module images: byte size of an image (cubin ELF, fatbin, fatbin wrapper or PTX), 0 if unknown */
 size_t xpur_image_size(const void *image, const void **start);

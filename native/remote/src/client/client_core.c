@@ -55,7 +55,7 @@ static struct {
     pid_t pid;
     struct xpur_device dev;
     uint64_t rtt[XPUR_RTT_BUCKETS], rtt_n, rtt_sum;
-} C = {.mu = PTHREAD_MUTEX_INITIALIZER, .log = 1, .timeout_ms = 3000};
+} C = {.mu = PTHREAD_MUTEX_INITIALIZER, .log = 1, .timeout_ms = 2500};
 
 static pthread_once_t g_init_once = PTHREAD_ONCE_INIT;
 static _Thread_local uint64_t t_ctx;
@@ -660,6 +660,8 @@ static void connect_once(void)
         goto out;
     }
     C.pid = getpid();
+    if (C.dev.driver_version)
+        xpur_compat_install(C.dev.driver_version);
     C.last_ping_ns = now_ns();
     C.state = ST_READY;
     C.error = CUDA_SUCCESS;

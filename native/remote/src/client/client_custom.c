@@ -4,11 +4,13 @@
  * miss), kernel launches (parameters packed with the layout the server learned), capture, graphs.
  */
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "client.h"
+#include "cudacompat.h"
 #include "xpur_custom_wire.h"
 
 #define TRY(expr)                                                                                  \
@@ -22,6 +24,18 @@ static CUresult stream_id(CUstream s, uint64_t *id) { return xpur_handle_in(XPUR
 
 /* ------------------------------------------------------------------ contexts */
 
+static _Atomic uint64_t g_primary;
+uint64_t xpur_primary_ctx(void) { return g_primary; }
+
+void xpur_hook_cuDevicePrimaryCtxReset_v2(unsigned xo, CUdevice dev)
+{
+    (void)xo;
+    (void)dev;
+    if (g_primary) /* its context-local state (the runtime's) dies with it */
+        cudacompat_context_destroyed((CUcontext)(uintptr_t)g_primary);
+}
+void xpur_hook_cuDevicePrimaryCtxReset(unsigned xo, CUdevice dev) { xpur_hook_cuDevicePrimaryCtxReset_v2(xo, dev); }
+
 CUresult xpur_c_cuDevicePrimaryCtxRetain(unsigned xo, CUcontext *pctx, CUdevice dev)
 {
     if (!pctx)
@@ -31,8 +45,11 @@ CUresult xpur_c_cuDevicePrimaryCtxRetain(unsigned xo, CUcontext *pctx, CUdevice 
     TRY(xpur_call_begin(&c, XPUR_API_cuDevicePrimaryCtxRetain, xo | XPUR_O_NOCTX));
     xpur_put_i32(&c.w, 0);
     CUresult rc = xpur_call_sync(&c);
-    if (rc == CUDA_SUCCESS)
-        *pctx = (CUcontext)(uintptr_t)xpur_get_u64(&c.r);
+    if (rc == CUDA_SUCCESS) {
+        uint64_t id = xpur_get_u64(&c.r);
+        g_primary = id;
+        *pctx = (CUcontext)(uintptr_t)id;
+    }
     return xpur_call_end(&c, rc);
 }
 
@@ -66,8 +83,10 @@ CUresult xpur_c_cuCtxDestroy_v2(unsigned xo, CUcontext ctx)
     TRY(xpur_call_begin(&c, XPUR_API_cuCtxDestroy_v2, xo | XPUR_O_NOCTX));
     xpur_put_u64(&c.w, id);
     CUresult rc = xpur_call_end(&c, xpur_call_sync(&c));
-    if (rc == CUDA_SUCCESS)
+    if (rc == CUDA_SUCCESS) {
         xpur_ctx_server_forget(id);
+        cudacompat_context_destroyed(ctx);
+    }
     return rc;
 }
 

@@ -7,6 +7,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -162,6 +163,69 @@ int xpur_sock_tune(int fd)
     return 0;
 }
 
+/* A socket BIO that never raises SIGPIPE: this code runs inside applications (the client library),
+ * whose signal dispositions are not ours to change; a vanished peer must be an error, not a kill. */
+static BIO_METHOD *g_bio_method;
+static pthread_once_t g_bio_once = PTHREAD_ONCE_INIT;
+
+static int bio_write(BIO *b, const char *buf, size_t len, size_t *written)
+{
+    int fd = -1;
+    BIO_get_fd(b, &fd);
+    BIO_clear_retry_flags(b);
+    ssize_t w;
+    do
+        w = send(fd, buf, len, MSG_NOSIGNAL);
+    while (w < 0 && errno == EINTR);
+    if (w <= 0)
+        return 0; /* timeouts included: the caller treats the connection as lost */
+    *written = (size_t)w;
+    return 1;
+}
+
+static int bio_read(BIO *b, char *buf, size_t len, size_t *got)
+{
+    int fd = -1;
+    BIO_get_fd(b, &fd);
+    BIO_clear_retry_flags(b);
+    ssize_t r;
+    do
+        r = recv(fd, buf, len, 0);
+    while (r < 0 && errno == EINTR);
+    if (r <= 0) {
+        if (r == 0)
+            BIO_set_flags(b, BIO_FLAGS_IN_EOF);
+        return 0;
+    }
+    *got = (size_t)r;
+    return 1;
+}
+
+static void bio_init(void)
+{
+    const BIO_METHOD *sock = BIO_s_socket();
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR, "xpur-socket");
+    if (!m)
+        return;
+    BIO_meth_set_write_ex(m, bio_write);
+    BIO_meth_set_read_ex(m, bio_read);
+    BIO_meth_set_ctrl(m, BIO_meth_get_ctrl(sock));
+    BIO_meth_set_create(m, BIO_meth_get_create(sock));
+    BIO_meth_set_destroy(m, BIO_meth_get_destroy(sock));
+    g_bio_method = m;
+}
+
+static int attach_bio(SSL *ssl, int fd)
+{
+    pthread_once(&g_bio_once, bio_init);
+    BIO *b = g_bio_method ? BIO_new(g_bio_method) : NULL;
+    if (!b)
+        return -1;
+    BIO_set_fd(b, fd, BIO_NOCLOSE);
+    SSL_set_bio(ssl, b, b);
+    return 0;
+}
+
 static void tls_err(char *err, size_t n, const char *what)
 {
     unsigned long e = ERR_get_error();
@@ -215,7 +279,7 @@ SSL_CTX *xpur_tls_client_ctx(const char *ca_pem, char *err, size_t errlen)
 int xpur_tls_accept(struct xpur_conn *c, SSL_CTX *ctx, int fd, char *err, size_t errlen)
 {
     SSL *ssl = SSL_new(ctx);
-    if (!ssl || SSL_set_fd(ssl, fd) != 1) {
+    if (!ssl || attach_bio(ssl, fd)) {
         tls_err(err, errlen, "SSL_new");
         SSL_free(ssl);
         return -1;
@@ -234,7 +298,7 @@ int xpur_tls_accept(struct xpur_conn *c, SSL_CTX *ctx, int fd, char *err, size_t
 int xpur_tls_connect(struct xpur_conn *c, SSL_CTX *ctx, int fd, const char *server_name, char *err, size_t errlen)
 {
     SSL *ssl = SSL_new(ctx);
-    if (!ssl || SSL_set_fd(ssl, fd) != 1) {
+    if (!ssl || attach_bio(ssl, fd)) {
         tls_err(err, errlen, "SSL_new");
         SSL_free(ssl);
         return -1;
