@@ -84,8 +84,9 @@ int xpur_session_init(struct xpur_session *s, const struct xpur_session_config *
     s->rbuf = malloc(s->rcap);
     s->sbuf = malloc(s->scap);
     s->staging = malloc(s->staging_cap);
+    s->staging2 = malloc(s->staging_cap);
     pthread_mutex_init(&s->io_mu, NULL);
-    if (!s->rbuf || !s->sbuf || !s->staging) {
+    if (!s->rbuf || !s->sbuf || !s->staging || !s->staging2) {
         xpur_session_destroy(s);
         return -1;
     }
@@ -97,7 +98,8 @@ void xpur_session_destroy(struct xpur_session *s)
     free(s->rbuf);
     free(s->sbuf);
     free(s->staging);
-    s->rbuf = s->sbuf = s->staging = NULL;
+    free(s->staging2);
+    s->rbuf = s->sbuf = s->staging = s->staging2 = NULL;
     xpur_hmap_free(&s->ids);
     xpur_hmap_free(&s->exports);
     for (size_t i = 0; i < s->layouts.cap; i++)

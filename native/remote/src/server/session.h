@@ -85,7 +85,8 @@ struct xpur_session {
     /* replies waiting to be flushed (one write per batch of replies) */
     uint8_t *sbuf;
     size_t scap, slen;
-    uint8_t *staging; /* bulk staging for copies */
+    uint8_t *staging; /* bulk staging for copies: two buffers, so the network and the copy overlap */
+    uint8_t *staging2;
     size_t staging_cap;
     struct xpur_module_cache *modules;
     struct xpur_hmap layouts; /* function/kernel id -> struct xpur_layout * (kernel parameters) */

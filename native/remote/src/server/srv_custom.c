@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -212,6 +213,80 @@ void xpur_s_cuMemSetAccess(struct xpur_session *s, struct xpur_req *q)
 
 /* ------------------------------------------------------------------ copies */
 
+/* Copies larger than one staging buffer run as a two-stage pipeline over the session's two buffers:
+ * host-to-device, a helper thread receives chunk i+1 while this thread hands chunk i to the driver;
+ * device-to-host, this thread copies chunk i+1 out of the device while a helper thread sends chunk
+ * i. Driver calls stay on the worker's thread (its context is current there); only one thread at a
+ * time touches the connection. */
+struct pipe {
+    struct xpur_session *s;
+    struct xpur_req *q;
+    uint8_t *buf[2];
+    size_t len[2];
+    int full[2];
+    uint64_t total;
+    int broken;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+};
+
+static void pipe_init(struct pipe *p, struct xpur_session *s, struct xpur_req *q, uint64_t total)
+{
+    memset(p, 0, sizeof *p);
+    p->s = s;
+    p->q = q;
+    p->buf[0] = s->staging;
+    p->buf[1] = s->staging2;
+    p->total = total;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+}
+
+static void pipe_fini(struct pipe *p)
+{
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+}
+
+/* wait until slot i is `want` (1 full, 0 empty); 0, or -1 when the other side broke */
+static int pipe_wait(struct pipe *p, int i, int want)
+{
+    pthread_mutex_lock(&p->mu);
+    while (p->full[i] != want && !p->broken)
+        pthread_cond_wait(&p->cv, &p->mu);
+    int ok = p->full[i] == want;
+    pthread_mutex_unlock(&p->mu);
+    return ok ? 0 : -1;
+}
+
+static void pipe_set(struct pipe *p, int i, int full, size_t len, int broken)
+{
+    pthread_mutex_lock(&p->mu);
+    p->full[i] = full;
+    p->len[i] = len;
+    p->broken |= broken;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void *htod_receiver(void *arg)
+{
+    struct pipe *p = arg;
+    uint64_t off = 0;
+    for (int i = 0; off < p->total; i ^= 1) {
+        size_t k = p->total - off < p->s->staging_cap ? (size_t)(p->total - off) : p->s->staging_cap;
+        if (pipe_wait(p, i, 0))
+            break;
+        if (xpur_req_bulk_read(p->s, p->q, p->buf[i], k)) {
+            pipe_set(p, i, 0, 0, 1);
+            break;
+        }
+        pipe_set(p, i, 1, k, 0);
+        off += k;
+    }
+    return NULL;
+}
+
 /* host-to-device: the bytes follow as bulk; streamed through staging into the device */
 static void htod(struct xpur_session *s, struct xpur_req *q, int async)
 {
@@ -229,21 +304,57 @@ static void htod(struct xpur_session *s, struct xpur_req *q, int async)
     if (async ? !fa : !fs)
         FAIL(q, CUDA_ERROR_NOT_SUPPORTED);
     q->status = CUDA_SUCCESS;
-    for (uint64_t off = 0; off < n;) {
-        size_t chunk = n - off < s->staging_cap ? (size_t)(n - off) : s->staging_cap;
-        if (xpur_req_bulk_read(s, q, s->staging, chunk)) {
-            q->lost = 1; /* the connection broke mid-copy */
-            return;
+    struct pipe p;
+    pipe_init(&p, s, q, n);
+    pthread_t rx;
+    int threaded = n > s->staging_cap && pthread_create(&rx, NULL, htod_receiver, &p) == 0;
+    uint64_t off = 0;
+    for (int i = 0; off < n; i ^= 1) {
+        size_t k = n - off < s->staging_cap ? (size_t)(n - off) : s->staging_cap;
+        if (threaded) {
+            if (pipe_wait(&p, i, 1)) {
+                q->lost = 1; /* the connection broke mid-copy */
+                break;
+            }
+        } else if (xpur_req_bulk_read(s, q, p.buf[i], k)) {
+            q->lost = 1;
+            break;
         }
         /* pageable staging: the driver has consumed it when the call returns, so it is reusable */
         if (q->status == CUDA_SUCCESS)
-            q->status = async ? fa(dst + off, s->staging, chunk, st) : fs(dst + off, s->staging, chunk);
-        off += chunk;
+            q->status = async ? fa(dst + off, p.buf[i], k, st) : fs(dst + off, p.buf[i], k);
+        if (threaded)
+            pipe_set(&p, i, 0, 0, 0);
+        off += k;
     }
+    if (threaded) {
+        if (q->lost)
+            pipe_set(&p, 0, p.full[0], p.len[0], 1);
+        pthread_join(rx, NULL);
+    }
+    pipe_fini(&p);
 }
 
 void xpur_s_cuMemcpyHtoD_v2(struct xpur_session *s, struct xpur_req *q) { htod(s, q, 0); }
 void xpur_s_cuMemcpyHtoDAsync_v2(struct xpur_session *s, struct xpur_req *q) { htod(s, q, 1); }
+
+static void *dtoh_sender(void *arg)
+{
+    struct pipe *p = arg;
+    uint64_t off = 0;
+    for (int i = 0; off < p->total; i ^= 1) {
+        if (pipe_wait(p, i, 1))
+            break;
+        size_t k = p->len[i];
+        if (xpur_conn_send(&p->s->conn, p->buf[i], k)) {
+            pipe_set(p, i, 1, k, 1);
+            break;
+        }
+        pipe_set(p, i, 0, 0, 0);
+        off += k;
+    }
+    return NULL;
+}
 
 /* device-to-host: the reply carries the bytes then the final status (i32) */
 static int dtoh_stream(struct xpur_session *s, struct xpur_req *q)
@@ -254,16 +365,36 @@ static int dtoh_stream(struct xpur_session *s, struct xpur_req *q)
     __typeof__(s->be->p_cuMemcpyDtoHAsync_v2) fa = (__typeof__(fa))(uintptr_t)q->ctx[4];
     __typeof__(s->be->p_cuMemcpyDtoH_v2) fs = (__typeof__(fs))(uintptr_t)q->ctx[5];
     int32_t status = CUDA_SUCCESS;
-    for (uint64_t off = 0; off < n;) {
+    struct pipe p;
+    pipe_init(&p, s, q, n);
+    pthread_t tx;
+    int threaded = n > s->staging_cap && pthread_create(&tx, NULL, dtoh_sender, &p) == 0, broken = 0;
+    uint64_t off = 0;
+    for (int i = 0; off < n; i ^= 1) {
         size_t chunk = n - off < s->staging_cap ? (size_t)(n - off) : s->staging_cap;
+        if (threaded && pipe_wait(&p, i, 0)) {
+            broken = 1;
+            break;
+        }
         if (status == CUDA_SUCCESS)
-            status = async ? fa(s->staging, src + off, chunk, st) : fs(s->staging, src + off, chunk);
+            status = async ? fa(p.buf[i], src + off, chunk, st) : fs(p.buf[i], src + off, chunk);
         if (status != CUDA_SUCCESS)
-            memset(s->staging, 0, chunk);
-        if (xpur_conn_send(&s->conn, s->staging, chunk))
-            return -1;
+            memset(p.buf[i], 0, chunk);
+        if (threaded) {
+            pipe_set(&p, i, 1, chunk, 0);
+        } else if (xpur_conn_send(&s->conn, p.buf[i], chunk)) {
+            broken = 1;
+            break;
+        }
         off += chunk;
     }
+    if (threaded) {
+        pthread_join(tx, NULL);
+        broken |= p.broken;
+    }
+    pipe_fini(&p);
+    if (broken)
+        return -1;
     uint8_t tail[4];
     xpur_le_put(tail, (uint32_t)status, 4);
     if (xpur_is_sticky(status))
