@@ -428,9 +428,15 @@ EXPORT CUresult cuDeviceGetGraphMemAttribute(CUdevice d, CUgraphMem_attribute a,
 }
 
 /* ---------------------------------------------------------------- launches */
+/* hook (remote): CPU reference kernels by name, native/testdoubles/fake_cuda_kernels.c */
+int fake_cuda_reference_kernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                               unsigned bz, CUstream s, int per_thread, void **params, void **extra, CUresult *rc);
 EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
                                unsigned int by, unsigned int bz, unsigned int shm, CUstream s, void **p, void **x)
 {
+    CUresult krc; /* hook (remote) */
+    if (fake_cuda_reference_kernel(f, gx, gy, gz, bx, by, bz, s, 0, p, x, &krc))
+        return krc;
     (void)f; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)shm; (void)s; (void)p; (void)x;
     COUNT();
     launch_sim(gx);
@@ -439,6 +445,9 @@ EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, u
 EXPORT CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
                                     unsigned int by, unsigned int bz, unsigned int shm, CUstream s, void **p, void **x)
 {
+    CUresult krc; /* hook (remote) */
+    if (fake_cuda_reference_kernel(f, gx, gy, gz, bx, by, bz, s, 1, p, x, &krc))
+        return krc;
     (void)f; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)shm; (void)s; (void)p; (void)x;
     COUNT();
     launch_sim(gx);

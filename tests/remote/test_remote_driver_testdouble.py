@@ -5,6 +5,7 @@ batching, deferred errors and data integrity end to end; proves nothing about a 
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,35 @@ def test_a_session_reports_per_api_calls_bytes_and_rtt(rig: LocalRig) -> None:
     assert "rtt_us p50" in run.stdout
     assert rig.metric("xpupool_remote_api_calls_total", api="cuCtxSynchronize") >= 2000
     assert rig.metric("xpupool_remote_connections_total", result="admitted") == 1
+
+
+def test_kernel_parameters_cross_the_wire_and_a_fault_ends_only_that_session(rig: LocalRig) -> None:
+    """Modules load by hash, parameter layouts come from the server, launches are fire-and-forget:
+    CPU reference kernels of the test double (fake_cuda_kernels.c) compute from the parameters
+    (saxpy checked element by element, fill via CU_LAUNCH_PARAM_BUFFER). A faulting kernel's sticky
+    error ends that session; a kernel that kills its worker ends that session; others go on."""
+    rig.grant("alloc-k")
+    token = rig.token("alloc-k")
+    run = _driver(rig, token, "launch")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "launch ok" in run.stdout
+    crash = _driver(rig, token, "crash")
+    assert crash.returncode == 0 and "after crash 46" in crash.stdout, crash.stdout + crash.stderr
+    assert _driver(rig, token, "alloc", "1").returncode == 0  # the daemon and new sessions are fine
+    assert rig.metric("xpupool_remote_api_calls_total", api="cuLaunchKernel") >= 6
+
+
+def test_nvml_shows_the_remote_slice(rig: LocalRig, tmp_path: Path) -> None:
+    """The real pynvml client over the replacement libnvidia-ml.so.1: one device, the slice's memory."""
+    region = tmp_path / "region"
+    sr.ShimRegion.create(region, [sr.DeviceConfig(uuid=FAKE_CARD_UUID, mem_limit_bytes=1024 * MIB)],
+                         container_key=9).close()
+    rig.grant("alloc-n", region=region)
+    code = ("import pynvml as n; n.nvmlInit(); h = n.nvmlDeviceGetHandleByIndex(0); m = n.nvmlDeviceGetMemoryInfo(h);"
+            "print(n.nvmlDeviceGetCount(), n.nvmlDeviceGetUUID(h), m.total >> 20, m.used >> 20); n.nvmlShutdown()")
+    run = subprocess.run([sys.executable, "-c", code], env=rig.client_env(rig.token("alloc-n")), capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    count, uuid, total_mib, used_mib = run.stdout.split()
+    assert (count, uuid, total_mib) == ("1", FAKE_CARD_UUID, "1024")
+    assert int(used_mib) < 1024

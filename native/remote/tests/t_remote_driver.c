@@ -9,7 +9,9 @@
  *                    the network and measures how long the next call takes to fail)
  *   rtt N            N null round trips (cuCtxSynchronize), prints p50/p99 in microseconds
  *   alloc MIB        one allocation, prints its status (quota tests)
- *   launch           load a module, learn parameters, launch, check the result
+ *   launch           load a module, learn parameters, launch reference kernels, check the results,
+ *                    then a faulting kernel: the sticky error ends the session
+ *   crash            a kernel that kills the worker: the session ends with an error
  */
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 #include <cuda.h>
@@ -228,6 +230,93 @@ static int loop(void)
     }
 }
 
+/* kernels of the fake libcuda's reference set (native/testdoubles/fake_cuda_kernels.c): any image
+ * loads on the double; the names select CPU reference implementations */
+static const char k_ptx[] = ".version 8.0\n.target sm_80\n.address_size 64\n"
+                            ".visible .entry xpur_ref_saxpy()\n{\n}\n";
+
+static int launch(void)
+{
+    CUcontext ctx;
+    setup(&ctx);
+    CUmodule m;
+    CUfunction saxpy, fill;
+    CHECK(cuModuleLoadData(&m, k_ptx));
+    CHECK(cuModuleGetFunction(&saxpy, m, "xpur_ref_saxpy"));
+    CHECK(cuModuleGetFunction(&fill, m, "xpur_ref_fill_u32"));
+    size_t off = 99, size = 99;
+    CHECK(cuFuncGetParamInfo(saxpy, 3, &off, &size));
+    EXPECT(off == 16 && size == 8, "saxpy parameter 3 at %zu (%zu bytes)", off, size);
+    EXPECT(cuFuncGetParamInfo(saxpy, 4, &off, &size) == CUDA_ERROR_INVALID_VALUE, "no parameter 4");
+    const char *name = NULL;
+    CHECK(cuFuncGetName(&name, saxpy));
+    EXPECT(name && !strcmp(name, "xpur_ref_saxpy"), "function name");
+    enum { N = 1 << 16 };
+    static float x[N], y[N], out[N];
+    for (int i = 0; i < N; i++) {
+        x[i] = (float)i;
+        y[i] = 1.0f;
+    }
+    CUdeviceptr dx, dy, dp;
+    CHECK(cuMemAlloc(&dx, sizeof x));
+    CHECK(cuMemAlloc(&dy, sizeof y));
+    CHECK(cuMemAlloc(&dp, 4 * N));
+    CUstream st;
+    CHECK(cuStreamCreate(&st, 0));
+    CHECK(cuMemcpyHtoDAsync(dx, x, sizeof x, st));
+    CHECK(cuMemcpyHtoDAsync(dy, y, sizeof y, st));
+    int n = N;
+    float a = 2.5f;
+    void *args[] = {&n, &a, &dx, &dy};
+    for (int rep = 0; rep < 4; rep++) /* fire-and-forget, batched, in stream order */
+        CHECK(cuLaunchKernel(saxpy, (N + 255) / 256, 1, 1, 256, 1, 1, 0, st, args, NULL));
+    unsigned v = 0xfeedf00du;
+    struct {
+        CUdeviceptr p;
+        unsigned v;
+        int n;
+    } packed = {dp, v, N};
+    size_t psize = sizeof packed;
+    void *extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, &packed, CU_LAUNCH_PARAM_BUFFER_SIZE, &psize, CU_LAUNCH_PARAM_END};
+    CHECK(cuLaunchKernel(fill, 1, 1, 1, 1, 1, 1, 0, st, NULL, extra));
+    CHECK(cuMemcpyDtoHAsync(out, dy, sizeof out, st));
+    CHECK(cuStreamSynchronize(st));
+    int ok = 1;
+    for (int i = 0; i < N; i++)
+        ok &= out[i] == 1.0f + 4 * 2.5f * (float)i;
+    EXPECT(ok, "4 x saxpy computed on the (reference) device from parameters sent over the wire");
+    unsigned got[4];
+    CHECK(cuMemcpyDtoH(got, dp + 4 * (N - 4), sizeof got));
+    EXPECT(got[0] == v && got[3] == v, "fill through the CU_LAUNCH_PARAM_BUFFER path");
+    /* a kernel that faults: the launch is fire-and-forget, the fault ends the session at the next
+     * synchronising call and every call after it reports the same error */
+    CUfunction trap;
+    CHECK(cuModuleGetFunction(&trap, m, "xpur_ref_trap"));
+    CHECK(cuLaunchKernel(trap, 1, 1, 1, 1, 1, 1, 0, st, NULL, NULL));
+    CUresult r1 = cuStreamSynchronize(st), r2 = cuMemAlloc(&dx, 16);
+    EXPECT(r1 == CUDA_ERROR_ILLEGAL_ADDRESS && r2 == CUDA_ERROR_ILLEGAL_ADDRESS,
+           "sticky fault: sync %d, next call %d", (int)r1, (int)r2);
+    if (failures)
+        return 1;
+    printf("launch ok\n");
+    return 0;
+}
+
+/* a kernel that kills the worker process: this session ends with an error, others go on */
+static int crash(void)
+{
+    CUcontext ctx;
+    setup(&ctx);
+    CUmodule m;
+    CUfunction f;
+    CHECK(cuModuleLoadData(&m, k_ptx));
+    CHECK(cuModuleGetFunction(&f, m, "xpur_ref_abort"));
+    CHECK(cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, 0, NULL, NULL));
+    CUresult r = cuCtxSynchronize();
+    printf("after crash %d\n", (int)r);
+    return r == CUDA_ERROR_DEVICE_UNAVAILABLE ? 0 : 1;
+}
+
 static int cmp_d(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -275,6 +364,10 @@ int main(int argc, char **argv)
         return rtt(argc > 2 ? atoi(argv[2]) : 10000);
     if (!strcmp(mode, "alloc") && argc > 2)
         return alloc(strtoull(argv[2], NULL, 10));
+    if (!strcmp(mode, "launch"))
+        return launch();
+    if (!strcmp(mode, "crash"))
+        return crash();
     fprintf(stderr, "usage: t_remote_driver basic|hold MIB|loop|rtt N|alloc MIB\n");
     return 2;
 }
