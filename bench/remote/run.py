@@ -51,12 +51,19 @@ def _nums(pattern: str, text: str) -> list[float]:
     return [float(x) for x in m.groups()]
 
 
+def _median(v: list[float]) -> float:
+    v = sorted(v)
+    return v[len(v) // 2]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
+    ap.add_argument("--rounds", type=int, default=7, help="alternating baseline/remote rounds per figure")
     args = ap.parse_args()
-    n_rtt, n_launch, reps = (3000, 50_000, 2) if args.quick else (20_000, 300_000, 5)
+    rounds = 3 if args.quick else args.rounds
+    n_rtt, n_launch = (2000, 50_000) if args.quick else (5000, 300_000)
     subprocess.run(["make", "-s", "-C", str(REPO / "native"), f"PYTHON={sys.executable}", "all"], check=True)
     subprocess.run(["make", "-s", "-C", str(REPO / "native" / "remote"), f"PYTHON={sys.executable}", "bench"],
                    check=True)
@@ -64,13 +71,12 @@ def main() -> int:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "host": {"cpus": os.cpu_count(), "kernel": platform.release(), "machine": platform.machine()},
         "backend": "fake libcuda test double (CPU)",
+        "method": f"{rounds} rounds, each the raw-socket baseline then the remote figure; medians of the rounds; "
+                  "a copy figure is the best of 3 warm transfers in one process",
     }
-    p50, p99, p999 = _nums(r"p50 ([\d.]+) p99 ([\d.]+) p999 ([\d.]+)", _run([str(BENCH / "raw_tcp"), "pingpong",
-                                                                            str(n_rtt)]))
-    res["raw_tcp_pingpong_us"] = {"p50": p50, "p99": p99, "p999": p999}
-    best, med = _nums(r"best (\d+) median (\d+)", _run([str(BENCH / "raw_tcp"), "stream", "64", str(reps)]))
-    res["raw_tcp_stream_64mib_mbps"] = {"best": best, "median": med}
+    raw = str(BENCH / "raw_tcp")
     client = str(BENCH / "bench_client")
+    pct = r"p50 ([\d.]+) p99 ([\d.]+) p999 ([\d.]+)"
     with tempfile.TemporaryDirectory() as tmp:
         for mode, tls in (("plaintext", False), ("tls", True)):
             with local_rig(Path(tmp) / mode, tls=tls) as rig:
@@ -79,26 +85,33 @@ def main() -> int:
                 if not tls:
                     env.pop("XPUPOOL_REMOTE_CA")
                     env["XPUPOOL_REMOTE_INSECURE"] = "1"
-                a, b, c = _nums(r"p50 ([\d.]+) p99 ([\d.]+) p999 ([\d.]+)", _run([client, "rtt", str(n_rtt)], env))
-                res[f"rtt_tcp_{mode}_us"] = {"p50": a, "p99": b, "p999": c}
-                h2d_b, h2d_m, d2h_b, d2h_m = _nums(r"h2d_mbps best (\d+) median (\d+) d2h_mbps best (\d+) median (\d+)",
-                                                   _run([client, "copy", "64", str(reps)], env))
-                res[f"copy_64mib_tcp_{mode}_mbps"] = {"h2d_best": h2d_b, "h2d_median": h2d_m, "d2h_best": d2h_b,
-                                                      "d2h_median": d2h_m}
+                uenv = rig.client_env(rig.token("bench"), endpoint=rig.daemon.unix_endpoint)
+                rtt: dict[str, list[list[float]]] = {"raw": [], "remote": [], "unix": []}
+                copy: dict[str, list[float]] = {"raw": [], "h2d": [], "d2h": []}
+                for _ in range(rounds):
+                    rtt["raw"].append(_nums(pct, _run([raw, "pingpong", str(n_rtt)])))
+                    rtt["remote"].append(_nums(pct, _run([client, "rtt", str(n_rtt)], env)))
+                    if not tls:
+                        rtt["unix"].append(_nums(pct, _run([client, "rtt", str(n_rtt)], uenv)))
+                    # 3 transfers per process, the best one: first-touch page faults are not the wire
+                    copy["raw"].append(_nums(r"best (\d+) median (\d+)", _run([raw, "stream", "64", "3"]))[0])
+                    h2d, _, d2h, _ = _nums(r"h2d_mbps best (\d+) median (\d+) d2h_mbps best (\d+) median (\d+)",
+                                           _run([client, "copy", "64", "3"], env))
+                    copy["h2d"].append(h2d)
+                    copy["d2h"].append(d2h)
+                for key, samples in rtt.items():
+                    if samples:
+                        res[f"rtt_{key}_{'tcp' if key != 'unix' else 'socket'}_{mode}_us"] = {
+                            q: _median([s[i] for s in samples]) for i, q in enumerate(("p50", "p99", "p999"))}
+                res[f"copy_64mib_{mode}_mbps"] = {k: _median(v) for k, v in copy.items()}
+                res[f"copy_64mib_{mode}_vs_raw_tcp"] = {
+                    d: round(_median([x / r for x, r in zip(copy[d], copy["raw"], strict=True)]), 3)
+                    for d in ("h2d", "d2h")}
                 if not tls:
                     rate, issue, cpu = _nums(r"calls_per_s (\d+) issue_calls_per_s (\d+) client_cpu_us_per_call "
                                              r"([\d.]+)", _run([client, "launch", str(n_launch)], env))
                     res["launch_tcp_plaintext"] = {"calls_per_s": rate, "issue_calls_per_s": issue,
                                                    "client_cpu_us_per_call": cpu}
-                    uenv = rig.client_env(rig.token("bench"), endpoint=rig.daemon.unix_endpoint)
-                    a, b, c = _nums(r"p50 ([\d.]+) p99 ([\d.]+) p999 ([\d.]+)", _run([client, "rtt", str(n_rtt)],
-                                                                                      uenv))
-                    res["rtt_unix_us"] = {"p50": a, "p99": b, "p999": c}
-    raw = res["raw_tcp_stream_64mib_mbps"]["median"]  # type: ignore[index]
-    for mode in ("plaintext", "tls"):
-        c = res[f"copy_64mib_tcp_{mode}_mbps"]
-        res[f"copy_vs_raw_tcp_{mode}"] = {"h2d": round(c["h2d_median"] / raw, 3),  # type: ignore[index]
-                                          "d2h": round(c["d2h_median"] / raw, 3)}  # type: ignore[index]
     text = json.dumps(res, indent=2)
     print(text)
     if args.json:
