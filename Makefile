@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest native test-native kube-bins helm e2e bench bench-kube simulate clean
+.PHONY: setup demo test lint typecheck pytest native test-native kube-bins helm node test-node e2e bench bench-kube simulate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,17 @@ test-native: native
 kube-bins:
 	bash hack/kube/build.sh
 
+# The real test node (tests/node, marker e2e_node): kubelet, kube-controller-manager and kube-proxy
+# from the pinned Kubernetes module, containerd 2.x from the Go module proxy (cached), and runc,
+# CNI plugins, iptables, busybox-static from Debian (apt-get when missing and root).
+node: kube-bins
+	bash hack/kube/build.sh kubelet kube-controller-manager kube-proxy
+	bash hack/node/build.sh
+
+# The node suite alone (needs root; one node for the whole run).
+test-node: setup node
+	$(PY) -m pytest -q -m e2e_node tests/node $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
 # Builds helm from the Go module proxy (pinned, cached) for the chart lint/render tests.
 helm:
 	bash hack/helm/install.sh
@@ -43,10 +54,11 @@ helm:
 pytest: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-test: setup kube-bins helm lint typecheck test-native pytest
+test: setup kube-bins helm node lint typecheck test-native pytest
 
-e2e: setup kube-bins
-	$(PY) -m pytest -q -m e2e_apiserver tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 1; fi; exit $$rc
+# Everything that needs a real cluster: the apiserver layer (charts included) and the real node.
+e2e: setup kube-bins helm node
+	$(PY) -m pytest -q -m "e2e_apiserver or e2e_node" tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 1; fi; exit $$rc
 
 simulate: setup
 	$(VENV)/bin/xpupool simulate

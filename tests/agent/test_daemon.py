@@ -9,7 +9,6 @@ from pathlib import Path
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from xpupool._generated.deviceplugin.v1beta1 import api_pb2
 from xpupool.agent.allocation import ANN_ALLOCATION
 from xpupool.agent.daemon import Agent, AgentSettings, merge_discoveries
 from xpupool.agent.discovery import DeviceInfo, Discovery
@@ -37,6 +36,8 @@ def settings(short_dir: Path, config: Path) -> AgentSettings:
             "XPUPOOL_METRICS_PORT": "0",
             "XPUPOOL_REGION_HOST_ROOT": str(short_dir / "regions"),
             "XPUPOOL_CARD_HOST_DIR": str(short_dir / "cards"),
+            "XPUPOOL_PODRESOURCES_SOCKET": str(short_dir / "pod-resources" / "kubelet.sock"),
+            "XPUPOOL_CDI_SPEC_DIR": str(short_dir / "cdi"),
         }
     )
 
@@ -47,7 +48,7 @@ async def test_agent_publishes_serves_and_restarts_without_rewriting(
     config = short_dir / "emulated.yaml"
     config.write_text("cards:\n  - {model: EMU-40G, memory_mib: 40960, count: 2, utilization_pct: 12}\n")
     apiserver.add_node("kw-1")
-    kubelet = FakeKubelet(short_dir)
+    kubelet = FakeKubelet(short_dir, cdi_dir=short_dir / "cdi")
     await kubelet.start()
     s = settings(short_dir, config)
     assert (s.shim_host_dir, s.slots_per_card, s.backends) == ("/var/lib/xpupool/shim", 3, ["emulated"])
@@ -57,9 +58,10 @@ async def test_agent_publishes_serves_and_restarts_without_rewriting(
     try:
         listed = await kubelet.next_list(0)
         assert len(listed.devices) == 6 and {d.health for d in listed.devices} == {"Healthy"}
+        assert agent.runtime is not None and agent.runtime.supported
 
-        # A pod the scheduler placed on card 1 at 25 %: Allocate writes its shim region.
-        apiserver.add_pod(
+        # A pod the scheduler placed on card 1 at 25 %: its container start writes its shim region.
+        pod = apiserver.add_pod(
             "ns",
             "job",
             node="kw-1",
@@ -78,19 +80,16 @@ async def test_agent_publishes_serves_and_restarts_without_rewriting(
                 )
             },
         )
-        stub = kubelet.plugin_stub(s.plugin_socket)
-        response = await stub.Allocate(
-            api_pb2.AllocateRequest(
-                container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=["EMU-kw-1-0::2"])]
-            )
-        )
-        wiring = response.container_responses[0]
-        assert wiring.envs["XPUPOOL_EMULATED_VISIBLE_DEVICES"] == "1"
-        host_dir = {m.container_path: m.host_path for m in wiring.mounts}["/run/xpupool/shim"]
+        await kubelet.admit(pod)
+        made = await kubelet.start_container("ns", "job", "main")
+        assert made.env["XPUPOOL_EMULATED_VISIBLE_DEVICES"] == "1"
+        host_dir = made.mounts["/run/xpupool/shim"][0]
         with ShimRegion.open(Path(host_dir) / "region") as region:
             entry = region.view.dev[0]
             assert (entry.uuid.decode(), entry.mem_limit, entry.share_request_bp) == ("EMU-kw-1-1", 10240 << 20, 2500)
         assert (short_dir / "cards" / "EMU-kw-1-1").is_file()
+        owner = agent.slices.owner(Path(host_dir).name)
+        assert owner is not None and (owner.namespace, owner.pod, owner.container) == ("ns", "job", "main")
         for _ in range(200):
             if ANN_INVENTORY in apiserver.nodes["kw-1"]["metadata"]["annotations"]:
                 break

@@ -69,6 +69,7 @@ def test_round_trip_and_readers_reject_unknown_versions() -> None:
         "healthReason": "",
         "topologyGroup": 0,
         "numaNode": None,
+        "heldBy": [],
     }
     assert core_devices(inv)[1] == Device(index=1, vendor=Vendor.EMULATED, model="EMU-80G", memory_mib=81920)
     doc["schemaVersion"] = 2

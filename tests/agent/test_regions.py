@@ -33,8 +33,6 @@ def pod(uid: str, card_indexes: tuple[int, ...], share_milli: int, memory: tuple
         namespace="ns",
         name=uid,
         uid=uid,
-        resource_version="1",
-        created="t",
         allocation=Allocation(
             pod=f"ns/{uid}",
             node="n1",

@@ -115,8 +115,8 @@ def test_rbac_is_least_privilege() -> None:
     assert rules(cluster_roles["rel-xpupool-agent"]) == {
         ("", "nodes", "get", ""),
         ("", "nodes", "patch", ""),
+        ("", "pods", "get", ""),
         ("", "pods", "list", ""),
-        ("", "pods", "patch", ""),
     }
     assert rules(cluster_roles["rel-xpupool-webhook"]) == {
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get", "rel-xpupool"),

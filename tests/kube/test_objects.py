@@ -10,13 +10,13 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
+from xpupool.core.constraints import Effect, Taint
 from xpupool.core.model import Allocation, Vendor
 from xpupool.kube.objects import (
     ANN_ALLOCATION,
     decode_allocation,
     encode_allocation,
     node_model,
-    node_schedulable,
     pod_request,
 )
 from xpupool.kube.testing import fake_node, fake_pod
@@ -53,15 +53,23 @@ def test_node_inventory_from_annotation_and_from_extended_resources() -> None:
     assert len(gfd.devices) == 8 and gfd.devices[0].vendor is Vendor.NVIDIA and gfd.devices[0].memory_mib == 81920
 
 
-def test_node_schedulable_honours_cordon_taints_and_readiness() -> None:
+def test_node_taints_cordon_and_readiness_reach_the_core() -> None:
+    """Taints and cordons are data for the core's filters (a tainted GPU pool stays usable by
+    pods that tolerate it); Ready=False/Unknown become the lifecycle controller's taints."""
     node = fake_node("n")
-    assert node_schedulable(node)
-    assert not node_schedulable(node | {"spec": {"unschedulable": True}})
-    assert not node_schedulable(node | {"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}})
-    assert node_schedulable(node | {"spec": {"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}})
+    assert node_model(node).taints == () and not node_model(node).unschedulable
+    assert node_model(node | {"spec": {"unschedulable": True}}).unschedulable
+    tainted = node | {"spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
+                                          {"key": "k", "effect": "PreferNoSchedule"}]}}
+    assert node_model(tainted).taints == (
+        Taint("nvidia.com/gpu", "present", Effect.NO_SCHEDULE),
+        Taint("k", "", Effect.PREFER_NO_SCHEDULE),
+    )
     not_ready = json.loads(json.dumps(node))
     not_ready["status"]["conditions"][0]["status"] = "False"
-    assert not node_schedulable(not_ready)
+    assert node_model(not_ready).taints == (Taint("node.kubernetes.io/not-ready", "", Effect.NO_SCHEDULE),)
+    not_ready["status"]["conditions"][0]["status"] = "Unknown"
+    assert node_model(not_ready).taints == (Taint("node.kubernetes.io/unreachable", "", Effect.NO_SCHEDULE),)
 
 
 @given(

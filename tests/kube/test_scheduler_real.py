@@ -287,3 +287,49 @@ async def test_remote_vxpu_binds_the_pod_to_a_cpu_node_with_its_card_elsewhere(
     assert alloc["node"] == f"{namespace}-cpu" and alloc["deviceNode"] == f"{namespace}-gpu"
     gpu = daemon.state.node_index[f"{namespace}-gpu"]
     assert int(daemon.state.bandwidth_capacity[gpu] - daemon.state.bandwidth_free[gpu]) == 2000
+
+
+async def test_tainted_gpu_pool_gated_pods_and_replica_anti_affinity(
+    transport: AiohttpTransport, namespace: str, daemon: KubeScheduler
+) -> None:
+    """A tainted GPU pool is used by pods that tolerate it (and only by them); a gated pod is
+    reported ``SchedulingGated`` and never bound until its gate is removed; replicas with hostname
+    anti-affinity get one node each and the surplus replica waits with a reason."""
+    pool = {"xpupool.test/pool": namespace}
+    taint = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+    nodes = [fake_node(f"{namespace}-g{i}", cards=2, labels=pool) for i in range(2)]
+    for node in nodes:
+        node["spec"] = {"taints": taint}
+    await create_all(transport, NODES, nodes)
+    name = daemon.config.scheduler_name
+    tolerate = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    anti = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "llm"}}, "topologyKey": "kubernetes.io/hostname"}]}}
+    replicas = []
+    for i in range(3):
+        replica = fake_pod(namespace, f"llm-{i}", scheduler=name, vxpu=1, core_pct=10, labels={"app": "llm"})
+        replica["spec"].update(tolerations=tolerate, affinity=anti)
+        replicas.append(replica)
+    intolerant = fake_pod(namespace, "intolerant", scheduler=name, vxpu=1, core_pct=10)
+    gated = fake_pod(namespace, "gated", scheduler=name, vxpu=1, core_pct=10)
+    gated["spec"].update(tolerations=tolerate, schedulingGates=[{"name": "example.com/approval"}])
+    await create_all(transport, PODS, [*replicas, intolerant, gated])
+    bound = await wait_bound(transport, namespace, 2)
+    await asyncio.sleep(1.5)  # a few more cycles: nothing else may bind
+    pods = {p["metadata"]["name"]: p for p in (await transport.list(PODS, namespace=namespace)).items}
+    on_node = {n: p["spec"].get("nodeName") for n, p in pods.items()}
+    placed = [n for n in ("llm-0", "llm-1", "llm-2") if on_node[n]]
+    assert len(placed) == 2 and len({on_node[n] for n in placed}) == 2, on_node
+    assert not on_node["intolerant"] and not on_node["gated"], on_node
+    assert len(bound) == 2
+
+    def condition(pod: JsonDict) -> JsonDict:
+        return next(c for c in pod["status"].get("conditions", []) if c["type"] == "PodScheduled")
+
+    assert condition(pods["gated"])["reason"] == "SchedulingGated"
+    assert "untolerated taint {nvidia.com/gpu: present}" in condition(pods["intolerant"])["message"]
+    waiting = next(n for n in ("llm-0", "llm-1", "llm-2") if not on_node[n])
+    assert "didn't match pod anti-affinity rules" in condition(pods[waiting])["message"]
+    await transport.patch(PODS, "gated", {"spec": {"schedulingGates": None}}, namespace=namespace)
+    bound = await wait_bound(transport, namespace, 3)
+    assert "gated" in {p["metadata"]["name"] for p in bound}

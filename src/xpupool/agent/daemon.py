@@ -1,10 +1,19 @@
 """The node agent process: discovery loop + inventory publisher + device plugin + exporter.
 
 Every ``interval_s``: run the configured backends (in a worker thread), merge their cards, feed
-the device plugin (which streams a ListAndWatch update only on change), publish the inventory on
-the Node (idempotent) and refresh the exporter snapshot. Transport errors are logged and retried
-on the next tick; nothing is stored on local disk, so a restarted agent derives everything from
-the hardware, its config file and the apiserver.
+the device plugin (which streams a ListAndWatch update only on change), ask the kubelet which
+cards other device plugins hold (coexistence), publish the inventory on the Node (idempotent) and
+refresh the exporter snapshot; every ``gc_interval_s`` remove the CDI specs and shim regions of
+containers that are gone. Transport errors are logged and retried on the next tick. What a running
+container uses (its region, its CDI spec) lives on the host, written before the container was
+created, so an agent restart loses no allocation; everything else is derived again from the
+hardware, the kubelet and the apiserver.
+
+At start the agent reads its Node's ``containerRuntimeVersion``: a runtime that cannot inject CDI
+devices is refused (:func:`xpupool.agent.cdi.runtime_support`): the device plugin is not
+registered, so the node never advertises ``xpupool.io/vxpu`` and the scheduler binds nothing there,
+and the reason is published with the inventory errors. ``XPUPOOL_ASSUME_CDI=true`` overrides the
+check for a runtime the agent does not know.
 
 Settings come from the environment (the Helm chart sets them), see :class:`AgentSettings`.
 """
@@ -26,20 +35,23 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xpupool.agent import regions
 from xpupool.agent.allocation import RuntimePaths
+from xpupool.agent.cdi import DEFAULT_SPEC_DIR, CdiSpecDir, RuntimeSupport, runtime_support
 from xpupool.agent.deviceplugin import (
     DEFAULT_SOCKET,
     DEVICE_PLUGIN_DIR,
-    ApiAllocationResolver,
     DevicePluginServer,
-    RegionWriter,
     VxpuDevicePlugin,
 )
 from xpupool.agent.discovery import Backend, DeviceInfo, Discovery, make_backend
 from xpupool.agent.kubeapi import KubeApi, NodeApi, PodApi
 from xpupool.agent.metrics import AgentCollector, AgentSnapshot, metrics_app
+from xpupool.agent.pairing import Pairing, RegionWriter, SliceIndex, foreign_held_cards
+from xpupool.agent.podresources import DEFAULT_SOCKET as PODRESOURCES_SOCKET
+from xpupool.agent.podresources import DeviceHolders, KubeletPodResources
 from xpupool.agent.publisher import InventoryPublisher
 from xpupool.agent.regions import ShimRegionWriter
-from xpupool.agent.shim_region import ShimRegionCollector, SliceRef
+from xpupool.agent.shim_region import MAX_TENANTS, ShimRegionCollector, SliceRef
+from xpupool.core.request import RES_VXPU
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +63,9 @@ class AgentSettings(BaseModel):
     node_name: str = Field(min_length=1)
     backends: list[str] = Field(default_factory=lambda: ["nvidia"])
     emulated_config: str = "/etc/xpupool/emulated.yaml"
-    slots_per_card: int = Field(default=10, ge=1, le=100)
+    # At most the shim's tenant table per card: the kubelet must never admit a container the
+    # shim could not seat (the scheduler reads the same number from the inventory).
+    slots_per_card: int = Field(default=10, ge=1, le=MAX_TENANTS)
     interval_s: float = Field(default=5.0, gt=0)
     utilization_interval_s: float = Field(default=30.0, gt=0)
     plugin_dir: str = str(DEVICE_PLUGIN_DIR)
@@ -62,8 +76,11 @@ class AgentSettings(BaseModel):
     shim_host_dir: str = RuntimePaths().shim_host_dir
     region_host_root: str = RuntimePaths().region_host_root
     card_host_dir: str = RuntimePaths().card_host_dir
-    shim_regions: bool = True  # write per-container shim regions at Allocate (limits owned by the agent)
+    shim_regions: bool = True  # write per-container shim regions at PreStart (limits owned by the agent)
     gc_interval_s: float = Field(default=60.0, gt=0)
+    podresources_socket: str = str(PODRESOURCES_SOCKET)
+    cdi_spec_dir: str = str(DEFAULT_SPEC_DIR)
+    assume_cdi: bool = False  # serve even when the runtime is not known to inject CDI devices
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AgentSettings:
@@ -85,6 +102,9 @@ class AgentSettings(BaseModel):
             "XPUPOOL_SHIM_REGIONS": "shim_regions",
             "XPUPOOL_GC_INTERVAL_S": "gc_interval_s",
             "XPUPOOL_REGION_HOST_ROOT": "region_host_root",
+            "XPUPOOL_PODRESOURCES_SOCKET": "podresources_socket",
+            "XPUPOOL_CDI_SPEC_DIR": "cdi_spec_dir",
+            "XPUPOOL_ASSUME_CDI": "assume_cdi",
         }
         for var, key in mapping.items():
             if var in env:
@@ -127,6 +147,7 @@ class Agent:
         node_api: NodeApi,
         pod_api: PodApi,
         backends: Sequence[Backend],
+        holders: DeviceHolders | None = None,
         region_writer: RegionWriter | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -149,15 +170,31 @@ class Agent:
             region_writer = ShimRegionWriter(
                 region_root=Path(settings.region_host_root), card_host_dir=Path(settings.card_host_dir)
             )
+        self._node_api = node_api
         self._pod_api = pod_api
         self._monotonic = monotonic
         self._last_gc_s: float | None = None
+        self._own_holders = holders is None
+        self.holders: DeviceHolders = holders or KubeletPodResources(Path(settings.podresources_socket))
+        self.runtime: RuntimeSupport | None = None
+        self.held_cards: dict[str, tuple[str, ...]] = {}
+        self.slices = SliceIndex()
+        self.plugin: VxpuDevicePlugin
+        self.pairing = Pairing(
+            node=settings.node_name,
+            holders=self.holders,
+            pods=pod_api,
+            specs=CdiSpecDir(Path(settings.cdi_spec_dir)),
+            devices=lambda: self.plugin.cards(),
+            paths=paths,
+            region_writer=region_writer,
+            index=self.slices,
+        )
         self.plugin = VxpuDevicePlugin(
             node=settings.node_name,
             slots_per_card=settings.slots_per_card,
-            resolver=ApiAllocationResolver(pod_api, node=settings.node_name),
+            pre_start=self.pairing,
             paths=paths,
-            region_writer=region_writer,
         )
         self.server = DevicePluginServer(
             self.plugin, plugin_dir=Path(settings.plugin_dir), socket_name=settings.plugin_socket
@@ -194,27 +231,70 @@ class Agent:
             live_pod_uids=live,
         )
 
+    async def check_runtime(self) -> RuntimeSupport | None:
+        """Judge the container runtime from the Node's status (once; ``None`` while unreadable)."""
+        if self.runtime is None:
+            try:
+                node = await self._node_api.get_node(self.settings.node_name)
+            except Exception as exc:  # transport: retried next tick
+                log.warning("cannot read Node %s to check its container runtime: %s", self.settings.node_name, exc)
+                return None
+            version = str(((node.get("status") or {}).get("nodeInfo") or {}).get("containerRuntimeVersion", ""))
+            self.runtime = runtime_support(version)
+            if self.runtime.supported:
+                log.info("container runtime: %s", self.runtime.reason)
+            elif self.settings.assume_cdi:
+                log.warning("%s; serving anyway (XPUPOOL_ASSUME_CDI)", self.runtime.reason)
+            else:
+                log.error("not serving xpupool.io/vxpu: %s", self.runtime.reason)
+        return self.runtime
+
+    @property
+    def serves(self) -> bool:
+        """Whether the device plugin may run (the runtime was judged and can inject CDI devices)."""
+        return self.runtime is not None and (self.runtime.supported or self.settings.assume_cdi)
+
+    async def collect_cdi_specs(self) -> list[str]:
+        """Remove CDI specs of containers the kubelet no longer lists (see :class:`Pairing`)."""
+        return await self.pairing.collect_garbage()
+
+    async def _held(self, devices: Sequence[DeviceInfo]) -> list[str]:
+        """Refresh :attr:`held_cards` from the kubelet; problems for the inventory errors."""
+        try:
+            snapshot = await self.holders.snapshot()
+        except Exception as exc:  # transport: keep the last answer, retried next tick
+            return [f"cannot read the kubelet's PodResources (cards held by other plugins unknown): {exc}"]
+        held, unmatched = foreign_held_cards(snapshot, devices)
+        self.held_cards = {h.uuid: h.holders for h in held}
+        return unmatched
+
     async def tick(self) -> None:
-        """One round: discover, update the device plugin, publish, refresh metrics, and every
-        ``gc_interval_s`` remove the shim regions of pods that are gone."""
+        """One round: judge the runtime (until known), discover, update the device plugin, learn
+        cards held by other plugins, publish, refresh metrics, and every ``gc_interval_s`` remove
+        the CDI specs and shim regions of containers that are gone."""
+        runtime = await self.check_runtime()
         now = self._monotonic()
         if self._last_gc_s is None or now - self._last_gc_s >= self.settings.gc_interval_s:
             self._last_gc_s = now
-            try:
-                removed = await self.collect_garbage()
-            except Exception as exc:  # transport: retried next interval
-                log.warning("region garbage collection failed: %s", exc)
-            else:
-                if removed:
-                    log.info("removed shim regions of finished pods: %s", removed)
+            for what, collect in (("shim regions", self.collect_garbage), ("CDI specs", self.collect_cdi_specs)):
+                try:
+                    removed = await collect()
+                except Exception as exc:  # transport: retried next interval
+                    log.warning("garbage collection of %s failed: %s", what, exc)
+                else:
+                    if removed:
+                        log.info("removed %s of finished containers: %s", what, removed)
         devices, errors = merge_discoveries(await asyncio.to_thread(self.discover))
         await self.plugin.update_devices(devices)
+        errors.extend(await self._held(devices))
+        if runtime is not None and not self.serves:
+            errors.append(f"{RES_VXPU} not served: {runtime.reason}")
         snap = self.snapshot
         snap.devices, snap.discovery_errors = devices, len(errors)
         snap.discoveries += 1
         snap.registrations = self.server.registrations
         try:
-            outcome = await self.publisher.publish(devices, errors)
+            outcome = await self.publisher.publish(devices, errors, held=self.held_cards)
         except Exception as exc:  # transport: retried next tick
             snap.publish_failures += 1
             log.warning("publishing the inventory failed (retrying next tick): %s", exc)
@@ -229,9 +309,7 @@ class Agent:
             )
 
     async def run(self, stop: asyncio.Event) -> None:
-        tasks = []
-        if self.settings.device_plugin:
-            tasks.append(asyncio.create_task(self.server.run(stop), name="device-plugin"))
+        tasks: list[asyncio.Task[None]] = []
         runner = web.AppRunner(metrics_app(self.collector, self.slice_collector()))
         await runner.setup()
         site = web.TCPSite(runner, self.settings.metrics_host, self.settings.metrics_port)
@@ -239,12 +317,16 @@ class Agent:
         try:
             while not stop.is_set():
                 await self.tick()
+                if self.settings.device_plugin and not tasks and self.serves:
+                    tasks.append(asyncio.create_task(self.server.run(stop), name="device-plugin"))
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.settings.interval_s)
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             await runner.cleanup()
+            if self._own_holders and isinstance(self.holders, KubeletPodResources):
+                await self.holders.close()
 
 
 async def main_async(settings: AgentSettings) -> None:

@@ -6,8 +6,12 @@ Format (annotation ``xpupool.io/inventory`` on the Node, JSON, ``schemaVersion``
      "contentHash": "sha256:…",
      "devices": [{"uuid": "GPU-…", "index": 0, "vendor": "nvidia", "model": "H100-80GB-HBM3",
                   "memoryMiB": 81079, "healthy": true, "healthReason": "",
-                  "topologyGroup": 0, "numaNode": 0}],
+                  "topologyGroup": 0, "numaNode": 0, "heldBy": []}],
      "errors": ["…discovery problems, for humans…"]}
+
+``heldBy`` names the pods that hold the card whole through another device plugin (e.g.
+``"ml/train-0 (nvidia.com/gpu)"``), as the kubelet's PodResources API records them: the scheduler
+never slices such a card (coexistence with the vendor's own device plugin).
 
 Live samples go to a second annotation, ``xpupool.io/utilization`` (schemaVersion 1), written at
 most every ``utilization_interval_s``::
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +63,7 @@ class InventoryDevice(BaseModel):
     health_reason: str = Field(default="", validation_alias="healthReason", serialization_alias="healthReason")
     topology_group: int = Field(default=0, validation_alias="topologyGroup", serialization_alias="topologyGroup", ge=0)
     numa_node: int | None = Field(default=None, validation_alias="numaNode", serialization_alias="numaNode")
+    held_by: tuple[str, ...] = Field(default=(), validation_alias="heldBy", serialization_alias="heldBy")
 
 
 class Inventory(BaseModel):
@@ -105,7 +110,10 @@ def parse_inventory(text: str | None) -> InventoryParse:
         )
 
 
-def _inventory_devices(devices: Iterable[DeviceInfo]) -> tuple[InventoryDevice, ...]:
+def _inventory_devices(
+    devices: Iterable[DeviceInfo], held: Mapping[str, Sequence[str]] | None = None
+) -> tuple[InventoryDevice, ...]:
+    held = held or {}
     ordered = sorted(devices, key=lambda d: (d.vendor.value, d.index, d.uuid))
     return tuple(
         InventoryDevice(
@@ -118,6 +126,7 @@ def _inventory_devices(devices: Iterable[DeviceInfo]) -> tuple[InventoryDevice, 
             health_reason=d.health_reason,
             topology_group=d.topology_group,
             numa_node=d.numa_node,
+            held_by=tuple(sorted(held.get(d.uuid, ()))),
         )
         for d in ordered
     )
@@ -142,13 +151,15 @@ def build_inventory(
     errors: Iterable[str],
     slots_per_card: int,
     published: Inventory | None,
+    held: Mapping[str, Sequence[str]] | None = None,
 ) -> Inventory:
     """The inventory to publish now, given what is published (``None``: nothing usable).
 
     Keeps ``published.generation`` when the content is unchanged, else ``published.generation + 1``
     (1 when nothing is published). ``errors`` do not count as content (they are for humans).
+    ``held`` maps card UUIDs to the pods holding them through another device plugin.
     """
-    inv_devices = _inventory_devices(devices)
+    inv_devices = _inventory_devices(devices, held)
     digest = content_hash(inv_devices, slots_per_card)
     if published is None:
         generation = 1

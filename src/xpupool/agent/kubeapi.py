@@ -1,7 +1,7 @@
 """The few Kubernetes API calls the node agent makes, over aiohttp.
 
 The agent needs four calls (read its Node, merge-patch its Node's annotations, list the pods bound
-to its Node, merge-patch one pod's annotations); a direct aiohttp client keeps the DaemonSet free
+to its Node, read one pod); it never writes pods. A direct aiohttp client keeps the DaemonSet free
 of the scheduler's informer machinery. :class:`NodeApi` and :class:`PodApi` are the Protocols the
 rest of the agent depends on; :class:`KubeApi` implements both against a real apiserver
 (in-cluster service account or an explicit URL/token/CA), and tests run it against a fake
@@ -52,16 +52,8 @@ class PodApi(Protocol):
         """All pods with ``spec.nodeName == node`` (one consistent list)."""
         ...
 
-    async def patch_pod_annotations(
-        self,
-        namespace: str,
-        name: str,
-        annotations: Mapping[str, str | None],
-        *,
-        resource_version: str | None = None,
-    ) -> dict[str, Any]:
-        """Merge-patch a pod's annotations; with ``resource_version`` the patch fails with 409 when the
-        pod changed since it was read (optimistic concurrency)."""
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        """The Pod as JSON; :class:`ApiError` 404 when absent."""
         ...
 
 
@@ -160,20 +152,5 @@ class KubeApi:
                 return items
             params = {**params, "continue": cont}
 
-    async def patch_pod_annotations(
-        self,
-        namespace: str,
-        name: str,
-        annotations: Mapping[str, str | None],
-        *,
-        resource_version: str | None = None,
-    ) -> dict[str, Any]:
-        meta: dict[str, Any] = {"annotations": dict(annotations)}
-        if resource_version is not None:
-            meta["resourceVersion"] = resource_version
-        return await self._request(
-            "PATCH",
-            f"/api/v1/namespaces/{namespace}/pods/{name}",
-            body={"metadata": meta},
-            content_type=MERGE_PATCH,
-        )
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        return await self._request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")

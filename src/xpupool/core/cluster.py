@@ -19,6 +19,8 @@ import numpy as np
 import numpy.typing as npt
 
 from xpupool.core.model import WHOLE_CARD_MILLI, Allocation, Node, Request, Vendor
+from xpupool.core.nodeattrs import NodeAttributes
+from xpupool.core.podindex import PodIndex
 from xpupool.core.status import Status
 
 IntArray = npt.NDArray[np.int64]
@@ -92,6 +94,11 @@ class ClusterState:
         self.allocations: dict[str, tuple[Allocation, Request]] = {}
         #: pods holding cards on each node (device side), for policies that look at neighbours
         self.card_pods: list[set[str]] = [set() for _ in self.nodes]
+        #: some node is tainted or cordoned (else the taint filters are skipped)
+        self.node_constraints = any(x.taints or x.unschedulable for x in self.nodes)
+        self._node_attrs: NodeAttributes | None = None
+        #: every pod on its (host) node, by labels: inter-pod affinity and topology spread counts
+        self.pod_index = PodIndex(n)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -102,6 +109,14 @@ class ClusterState:
     def slots(self) -> int:
         return int(self.card_exists.shape[1])
 
+    @property
+    def node_attrs(self) -> NodeAttributes:
+        """Label columns, taints and cached constraint masks of the node set (built on first use,
+        shared with snapshots: nodes never change within one state)."""
+        if self._node_attrs is None:
+            self._node_attrs = NodeAttributes(self.nodes)
+        return self._node_attrs
+
     def copy(self) -> ClusterState:
         """A snapshot: arrays are copied, immutable node objects shared."""
         clone = object.__new__(ClusterState)
@@ -110,7 +125,7 @@ class ClusterState:
                 setattr(clone, key, value.copy())
             elif key == "card_pods":
                 setattr(clone, key, [set(x) for x in value])
-            elif isinstance(value, dict | list):
+            elif isinstance(value, dict | list | PodIndex):  # PodIndex.copy is deep
                 setattr(clone, key, value.copy())
             else:
                 setattr(clone, key, value)
@@ -243,6 +258,12 @@ class ClusterState:
                 self.card_pods[dev].add(allocation.pod)
             else:
                 self.card_pods[dev].discard(allocation.pod)
+        if sign > 0:
+            self.pod_index.add(
+                allocation.pod, host, request.namespace, dict(request.labels), request.constraints.anti_affinity
+            )
+        else:
+            self.pod_index.remove(allocation.pod)
         self.node_version[host] += 1
         if dev != host:
             self.node_version[dev] += 1

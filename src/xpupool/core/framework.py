@@ -29,6 +29,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from xpupool.core.cluster import BoolArray, ClusterState, FloatArray, IntArray
+from xpupool.core.constraint_masks import constraint_cuts, constraint_mask, preference_scores, remote_device_nodes
+from xpupool.core.constraints import NO_CONSTRAINTS
 from xpupool.core.model import Allocation, RemotePolicy, Request
 from xpupool.core.status import Code, Status
 
@@ -288,6 +290,8 @@ class Scheduler:
                               "the memory free")
         cut(state.cpu_free >= request.cpu_milli, "lack cpu")
         cut(state.memory_free >= request.memory_mib, "lack memory")
+        for mask, why in constraint_cuts(state, request):
+            cut(mask, why)
         for plugin in self.profile.filters:
             cut(plugin.filter(state, ctx), plugin.reason)
         return feasible, reasons
@@ -307,6 +311,9 @@ class Scheduler:
             total += weight * result.scores
             if result.card_hint is not None and weight > best_weight:
                 hint, best_weight = result.card_hint, weight
+        preferences = preference_scores(state, ctx.request, feasible)
+        if preferences is not None:
+            total += preferences  # the pod's own wishes outrank the policy's (kube-scheduler's weights)
         values = total[candidates]
         if self.profile.integer_scores:
             values = np.floor(values + 1e-9)
@@ -338,6 +345,8 @@ class Scheduler:
     def place_local(self, state: ClusterState, request: Request, ctx: FitContext | None = None,
                     *, restrict: BoolArray | None = None) -> PlacementResult:
         """Best local placement; ``restrict`` limits the candidate nodes (preemption what-ifs)."""
+        if request.constraints.gates:
+            return PlacementResult(Status.gated(*request.constraints.gates))
         ctx = ctx or FitContext.build(state, request)
         feasible, reasons = self._feasible(state, ctx)
         if restrict is not None:
@@ -356,15 +365,18 @@ class Scheduler:
         """vXPUs on a GPU node, the pod on another node (CPU-only preferred).
 
         Device node: chosen by the profile's scores among nodes with the cards free and
-        ``remote_mbps`` of network bandwidth left. Pod node: fits CPU/memory, is not the device
-        node; cost prefers the same rack, then the same zone, then CPU-only nodes, then most CPU left.
+        ``remote_mbps`` of network bandwidth left, neither cordoned nor not-ready (the pod's own
+        constraints do not apply there: it does not run there). Pod node: fits CPU/memory and the
+        pod's constraints, is not the device node; cost prefers the same rack, then the same zone,
+        then CPU-only nodes, then most CPU left.
         """
-        device_request = replace(request, cpu_milli=0, memory_mib=0)
+        device_request = replace(request, cpu_milli=0, memory_mib=0, constraints=NO_CONSTRAINTS, labels=())
         ctx = FitContext.build(state, device_request)
         dev_ok = state.has_cards & ctx.cards_ok & (state.bandwidth_free >= request.remote_mbps)
+        dev_ok &= remote_device_nodes(state)
         for plugin in self.profile.filters:
             dev_ok &= plugin.filter(state, ctx)
-        host_ok = state.host_fit(request)
+        host_ok = state.host_fit(request) & constraint_mask(state, request)
         if not dev_ok.any():
             return PlacementResult(Status.unschedulable("no GPU node has the cards and network bandwidth "
                                                         "free for a remote vXPU"))
@@ -394,7 +406,10 @@ class Scheduler:
 
     # ---------------------------------------------------------------- entry points
     def place(self, state: ClusterState, request: Request) -> PlacementResult:
-        """Decide where ``request`` goes, honouring its remote policy. Does not mutate ``state``."""
+        """Decide where ``request`` goes, honouring its remote policy and constraints (a pod with
+        scheduling gates gets a GATED status, never a placement). Does not mutate ``state``."""
+        if request.constraints.gates:
+            return PlacementResult(Status.gated(*request.constraints.gates))
         policy = request.remote if request.count > 0 else RemotePolicy.NEVER
         if policy is RemotePolicy.REQUIRED:
             return self.place_remote(state, request)

@@ -13,6 +13,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from xpupool.core.constraints import NO_CONSTRAINTS, Constraints, Labels, Taint
+
 WHOLE_CARD_MILLI = 1000
 
 
@@ -55,7 +57,10 @@ class Device:
 
 @dataclass(frozen=True, slots=True)
 class Node:
-    """A schedulable node. CPU-only nodes are first-class (``devices == ()``)."""
+    """A schedulable node. CPU-only nodes are first-class (``devices == ()``).
+
+    ``taints`` and ``unschedulable`` (cordoned) keep pods off unless they tolerate them
+    (:mod:`xpupool.core.constraints`)."""
 
     name: str
     cpu_milli: int
@@ -63,6 +68,8 @@ class Node:
     devices: tuple[Device, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     network_mbps: int = 25_000
+    taints: tuple[Taint, ...] = ()
+    unschedulable: bool = False
 
     @property
     def rack(self) -> str:
@@ -82,6 +89,9 @@ class Request:
     (``nvidia.com/gpu: 2``) is ``count=2, share_milli=1000, exclusive=True``. ``count == 0`` is a
     CPU-only pod. ``models`` empty means any model of ``vendor`` (``vendor`` None: any vendor).
     ``remote_mbps`` is the network bandwidth a remote vXPU reserves on the GPU node.
+    ``labels`` are the pod's own labels (what other pods' affinity and spread selectors match);
+    ``constraints`` are where it may run (node selector/affinity, tolerations, gates, pod
+    (anti-)affinity, topology spread).
     """
 
     name: str
@@ -100,6 +110,8 @@ class Request:
     queue: str = "default"
     pod_group: str = ""
     namespace: str = "default"
+    labels: Labels = ()
+    constraints: Constraints = NO_CONSTRAINTS
 
     @property
     def is_sharing(self) -> bool:

@@ -14,6 +14,8 @@ class Code(enum.Enum):
     SUCCESS = "Success"
     UNSCHEDULABLE = "Unschedulable"
     UNSCHEDULABLE_AND_UNRESOLVABLE = "UnschedulableAndUnresolvable"
+    #: the pod still carries scheduling gates: not considered until they are removed
+    GATED = "SchedulingGated"
     WAIT = "Wait"
     SKIP = "Skip"
     ERROR = "Error"
@@ -43,6 +45,10 @@ class Status:
     def unschedulable(*reasons: str, plugin: str = "", resolvable: bool = True) -> Status:
         code = Code.UNSCHEDULABLE if resolvable else Code.UNSCHEDULABLE_AND_UNRESOLVABLE
         return Status(code, tuple(reasons), plugin)
+
+    @staticmethod
+    def gated(*gates: str) -> Status:
+        return Status(Code.GATED, (f"waiting for scheduling gates: {', '.join(gates)}",), "scheduling-gates")
 
     @staticmethod
     def error(*reasons: str, plugin: str = "") -> Status:

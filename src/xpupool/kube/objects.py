@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
-from xpupool.core.model import Allocation, Device, Node, Vendor
+from xpupool.core.constraints import labels_of
+from xpupool.core.model import Allocation, Device, Node, Request, Vendor
 from xpupool.core.request import (
     DOMAIN,
     OUR_RESOURCES,
@@ -34,6 +36,7 @@ from xpupool.core.request import (
     parse_quantity,
     parse_request,
 )
+from xpupool.kube.pod_constraints import node_taints, pod_constraints
 from xpupool.kube.transport import JsonDict
 
 ANN_ALLOCATION = f"{DOMAIN}/allocation"
@@ -63,7 +66,8 @@ def _qty(raw: Any, unit: float = 1.0) -> int:
 
 def pod_request(pod: JsonDict) -> ParseResult:
     """The pod's request. Card resources come from limits (falling back to requests); CPU and
-    memory from requests. Never raises: problems are in ``ParseResult.errors``."""
+    memory from requests; labels and placement constraints from metadata and spec
+    (:mod:`xpupool.kube.pod_constraints`). Never raises: problems are in ``ParseResult.errors``."""
     spec = pod.get("spec") or {}
     meta = pod.get("metadata") or {}
     resources: dict[str, float] = {}
@@ -94,7 +98,7 @@ def pod_request(pod: JsonDict) -> ParseResult:
         memory_mib = max(memory_mib, _qty(requests.get("memory", 0), 2**20))
     merged: dict[str, str | int | float] = {k: (int(v) if v == int(v) else v) for k, v in resources.items()}
     merged.update(raw_resources)
-    return parse_request(
+    parsed = parse_request(
         name=pod_key(pod),
         resources=merged,
         annotations=meta.get("annotations") or {},
@@ -104,20 +108,32 @@ def pod_request(pod: JsonDict) -> ParseResult:
         priority=int(spec.get("priority") or 0),
         namespace=str(meta.get("namespace", "default")),
     )
+    constraints, problems = pod_constraints(pod)
+    if parsed.request is None or problems:
+        return ParseResult(None, parsed.errors + problems)
+    labels = labels_of({str(k): str(v) for k, v in (meta.get("labels") or {}).items()})
+    return ParseResult(replace(parsed.request, labels=labels, constraints=constraints))
 
 
-def node_schedulable(node: JsonDict) -> bool:
-    """Not cordoned, no NoSchedule/NoExecute taint, and not reporting Ready=False."""
-    spec = node.get("spec") or {}
-    if spec.get("unschedulable"):
-        return False
-    for taint in spec.get("taints") or []:
-        if taint.get("effect") in ("NoSchedule", "NoExecute"):
-            return False
-    for cond in (node.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Ready" and cond.get("status") == "False":
-            return False
-    return True
+def pod_presence(pod: JsonDict) -> Request:
+    """What a pod whose request cannot be parsed still holds and shows (another scheduler's pod,
+    say): its name, namespace, labels, CPU/memory and the constraints that could be read, so it
+    counts for inter-pod affinity and topology spread."""
+    meta = pod.get("metadata") or {}
+    cpu_milli = memory_mib = 0
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        requests = (c.get("resources") or {}).get("requests") or {}
+        cpu_milli += _qty(requests.get("cpu", 0), 0.001)
+        memory_mib += _qty(requests.get("memory", 0), 2**20)
+    constraints, _ = pod_constraints(pod)
+    return Request(
+        name=pod_key(pod),
+        namespace=str(meta.get("namespace", "default")),
+        cpu_milli=cpu_milli,
+        memory_mib=memory_mib,
+        labels=labels_of({str(k): str(v) for k, v in (meta.get("labels") or {}).items()}),
+        constraints=constraints,
+    )
 
 
 def node_model(node: JsonDict) -> Node:
@@ -155,12 +171,15 @@ def node_model(node: JsonDict) -> Node:
                 for i in range(count)
             )
     devices.sort(key=lambda d: d.index)
+    taints, unschedulable = node_taints(node)
     return Node(
         name=str(meta.get("name")),
         cpu_milli=_qty(alloc.get("cpu", 0), 0.001),
         memory_mib=_qty(alloc.get("memory", 0), 2**20),
         devices=tuple(devices),
         labels=dict(labels),
+        taints=taints,
+        unschedulable=unschedulable,
     )
 
 
