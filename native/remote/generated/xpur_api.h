@@ -8,7 +8,7 @@
 #include "xpur_protocol.h"
 
 #define XPUR_API_ID_LIMIT 1024
-#define XPUR_API_COUNT 202
+#define XPUR_API_COUNT 219
 
 enum xpur_api_id {
     XPUR_API_cuInit = 1,
@@ -78,6 +78,7 @@ enum xpur_api_id {
     XPUR_API_cuMemAllocManaged = 67,
     XPUR_API_cuMemPrefetchAsync = 68,
     XPUR_API_cuMemAdvise = 69,
+    XPUR_API_cuMemPrefetchAsync_v2 = 77,
     XPUR_API_cuMemAllocHost_v2 = 70,
     XPUR_API_cuMemHostAlloc = 71,
     XPUR_API_cuMemFreeHost = 72,
@@ -151,6 +152,10 @@ enum xpur_api_id {
     XPUR_API_cuStreamAttachMemAsync = 171,
     XPUR_API_cuStreamWaitValue32_v2 = 172,
     XPUR_API_cuStreamWriteValue32_v2 = 173,
+    XPUR_API_cuStreamWaitValue32 = 175,
+    XPUR_API_cuStreamWriteValue32 = 176,
+    XPUR_API_cuStreamBatchMemOp = 177,
+    XPUR_API_cuStreamBatchMemOp_v2 = 178,
     XPUR_API_cuEventCreate = 180,
     XPUR_API_cuEventDestroy_v2 = 181,
     XPUR_API_cuEventRecord = 182,
@@ -180,6 +185,7 @@ enum xpur_api_id {
     XPUR_API_cuKernelSetCacheConfig = 220,
     XPUR_API_cuKernelGetName = 221,
     XPUR_API_cuKernelGetParamInfo = 222,
+    XPUR_API_cuKernelGetLibrary = 223,
     XPUR_API_cuFuncGetAttribute = 230,
     XPUR_API_cuFuncSetAttribute = 231,
     XPUR_API_cuFuncSetCacheConfig = 232,
@@ -190,6 +196,10 @@ enum xpur_api_id {
     XPUR_API_cuFuncIsLoaded = 237,
     XPUR_API_cuFuncLoad = 238,
     XPUR_API_cuLinkCreate_v2 = 239,
+    XPUR_API_cuLinkAddData_v2 = 240,
+    XPUR_API_cuLinkAddFile_v2 = 241,
+    XPUR_API_cuLinkComplete = 242,
+    XPUR_API_cuLinkDestroy = 243,
     XPUR_API_cuLaunchKernel = 250,
     XPUR_API_cuLaunchKernelEx = 251,
     XPUR_API_cuLaunchCooperativeKernel = 252,
@@ -208,6 +218,13 @@ enum xpur_api_id {
     XPUR_API_cuDeviceGraphMemTrim = 277,
     XPUR_API_cuDeviceGetGraphMemAttribute = 278,
     XPUR_API_cuDeviceSetGraphMemAttribute = 279,
+    XPUR_API_cuGraphInstantiate = 280,
+    XPUR_API_cuGraphGetNodes = 281,
+    XPUR_API_cuGraphNodeGetType = 282,
+    XPUR_API_cuGraphKernelNodeGetParams = 283,
+    XPUR_API_cuGraphKernelNodeGetParams_v2 = 284,
+    XPUR_API_cuGraphExecKernelNodeSetParams = 285,
+    XPUR_API_cuGraphExecKernelNodeSetParams_v2 = 286,
     XPUR_API_cuIpcGetMemHandle = 290,
     XPUR_API_cuIpcOpenMemHandle_v2 = 291,
     XPUR_API_cuIpcCloseMemHandle = 292,
@@ -431,6 +448,7 @@ struct xpur_backend {
     CUresult (CUDAAPI *p_cuKernelSetCacheConfig)(CUkernel kernel, CUfunc_cache config, CUdevice dev);
     CUresult (CUDAAPI *p_cuKernelGetName)(const char **name, CUkernel hfunc);
     CUresult (CUDAAPI *p_cuKernelGetParamInfo)(CUkernel kernel, size_t paramIndex, size_t *paramOffset, size_t *paramSize);
+    CUresult (CUDAAPI *p_cuKernelGetLibrary)(CUlibrary *pLib, CUkernel kernel);
     CUresult (CUDAAPI *p_cuFuncGetAttribute)(int *pi, CUfunction_attribute attrib, CUfunction hfunc);
     CUresult (CUDAAPI *p_cuFuncSetAttribute)(CUfunction hfunc, CUfunction_attribute attrib, int value);
     CUresult (CUDAAPI *p_cuFuncSetCacheConfig)(CUfunction hfunc, CUfunc_cache config);

@@ -756,6 +756,27 @@ XPUR_EXPORT CUresult CUDAAPI cuMemAdvise(CUdeviceptr devPtr, size_t count, CUmem
     return xpur_unsupported(XPUR_API_cuMemAdvise);
 }
 
+#undef cuMemPrefetchAsync_v2
+XPUR_EXPORT CUresult CUDAAPI cuMemPrefetchAsync_v2(CUdeviceptr devPtr, size_t count, CUmemLocation location, unsigned int flags, CUstream hStream)
+{
+    (void)devPtr;
+    (void)count;
+    (void)location;
+    (void)flags;
+    (void)hStream;
+    return xpur_unsupported(XPUR_API_cuMemPrefetchAsync_v2);
+}
+#undef cuMemPrefetchAsync_v2_ptsz
+XPUR_EXPORT CUresult CUDAAPI cuMemPrefetchAsync_v2_ptsz(CUdeviceptr devPtr, size_t count, CUmemLocation location, unsigned int flags, CUstream hStream)
+{
+    (void)devPtr;
+    (void)count;
+    (void)location;
+    (void)flags;
+    (void)hStream;
+    return xpur_unsupported(XPUR_API_cuMemPrefetchAsync_v2);
+}
+
 #undef cuMemAllocHost_v2
 XPUR_EXPORT CUresult CUDAAPI cuMemAllocHost_v2(void **pp, size_t bytesize)
 {
@@ -2120,6 +2141,55 @@ XPUR_EXPORT CUresult CUDAAPI cuStreamWriteValue32_v2_ptsz(CUstream stream, CUdev
     return xpur_unsupported(XPUR_API_cuStreamWriteValue32_v2);
 }
 
+#undef cuStreamWaitValue32
+XPUR_EXPORT CUresult CUDAAPI cuStreamWaitValue32(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags)
+{
+    (void)stream;
+    (void)addr;
+    (void)value;
+    (void)flags;
+    return xpur_unsupported(XPUR_API_cuStreamWaitValue32);
+}
+
+#undef cuStreamWriteValue32
+XPUR_EXPORT CUresult CUDAAPI cuStreamWriteValue32(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags)
+{
+    (void)stream;
+    (void)addr;
+    (void)value;
+    (void)flags;
+    return xpur_unsupported(XPUR_API_cuStreamWriteValue32);
+}
+
+#undef cuStreamBatchMemOp
+XPUR_EXPORT CUresult CUDAAPI cuStreamBatchMemOp(CUstream stream, unsigned int count, CUstreamBatchMemOpParams *paramArray, unsigned int flags)
+{
+    (void)stream;
+    (void)count;
+    (void)paramArray;
+    (void)flags;
+    return xpur_unsupported(XPUR_API_cuStreamBatchMemOp);
+}
+
+#undef cuStreamBatchMemOp_v2
+XPUR_EXPORT CUresult CUDAAPI cuStreamBatchMemOp_v2(CUstream stream, unsigned int count, CUstreamBatchMemOpParams *paramArray, unsigned int flags)
+{
+    (void)stream;
+    (void)count;
+    (void)paramArray;
+    (void)flags;
+    return xpur_unsupported(XPUR_API_cuStreamBatchMemOp_v2);
+}
+#undef cuStreamBatchMemOp_v2_ptsz
+XPUR_EXPORT CUresult CUDAAPI cuStreamBatchMemOp_v2_ptsz(CUstream stream, unsigned int count, CUstreamBatchMemOpParams *paramArray, unsigned int flags)
+{
+    (void)stream;
+    (void)count;
+    (void)paramArray;
+    (void)flags;
+    return xpur_unsupported(XPUR_API_cuStreamBatchMemOp_v2);
+}
+
 static CUresult g_cuEventCreate(unsigned xo, CUevent *phEvent, unsigned int Flags)
 {
     CUresult rc;
@@ -2598,6 +2668,30 @@ XPUR_EXPORT CUresult CUDAAPI cuKernelGetParamInfo(CUkernel kernel, size_t paramI
     return xpur_l_cuKernelGetParamInfo(kernel, paramIndex, paramOffset, paramSize);
 }
 
+static CUresult g_cuKernelGetLibrary(unsigned xo, CUlibrary *pLib, CUkernel kernel)
+{
+    CUresult rc;
+    struct xpur_call c;
+    if (!pLib)
+        return CUDA_ERROR_INVALID_VALUE;
+    uint64_t h_kernel;
+    if ((rc = xpur_handle_in(XPUR_H_KERNEL, (uint64_t)(uintptr_t)kernel, &h_kernel)) != CUDA_SUCCESS)
+        return rc;
+    if ((rc = xpur_call_begin(&c, XPUR_API_cuKernelGetLibrary, xo | XPUR_O_NOCTX)) != CUDA_SUCCESS)
+        return rc;
+    xpur_put_u64(&c.w, h_kernel);
+    rc = xpur_call_sync(&c);
+    if (rc == CUDA_SUCCESS) {
+        *pLib = (CUlibrary)(uintptr_t)xpur_get_u64(&c.r);
+    }
+    return xpur_call_end(&c, rc);
+}
+#undef cuKernelGetLibrary
+XPUR_EXPORT CUresult CUDAAPI cuKernelGetLibrary(CUlibrary *pLib, CUkernel kernel)
+{
+    return g_cuKernelGetLibrary(0, pLib, kernel);
+}
+
 static CUresult g_cuFuncGetAttribute(unsigned xo, int *pi, CUfunction_attribute attrib, CUfunction hfunc)
 {
     CUresult rc;
@@ -2771,6 +2865,48 @@ XPUR_EXPORT CUresult CUDAAPI cuLinkCreate_v2(unsigned int numOptions, CUjit_opti
     (void)optionValues;
     (void)stateOut;
     return xpur_unsupported(XPUR_API_cuLinkCreate_v2);
+}
+
+#undef cuLinkAddData_v2
+XPUR_EXPORT CUresult CUDAAPI cuLinkAddData_v2(CUlinkState state, CUjitInputType type, void *data, size_t size, const char *name, unsigned int numOptions, CUjit_option *options, void **optionValues)
+{
+    (void)state;
+    (void)type;
+    (void)data;
+    (void)size;
+    (void)name;
+    (void)numOptions;
+    (void)options;
+    (void)optionValues;
+    return xpur_unsupported(XPUR_API_cuLinkAddData_v2);
+}
+
+#undef cuLinkAddFile_v2
+XPUR_EXPORT CUresult CUDAAPI cuLinkAddFile_v2(CUlinkState state, CUjitInputType type, const char *path, unsigned int numOptions, CUjit_option *options, void **optionValues)
+{
+    (void)state;
+    (void)type;
+    (void)path;
+    (void)numOptions;
+    (void)options;
+    (void)optionValues;
+    return xpur_unsupported(XPUR_API_cuLinkAddFile_v2);
+}
+
+#undef cuLinkComplete
+XPUR_EXPORT CUresult CUDAAPI cuLinkComplete(CUlinkState state, void **cubinOut, size_t *sizeOut)
+{
+    (void)state;
+    (void)cubinOut;
+    (void)sizeOut;
+    return xpur_unsupported(XPUR_API_cuLinkComplete);
+}
+
+#undef cuLinkDestroy
+XPUR_EXPORT CUresult CUDAAPI cuLinkDestroy(CUlinkState state)
+{
+    (void)state;
+    return xpur_unsupported(XPUR_API_cuLinkDestroy);
 }
 
 #undef cuLaunchKernel
@@ -3080,6 +3216,68 @@ XPUR_EXPORT CUresult CUDAAPI cuDeviceSetGraphMemAttribute(CUdevice device, CUgra
     return xpur_c_cuDeviceSetGraphMemAttribute(0, device, attr, value);
 }
 
+#undef cuGraphInstantiate
+XPUR_EXPORT CUresult CUDAAPI cuGraphInstantiate(CUgraphExec *phGraphExec, CUgraph hGraph, CUgraphNode *phErrorNode, char *logBuffer, size_t bufferSize)
+{
+    (void)phGraphExec;
+    (void)hGraph;
+    (void)phErrorNode;
+    (void)logBuffer;
+    (void)bufferSize;
+    return xpur_unsupported(XPUR_API_cuGraphInstantiate);
+}
+
+#undef cuGraphGetNodes
+XPUR_EXPORT CUresult CUDAAPI cuGraphGetNodes(CUgraph hGraph, CUgraphNode *nodes, size_t *numNodes)
+{
+    (void)hGraph;
+    (void)nodes;
+    (void)numNodes;
+    return xpur_unsupported(XPUR_API_cuGraphGetNodes);
+}
+
+#undef cuGraphNodeGetType
+XPUR_EXPORT CUresult CUDAAPI cuGraphNodeGetType(CUgraphNode hNode, CUgraphNodeType *type)
+{
+    (void)hNode;
+    (void)type;
+    return xpur_unsupported(XPUR_API_cuGraphNodeGetType);
+}
+
+#undef cuGraphKernelNodeGetParams
+XPUR_EXPORT CUresult CUDAAPI cuGraphKernelNodeGetParams(CUgraphNode hNode, CUDA_KERNEL_NODE_PARAMS *nodeParams)
+{
+    (void)hNode;
+    (void)nodeParams;
+    return xpur_unsupported(XPUR_API_cuGraphKernelNodeGetParams);
+}
+
+#undef cuGraphKernelNodeGetParams_v2
+XPUR_EXPORT CUresult CUDAAPI cuGraphKernelNodeGetParams_v2(CUgraphNode hNode, CUDA_KERNEL_NODE_PARAMS *nodeParams)
+{
+    (void)hNode;
+    (void)nodeParams;
+    return xpur_unsupported(XPUR_API_cuGraphKernelNodeGetParams_v2);
+}
+
+#undef cuGraphExecKernelNodeSetParams
+XPUR_EXPORT CUresult CUDAAPI cuGraphExecKernelNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode, const CUDA_KERNEL_NODE_PARAMS *nodeParams)
+{
+    (void)hGraphExec;
+    (void)hNode;
+    (void)nodeParams;
+    return xpur_unsupported(XPUR_API_cuGraphExecKernelNodeSetParams);
+}
+
+#undef cuGraphExecKernelNodeSetParams_v2
+XPUR_EXPORT CUresult CUDAAPI cuGraphExecKernelNodeSetParams_v2(CUgraphExec hGraphExec, CUgraphNode hNode, const CUDA_KERNEL_NODE_PARAMS *nodeParams)
+{
+    (void)hGraphExec;
+    (void)hNode;
+    (void)nodeParams;
+    return xpur_unsupported(XPUR_API_cuGraphExecKernelNodeSetParams_v2);
+}
+
 #undef cuIpcGetMemHandle
 XPUR_EXPORT CUresult CUDAAPI cuIpcGetMemHandle(CUipcMemHandle *pHandle, CUdeviceptr dptr)
 {
@@ -3188,6 +3386,8 @@ const struct xpur_symbol xpur_symbols[] = {
     {"cuMemAllocManaged", (void *)cuMemAllocManaged, XPUR_API_cuMemAllocManaged},
     {"cuMemPrefetchAsync", (void *)cuMemPrefetchAsync, XPUR_API_cuMemPrefetchAsync},
     {"cuMemAdvise", (void *)cuMemAdvise, XPUR_API_cuMemAdvise},
+    {"cuMemPrefetchAsync_v2", (void *)cuMemPrefetchAsync_v2, XPUR_API_cuMemPrefetchAsync_v2},
+    {"cuMemPrefetchAsync_v2_ptsz", (void *)cuMemPrefetchAsync_v2_ptsz, XPUR_API_cuMemPrefetchAsync_v2},
     {"cuMemAllocHost_v2", (void *)cuMemAllocHost_v2, XPUR_API_cuMemAllocHost_v2},
     {"cuMemHostAlloc", (void *)cuMemHostAlloc, XPUR_API_cuMemHostAlloc},
     {"cuMemFreeHost", (void *)cuMemFreeHost, XPUR_API_cuMemFreeHost},
@@ -3310,6 +3510,11 @@ const struct xpur_symbol xpur_symbols[] = {
     {"cuStreamWaitValue32_v2_ptsz", (void *)cuStreamWaitValue32_v2_ptsz, XPUR_API_cuStreamWaitValue32_v2},
     {"cuStreamWriteValue32_v2", (void *)cuStreamWriteValue32_v2, XPUR_API_cuStreamWriteValue32_v2},
     {"cuStreamWriteValue32_v2_ptsz", (void *)cuStreamWriteValue32_v2_ptsz, XPUR_API_cuStreamWriteValue32_v2},
+    {"cuStreamWaitValue32", (void *)cuStreamWaitValue32, XPUR_API_cuStreamWaitValue32},
+    {"cuStreamWriteValue32", (void *)cuStreamWriteValue32, XPUR_API_cuStreamWriteValue32},
+    {"cuStreamBatchMemOp", (void *)cuStreamBatchMemOp, XPUR_API_cuStreamBatchMemOp},
+    {"cuStreamBatchMemOp_v2", (void *)cuStreamBatchMemOp_v2, XPUR_API_cuStreamBatchMemOp_v2},
+    {"cuStreamBatchMemOp_v2_ptsz", (void *)cuStreamBatchMemOp_v2_ptsz, XPUR_API_cuStreamBatchMemOp_v2},
     {"cuEventCreate", (void *)cuEventCreate, XPUR_API_cuEventCreate},
     {"cuEventDestroy_v2", (void *)cuEventDestroy_v2, XPUR_API_cuEventDestroy_v2},
     {"cuEventRecord", (void *)cuEventRecord, XPUR_API_cuEventRecord},
@@ -3341,6 +3546,7 @@ const struct xpur_symbol xpur_symbols[] = {
     {"cuKernelSetCacheConfig", (void *)cuKernelSetCacheConfig, XPUR_API_cuKernelSetCacheConfig},
     {"cuKernelGetName", (void *)cuKernelGetName, XPUR_API_cuKernelGetName},
     {"cuKernelGetParamInfo", (void *)cuKernelGetParamInfo, XPUR_API_cuKernelGetParamInfo},
+    {"cuKernelGetLibrary", (void *)cuKernelGetLibrary, XPUR_API_cuKernelGetLibrary},
     {"cuFuncGetAttribute", (void *)cuFuncGetAttribute, XPUR_API_cuFuncGetAttribute},
     {"cuFuncSetAttribute", (void *)cuFuncSetAttribute, XPUR_API_cuFuncSetAttribute},
     {"cuFuncSetCacheConfig", (void *)cuFuncSetCacheConfig, XPUR_API_cuFuncSetCacheConfig},
@@ -3351,6 +3557,10 @@ const struct xpur_symbol xpur_symbols[] = {
     {"cuFuncIsLoaded", (void *)cuFuncIsLoaded, XPUR_API_cuFuncIsLoaded},
     {"cuFuncLoad", (void *)cuFuncLoad, XPUR_API_cuFuncLoad},
     {"cuLinkCreate_v2", (void *)cuLinkCreate_v2, XPUR_API_cuLinkCreate_v2},
+    {"cuLinkAddData_v2", (void *)cuLinkAddData_v2, XPUR_API_cuLinkAddData_v2},
+    {"cuLinkAddFile_v2", (void *)cuLinkAddFile_v2, XPUR_API_cuLinkAddFile_v2},
+    {"cuLinkComplete", (void *)cuLinkComplete, XPUR_API_cuLinkComplete},
+    {"cuLinkDestroy", (void *)cuLinkDestroy, XPUR_API_cuLinkDestroy},
     {"cuLaunchKernel", (void *)cuLaunchKernel, XPUR_API_cuLaunchKernel},
     {"cuLaunchKernel_ptsz", (void *)cuLaunchKernel_ptsz, XPUR_API_cuLaunchKernel},
     {"cuLaunchKernelEx", (void *)cuLaunchKernelEx, XPUR_API_cuLaunchKernelEx},
@@ -3375,6 +3585,13 @@ const struct xpur_symbol xpur_symbols[] = {
     {"cuDeviceGraphMemTrim", (void *)cuDeviceGraphMemTrim, XPUR_API_cuDeviceGraphMemTrim},
     {"cuDeviceGetGraphMemAttribute", (void *)cuDeviceGetGraphMemAttribute, XPUR_API_cuDeviceGetGraphMemAttribute},
     {"cuDeviceSetGraphMemAttribute", (void *)cuDeviceSetGraphMemAttribute, XPUR_API_cuDeviceSetGraphMemAttribute},
+    {"cuGraphInstantiate", (void *)cuGraphInstantiate, XPUR_API_cuGraphInstantiate},
+    {"cuGraphGetNodes", (void *)cuGraphGetNodes, XPUR_API_cuGraphGetNodes},
+    {"cuGraphNodeGetType", (void *)cuGraphNodeGetType, XPUR_API_cuGraphNodeGetType},
+    {"cuGraphKernelNodeGetParams", (void *)cuGraphKernelNodeGetParams, XPUR_API_cuGraphKernelNodeGetParams},
+    {"cuGraphKernelNodeGetParams_v2", (void *)cuGraphKernelNodeGetParams_v2, XPUR_API_cuGraphKernelNodeGetParams_v2},
+    {"cuGraphExecKernelNodeSetParams", (void *)cuGraphExecKernelNodeSetParams, XPUR_API_cuGraphExecKernelNodeSetParams},
+    {"cuGraphExecKernelNodeSetParams_v2", (void *)cuGraphExecKernelNodeSetParams_v2, XPUR_API_cuGraphExecKernelNodeSetParams_v2},
     {"cuIpcGetMemHandle", (void *)cuIpcGetMemHandle, XPUR_API_cuIpcGetMemHandle},
     {"cuIpcOpenMemHandle_v2", (void *)cuIpcOpenMemHandle_v2, XPUR_API_cuIpcOpenMemHandle_v2},
     {"cuIpcCloseMemHandle", (void *)cuIpcCloseMemHandle, XPUR_API_cuIpcCloseMemHandle},

@@ -1452,6 +1452,13 @@ static CUresult CUDAAPI nb_cuKernelGetParamInfo(CUkernel kernel, size_t paramInd
         memset(paramSize, 0x11, sizeof *paramSize);
     return CUDA_SUCCESS;
 }
+static CUresult CUDAAPI nb_cuKernelGetLibrary(CUlibrary *pLib, CUkernel kernel)
+{
+    if (pLib)
+        memset(pLib, 0x11, sizeof *pLib);
+    (void)kernel;
+    return CUDA_SUCCESS;
+}
 static CUresult CUDAAPI nb_cuFuncGetAttribute(int *pi, CUfunction_attribute attrib, CUfunction hfunc)
 {
     if (pi)
@@ -1927,6 +1934,7 @@ void xpur_null_backend(struct xpur_backend *be)
     be->p_cuKernelSetCacheConfig = nb_cuKernelSetCacheConfig;
     be->p_cuKernelGetName = nb_cuKernelGetName;
     be->p_cuKernelGetParamInfo = nb_cuKernelGetParamInfo;
+    be->p_cuKernelGetLibrary = nb_cuKernelGetLibrary;
     be->p_cuFuncGetAttribute = nb_cuFuncGetAttribute;
     be->p_cuFuncSetAttribute = nb_cuFuncSetAttribute;
     be->p_cuFuncSetCacheConfig = nb_cuFuncSetCacheConfig;
@@ -2530,6 +2538,12 @@ static void seed_cuKernelSetCacheConfig(struct xpur_wbuf *w, uint64_t *counter)
     xpur_put_u32(w, 0);
     xpur_put_u32(w, 0);
 }
+static void seed_cuKernelGetLibrary(struct xpur_wbuf *w, uint64_t *counter)
+{
+    (void)w;
+    (void)counter;
+    xpur_put_u64(w, 0);
+}
 static void seed_cuFuncGetAttribute(struct xpur_wbuf *w, uint64_t *counter)
 {
     (void)w;
@@ -2890,6 +2904,9 @@ int xpur_fuzz_seed(uint16_t api, struct xpur_wbuf *w, uint64_t *counter)
         return 1;
     case 220:
         seed_cuKernelSetCacheConfig(w, counter);
+        return 1;
+    case 223:
+        seed_cuKernelGetLibrary(w, counter);
         return 1;
     case 230:
         seed_cuFuncGetAttribute(w, counter);

@@ -2171,6 +2171,38 @@ static void s_cuKernelSetCacheConfig(struct xpur_session *s, struct xpur_req *q)
         return;
 }
 
+static void s_cuKernelGetLibrary(struct xpur_session *s, struct xpur_req *q)
+{
+    struct xpur_rbuf *in = &q->in;
+    uint64_t a_kernel = xpur_get_u64(in);
+    if (!xpur_rbuf_done(in)) {
+        xpur_req_malformed(q);
+        return;
+    }
+    uint64_t v_kernel;
+    if (xpur_h_get(s, XPUR_H_KERNEL, a_kernel, &v_kernel)) {
+        q->status = CUDA_ERROR_INVALID_HANDLE;
+        return;
+    }
+    CUkernel r_kernel = (CUkernel)(uintptr_t)v_kernel;
+    CUlibrary o_pLib;
+    memset(&o_pLib, 0, sizeof o_pLib);
+    __typeof__(s->be->p_cuKernelGetLibrary) fn = s->be->p_cuKernelGetLibrary;
+    if (!fn) {
+        q->status = CUDA_ERROR_NOT_SUPPORTED;
+        return;
+    }
+    q->status = fn(&o_pLib, r_kernel);
+    if (q->status != CUDA_SUCCESS)
+        return;
+    uint64_t id_pLib = xpur_h_export(s, XPUR_H_LIBRARY, (uint64_t)(uintptr_t)o_pLib);
+    if (!id_pLib) {
+        q->status = CUDA_ERROR_OUT_OF_MEMORY;
+        return;
+    }
+    xpur_put_u64(&q->out, id_pLib);
+}
+
 static void s_cuFuncGetAttribute(struct xpur_session *s, struct xpur_req *q)
 {
     struct xpur_rbuf *in = &q->in;
@@ -2762,6 +2794,7 @@ const xpur_handler xpur_handlers[XPUR_API_ID_LIMIT] = {
     [218] = s_cuKernelGetAttribute,
     [219] = s_cuKernelSetAttribute,
     [220] = s_cuKernelSetCacheConfig,
+    [223] = s_cuKernelGetLibrary,
     [230] = s_cuFuncGetAttribute,
     [231] = s_cuFuncSetAttribute,
     [232] = s_cuFuncSetCacheConfig,
@@ -2989,6 +3022,7 @@ const char *const xpur_backend_names[] = {
     "cuKernelSetCacheConfig",
     "cuKernelGetName",
     "cuKernelGetParamInfo",
+    "cuKernelGetLibrary",
     "cuFuncGetAttribute",
     "cuFuncSetAttribute",
     "cuFuncSetCacheConfig",
@@ -3023,7 +3057,7 @@ const char *const xpur_backend_names[] = {
     "cuDeviceGetGraphMemAttribute",
     "cuDeviceSetGraphMemAttribute",
 };
-const unsigned xpur_backend_count = 232;
+const unsigned xpur_backend_count = 233;
 
 int xpur_backend_load(struct xpur_backend *be, void *(*sym)(void *ctx, const char *name), void *ctx)
 {
@@ -3823,6 +3857,10 @@ int xpur_backend_load(struct xpur_backend *be, void *(*sym)(void *ctx, const cha
     }
     if ((f = sym(ctx, "cuKernelGetParamInfo")) != NULL) {
         memcpy(&be->p_cuKernelGetParamInfo, &f, sizeof f);
+        found++;
+    }
+    if ((f = sym(ctx, "cuKernelGetLibrary")) != NULL) {
+        memcpy(&be->p_cuKernelGetLibrary, &f, sizeof f);
         found++;
     }
     if ((f = sym(ctx, "cuFuncGetAttribute")) != NULL) {
