@@ -257,6 +257,14 @@ class SessionRow:
     gpu_mem_bytes: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class GrantRow:
+    alloc: str
+    card: str
+    region: str  # "-": none
+    tenant: str
+
+
 class Control:
     """The daemon's control socket (unix, mode 0600): one command per connection."""
 
@@ -292,6 +300,11 @@ class Control:
         """Forget ``alloc`` and end its sessions; returns how many were ended."""
         answer = self._ask(f"revoke {alloc}")
         return int(answer.split()[1])
+
+    def grants(self) -> list[GrantRow]:
+        """Every grant the daemon holds (an agent rebuilds its view from these after a restart)."""
+        return [GrantRow(*line.split()[:4]) for line in self._ask("grants").splitlines()
+                if line and line != "end" and len(line.split()) >= 4]
 
     def sessions(self) -> list[SessionRow]:
         rows = []

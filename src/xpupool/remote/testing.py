@@ -48,11 +48,12 @@ class LocalRig:
               card: str = FAKE_CARD_UUID) -> None:
         self.control.grant(alloc=alloc, card=card, region=region, tenant=tenant)
 
-    def token(self, alloc: str, *, card: str = FAKE_CARD_UUID, node: str = NODE, ttl_s: int = 600,
+    def token(self, alloc: str, *, card: str = FAKE_CARD_UUID, node: str | None = None, ttl_s: int = 600,
               now_s: int | None = None, tenant: str = "tenant-a", key_path: Path | None = None) -> str:
         key = tokens.load_signing_key(key_path or self.state.signing_key)
         now = int(time.time()) if now_s is None else now_s
-        return tokens.mint(key, tenant=tenant, alloc=alloc, card=card, node=node, now_s=now, ttl_s=ttl_s)
+        return tokens.mint(key, tenant=tenant, alloc=alloc, card=card, node=node or self.daemon.cfg.node, now_s=now,
+                           ttl_s=ttl_s)
 
     def client_env(self, token: str | None, *, endpoint: str | None = None, timeout_ms: int | None = None,
                    log: int = 1) -> dict[str, str]:
@@ -86,9 +87,10 @@ class LocalRig:
 @contextlib.contextmanager
 def local_rig(root: Path, *, listen: str | None = "127.0.0.1:0", tls: bool = True, shim: bool = True,
               idle_timeout_ms: int = 10_000, keepalive_ms: int = 1000, log_level: int = 1,
-              max_bulk_mib: int = 64, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Iterator[LocalRig]:
-    state = d.prepare_state(root, hosts=list(hosts), now=dt.datetime.now(dt.UTC))
-    cfg = d.DaemonConfig(state=state, node=NODE, cards=(d.Card(FAKE_CARD_UUID, "0"),), listen=listen, tls=tls,
+              max_bulk_mib: int = 64, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+              node: str = NODE) -> Iterator[LocalRig]:
+    state = d.prepare_state(root, hosts=[*hosts, node], now=dt.datetime.now(dt.UTC))
+    cfg = d.DaemonConfig(state=state, node=node, cards=(d.Card(FAKE_CARD_UUID, "0"),), listen=listen, tls=tls,
                          shim=d.shim_library() if shim else None, idle_timeout_ms=idle_timeout_ms,
                          keepalive_ms=keepalive_ms, log_level=log_level, max_bulk_mib=max_bulk_mib)
     env = dict(os.environ)

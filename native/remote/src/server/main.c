@@ -5,6 +5,7 @@
  * Control socket (unix, mode 0600; the node agent's channel), one command per connection:
  *   grant <alloc> <card-uuid> <shim-region-path|-> <tenant>   -> ok
  *   revoke <alloc>                                            -> ok <sessions ended>
+ *   grants                                                    -> one line per grant
  *   sessions                                                  -> one line per live session
  *   metrics                                                   -> Prometheus text exposition
  *   ping                                                      -> ok
@@ -475,6 +476,11 @@ static void ctl_command(struct ctl_client *c, char *line)
                 killed++;
             }
         outf(&o, "ok %d\n", killed);
+    } else if (k >= 1 && strcmp(verb, "grants") == 0) {
+        for (int i = 0; i < MAX_GRANTS; i++)
+            if (g_grants[i].used)
+                outf(&o, "%s %s %s %s\n", g_grants[i].alloc, g_grants[i].card, g_grants[i].region, g_grants[i].tenant);
+        outf(&o, "end\n");
     } else if (k >= 1 && strcmp(verb, "sessions") == 0) {
         for (int i = 0; i < g_nslots; i++) {
             struct xpur_stats_slot *s = &g_slots[i];
