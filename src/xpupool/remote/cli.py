@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -63,6 +63,7 @@ def daemon(
     insecure_plaintext: Annotated[bool, typer.Option(help="no TLS (isolated networks only)")] = False,
     test_double: Annotated[bool, typer.Option(help="serve the fake libcuda test double (no GPU)")] = False,
     idle_timeout_s: Annotated[int, typer.Option(help="end a silent client's session after this")] = 10,
+    all_cards: Annotated[bool, typer.Option(help="serve every NVIDIA card NVML lists")] = False,
 ) -> None:
     """Run xpu-remoted in the foreground (Ctrl-C stops it and ends every session)."""
     from xpupool.remote import daemon as d
@@ -71,6 +72,8 @@ def daemon(
     node = node or socket.gethostname()
     hosts = host or [socket.gethostname(), "localhost", "127.0.0.1"]
     cards = [d.Card(*c.split("=", 1)) if "=" in c else d.Card(c) for c in card]
+    if all_cards:
+        cards += _nvml_cards()
     if test_double:
         cards = cards or [d.Card(FAKE_CARD_UUID, "0")]
     if not cards:
@@ -86,6 +89,21 @@ def daemon(
     typer.echo(f"mint a token: xpupool remote token --state-dir {state.root} --node {node} --card {cards[0].uuid}",
                err=True)
     os.execve(argv[0], argv, env)
+
+
+def _nvml_cards() -> list[Any]:
+    """Every card NVML lists, selected in workers by UUID (CUDA_VISIBLE_DEVICES accepts UUIDs)."""
+    import pynvml
+
+    from xpupool.remote import daemon as d
+
+    pynvml.nvmlInit()
+    try:
+        uuids = [pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i))
+                 for i in range(pynvml.nvmlDeviceGetCount())]
+    finally:
+        pynvml.nvmlShutdown()
+    return [d.Card(str(u), str(u)) for u in uuids]
 
 
 @app.command()
