@@ -81,3 +81,9 @@ FAKE_EXPORT uint64_t fake_cuda_trapped_slots(void) { return cudacompat_trapped_c
 /* answered locally by cudacompat (cuda.h's names and descriptions) */
 FAKE_EXPORT CUresult cuGetErrorName(CUresult error, const char **str) { return cudacompat_error_name(error, str); }
 FAKE_EXPORT CUresult cuGetErrorString(CUresult error, const char **str) { return cudacompat_error_string(error, str); }
+
+/* the runtime's private tables (replaces the weak NOT_SUPPORTED answer of fake_libcuda.c) */
+FAKE_EXPORT CUresult cuGetExportTable(const void **table, const CUuuid *id)
+{
+    return cudacompat_get_export_table(table, id);
+}

@@ -95,11 +95,7 @@ FAKE_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
     return CUDA_SUCCESS;
 }
 
-static void primary_gone(CUdevice dev)
-{
-    fake_stream_drain_all();
-    cudacompat_context_destroyed((CUcontext)&g_primary[dev]);
-}
+static void primary_gone(CUdevice dev) { cudacompat_context_destroyed((CUcontext)&g_primary[dev]); }
 
 FAKE_EXPORT CUresult cuDevicePrimaryCtxRelease(CUdevice dev)
 {
@@ -233,7 +229,6 @@ FAKE_EXPORT CUresult cuCtxDestroy(CUcontext ctx)
             t_depth--;
             i--;
         }
-    fake_stream_drain_all();
     cudacompat_context_destroyed(ctx);
     c->magic = 0;
     free(c);

@@ -1,15 +1,16 @@
 /*
  * TEST DOUBLE internals — shared by the files of the fake libcuda.so.1 (NOT a CUDA driver).
  *
- * fake_libcuda.c          allocators, pools, VMM, arrays, graphs, launches on a simulated GPU
- *                         timeline, events, synchronisation (owned by the shim's tests)
+ * fake_libcuda.c          allocators, pools, VMM, arrays, graphs, streams with their own simulated
+ *                         timelines, capture, events, synchronisation (owned by the shim's tests)
  * fake_cuda_compat.c      the cudacompat backend: cuGetProcAddress/cuGetExportTable answered by
  *                         native/cudacompat, so the real libcudart runs on this double
  * fake_cuda_device.c      devices: count, attributes, name, PCI location, driver version
  * fake_cuda_context.c     primary and created contexts, the per-thread context stack
  * fake_cuda_memory.c      device memory that is real host memory: allocation registry, copies,
  *                         memsets, pinned host memory, pointer attributes
- * fake_cuda_stream.c      streams as ordered queues executed by one worker thread each
+ * fake_cuda_stream.c      stream queries, host functions and callbacks
+ * fake_cuda_unsupported.c entry points libraries dlsym but the double does not model (weak)
  * fake_cuda_module.c      modules, libraries, functions (recorded; kernels never compute)
  * fake_exports.c          generated at build time: every exported cu* name -> address
  */
@@ -53,16 +54,16 @@ void fake_hostmem_register(void *p, size_t bytes);
 int fake_hostmem_unregister(void *p);
 int fake_hostmem_is_pinned(const void *p, size_t bytes);
 
-/* fake_cuda_stream.c */
-typedef void (*fake_stream_op)(void *arg);
-/* run op(arg) in stream order: queued on an explicit stream's worker, or inline after the
- * implicit synchronisation of the legacy / per-thread default stream; free_arg(arg) afterwards */
-CUresult fake_stream_submit(CUstream s, int per_thread, fake_stream_op op, void *arg, void (*free_arg)(void *));
-/* wait until everything queued on s before this call ran (NULL / CU_STREAM_LEGACY: every blocking
- * stream, as the legacy default stream synchronises with them) */
-CUresult fake_stream_drain(CUstream s);
-void fake_stream_drain_all(void);
-int fake_stream_valid(CUstream s);
-/* a per-stream slot for a simulated timeline (end of the stream's last kernel, ns), for
- * fake_libcuda.c; NULL for an unknown stream; valid until the stream is destroyed */
-_Atomic uint64_t *fake_stream_timeline(CUstream s, int per_thread);
+/* fake_libcuda.c (cudart-compat hooks): copies, memsets and host functions run at submission, in
+ * stream order: fake_stream_order checks the handle (CUDA_ERROR_INVALID_HANDLE), refuses a
+ * capturing stream (CUDA_ERROR_NOT_SUPPORTED) and waits for the stream's earlier work */
+CUresult fake_stream_order(CUstream s, int per_thread);
+CUresult fake_stream_flags(CUstream s, int per_thread, unsigned *flags);
+
+/* fake_libcuda.c -> remoting's CPU reference kernels (fake_cuda_kernels.c, branch remote): called
+ * for a kernel launch on a stream that is not capturing, after the capture and legacy-stream
+ * rules; returns 1 when it ran the kernel (*rc set), 0 to let the double simulate it. The double's
+ * own definition is weak and returns 0. */
+int fake_cuda_reference_kernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                               unsigned bz, CUstream stream, int per_thread, void **params, void **extra,
+                               CUresult *rc);

@@ -177,7 +177,6 @@ int fake_cuda_reference_kernel(CUfunction f, unsigned gx, unsigned gy, unsigned 
     (void)gz;
     (void)by;
     (void)bz;
-    (void)per_thread;
     const struct ref_kernel *k = find(f);
     if (!k)
         return 0;
@@ -205,7 +204,7 @@ int fake_cuda_reference_kernel(CUfunction f, unsigned gx, unsigned gy, unsigned 
             memcpy(args + k->p[i].off, params[i], k->p[i].size);
         }
     }
-    *rc = fake_stream_drain(s); /* earlier work on the stream first */
+    *rc = fake_stream_order(s, per_thread); /* earlier work on the stream first */
     if (*rc == CUDA_SUCCESS)
         *rc = k->run(args, gx, bx);
     return 1;

@@ -6,10 +6,11 @@
  * and memsets move real bytes, so round trips through the real runtime carry real data.
  * Pointers are validated as the driver does: a device range that is not inside one live
  * allocation is CUDA_ERROR_INVALID_VALUE, as is a NULL host pointer.
- * Asynchronous copies follow the driver's rules for host memory: from pageable memory the source
- * is staged before the call returns; into pageable memory the call waits for completion; pinned
- * memory (cuMemHostAlloc, cuMemAllocHost, cuMemHostRegister) is read/written when the stream
- * gets there.
+ * Copies and memsets (synchronous and asynchronous) run at submission, in stream order: after the
+ * stream's earlier work on the simulated timeline of fake_libcuda.c (fake_stream_order), so an
+ * asynchronous copy is complete when its call returns (a correct program cannot tell). Copies on
+ * a capturing stream are not modelled (CUDA_ERROR_NOT_SUPPORTED). Pinned host memory
+ * (cuMemHostAlloc, cuMemAllocHost, cuMemHostRegister) is registered for pointer attributes.
  */
 #include "fake_cuda_internal.h"
 
@@ -180,63 +181,24 @@ int fake_hostmem_is_pinned(const void *p, size_t bytes)
 }
 
 static int dev_ok(CUdeviceptr p, size_t bytes) { return p && fake_devmem_find(p, bytes, NULL, NULL); }
-static int explicit_stream(CUstream s) { return s && s != CU_STREAM_LEGACY && s != CU_STREAM_PER_THREAD; }
 
 /* ------------------------------------------------------------------ copies */
 
-struct copy {
-    void *dst;
-    const void *src;
-    size_t bytes;
-    void *staging; /* owned copy of a pageable source */
-};
-static void do_copy(void *p)
-{
-    struct copy *c = p;
-    memmove(c->dst, c->src, c->bytes);
-}
-static void free_copy(void *p)
-{
-    struct copy *c = p;
-    free(c->staging);
-    free(c);
-}
-
 enum side { DEV, HOST };
 
-/* validate, then run in stream order; sync = the synchronous API (returns when done) */
+/* validate, then run in stream order */
 static CUresult copy(void *dst, enum side dst_side, const void *src, enum side src_side, size_t bytes, CUstream s,
                      int per_thread, int sync)
 {
+    (void)sync; /* both complete before returning */
     if (!dst || !src)
         return CUDA_ERROR_INVALID_VALUE;
     if ((dst_side == DEV && !dev_ok((CUdeviceptr)(uintptr_t)dst, bytes)) ||
         (src_side == DEV && !dev_ok((CUdeviceptr)(uintptr_t)src, bytes)))
         return CUDA_ERROR_INVALID_VALUE;
-    if (!fake_stream_valid(s))
-        return CUDA_ERROR_INVALID_HANDLE;
-    if (bytes == 0)
-        return CUDA_SUCCESS;
-    struct copy *c = calloc(1, sizeof *c);
-    if (!c)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    c->dst = dst;
-    c->src = src;
-    c->bytes = bytes;
-    if (!sync && src_side == HOST && !fake_hostmem_is_pinned(src, bytes)) {
-        c->staging = malloc(bytes); /* pageable source: staged before returning */
-        if (!c->staging) {
-            free(c);
-            return CUDA_ERROR_OUT_OF_MEMORY;
-        }
-        memcpy(c->staging, src, bytes);
-        c->src = c->staging;
-    }
-    CUresult rc = fake_stream_submit(s, per_thread, do_copy, c, free_copy);
-    /* default streams ran it inline; an explicit stream is waited for when the API is
-     * synchronous or the destination is pageable */
-    if (rc == CUDA_SUCCESS && explicit_stream(s) && (sync || (dst_side == HOST && !fake_hostmem_is_pinned(dst, bytes))))
-        rc = fake_stream_drain(s);
+    CUresult rc = fake_stream_order(s, per_thread);
+    if (rc == CUDA_SUCCESS && bytes)
+        memmove(dst, src, bytes);
     return rc;
 }
 
@@ -279,25 +241,6 @@ FAKE_EXPORT CUresult cuMemcpyPeerAsync(CUdeviceptr dst, CUcontext dc, CUdevicept
 }
 
 /* 2D copies between pitched host / device rows (arrays are not modelled) */
-struct copy2d {
-    unsigned char *dst;
-    const unsigned char *src;
-    size_t dpitch, spitch, width, height;
-    void *staging;
-};
-static void do_copy2d(void *p)
-{
-    struct copy2d *c = p;
-    for (size_t row = 0; row < c->height; row++)
-        memmove(c->dst + row * c->dpitch, c->src + row * c->spitch, c->width);
-}
-static void free_copy2d(void *p)
-{
-    struct copy2d *c = p;
-    free(c->staging);
-    free(c);
-}
-
 /* start of one side of a 2D copy, after checking its rows lie in one allocation if on the device */
 static int side_2d(CUmemorytype type, const void *host, CUdeviceptr dev, size_t x, size_t y, size_t pitch,
                    size_t width, size_t height, unsigned char **start, enum side *where)
@@ -335,25 +278,12 @@ static CUresult copy2d(const CUDA_MEMCPY2D *p, CUstream s, int per_thread, int s
         !side_2d(p->dstMemoryType, p->dstHost, p->dstDevice, p->dstXInBytes, p->dstY, p->dstPitch, p->WidthInBytes,
                  p->Height, &dst, &dst_side))
         return CUDA_ERROR_INVALID_VALUE;
-    if (!fake_stream_valid(s))
-        return CUDA_ERROR_INVALID_HANDLE;
-    struct copy2d *c = calloc(1, sizeof *c);
-    if (!c)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    *c = (struct copy2d){dst, src, p->dstPitch, p->srcPitch, p->WidthInBytes, p->Height, NULL};
-    size_t span = p->srcPitch * (p->Height - 1) + p->WidthInBytes;
-    if (!sync && src_side == HOST && !fake_hostmem_is_pinned(src, span)) {
-        c->staging = malloc(span); /* pageable source: staged before returning */
-        if (!c->staging) {
-            free(c);
-            return CUDA_ERROR_OUT_OF_MEMORY;
-        }
-        memcpy(c->staging, src, span);
-        c->src = c->staging;
-    }
-    CUresult rc = fake_stream_submit(s, per_thread, do_copy2d, c, free_copy2d);
-    if (rc == CUDA_SUCCESS && explicit_stream(s) && (sync || (dst_side == HOST && !fake_hostmem_is_pinned(dst, 1))))
-        rc = fake_stream_drain(s);
+    (void)sync;
+    (void)src_side;
+    (void)dst_side;
+    CUresult rc = fake_stream_order(s, per_thread);
+    for (size_t row = 0; rc == CUDA_SUCCESS && row < p->Height; row++)
+        memmove(dst + row * p->dstPitch, src + row * p->srcPitch, p->WidthInBytes);
     return rc;
 }
 
@@ -367,9 +297,10 @@ FAKE_EXPORT CUresult cuMemcpy2DAsync_v2_ptsz(const CUDA_MEMCPY2D *p, CUstream s)
 /* managed memory is ordinary device memory here: advice and prefetch only check the range */
 static CUresult managed_range(CUdeviceptr p, size_t n, CUstream s)
 {
+    unsigned flags;
     if (!dev_ok(p, n))
         return CUDA_ERROR_INVALID_VALUE;
-    return fake_stream_valid(s) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    return fake_stream_flags(s, 0, &flags);
 }
 FAKE_EXPORT CUresult cuMemPrefetchAsync(CUdeviceptr p, size_t n, CUdevice d, CUstream s)
 {
@@ -426,12 +357,13 @@ static CUresult fill(CUdeviceptr dst, size_t pitch, uint32_t value, unsigned ele
     size_t span = pitch * (height - 1) + width * elem;
     if (!dev_ok(dst, span))
         return CUDA_ERROR_INVALID_VALUE;
-    struct fill *f = malloc(sizeof *f);
-    if (!f)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    *f = (struct fill){(unsigned char *)(uintptr_t)dst, pitch, width, height, elem, value};
-    (void)sync; /* the synchronous memsets use the default streams, which run inline */
-    return fake_stream_submit(s, per_thread, do_fill, f, free);
+    (void)sync; /* both complete before returning */
+    CUresult rc = fake_stream_order(s, per_thread);
+    if (rc == CUDA_SUCCESS) {
+        struct fill f = {(unsigned char *)(uintptr_t)dst, pitch, width, height, elem, value};
+        do_fill(&f);
+    }
+    return rc;
 }
 
 FAKE_EXPORT CUresult cuMemsetD8(CUdeviceptr d, unsigned char v, size_t n) { FAKE_COUNT(); return fill(d, n, v, 1, n, 1, NULL, 0, 1); }

@@ -2,16 +2,17 @@
  * TEST DOUBLE — fake libcuda.so.1 entry points it has but does not implement (NOT a CUDA driver).
  *
  * Some libraries resolve a fixed list of driver symbols with dlsym and refuse to start when one
- * is missing (cuBLASLt 12.9 needs ~80, among them graph, capture, linker and stream memory
- * operations). They exist here so such a library starts; calling one fails loudly with
- * CUDA_ERROR_NOT_SUPPORTED, except the capture queries, which truthfully report "not capturing"
- * (capture cannot start: cuStreamBeginCapture is unsupported). Every definition is weak: the
- * strict double of fake_libcuda.c replaces any of them by defining the symbol.
+ * is missing (cuBLASLt 12.9 needs ~80, among them graph-node queries, the JIT linker and stream
+ * memory operations). They exist here so such a library starts; calling one fails loudly with
+ * CUDA_ERROR_NOT_SUPPORTED. Every definition is weak: the strict double of fake_libcuda.c replaces
+ * any of them by defining the symbol.
  */
 #include "fake_cuda_internal.h"
 
 /* the original (unsuffixed) exports, which cuda.h maps to newer names */
 #undef cuStreamGetCaptureInfo
+CUresult cuStreamGetCaptureInfo_v2(CUstream s, CUstreamCaptureStatus *st, cuuint64_t *id, CUgraph *g,
+                                   const CUgraphNode **deps, size_t *n);
 #undef cuGraphInstantiate
 #undef cuGraphKernelNodeGetParams
 #undef cuGraphExecKernelNodeSetParams
@@ -25,44 +26,11 @@
         return CUDA_ERROR_NOT_SUPPORTED;                                                               \
     } while (0)
 
-/* ---- stream capture: never active on this double */
-static CUresult not_capturing(CUstream s, CUstreamCaptureStatus *status)
-{
-    fake_cuda_count("cuStreamIsCapturing/GetCaptureInfo");
-    if (!status)
-        return CUDA_ERROR_INVALID_VALUE;
-    if (!fake_stream_valid(s))
-        return CUDA_ERROR_INVALID_HANDLE;
-    *status = CU_STREAM_CAPTURE_STATUS_NONE;
-    return CUDA_SUCCESS;
-}
-WEAK CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus *st) { return not_capturing(s, st); }
-WEAK CUresult cuStreamIsCapturing_ptsz(CUstream s, CUstreamCaptureStatus *st) { return not_capturing(s, st); }
+/* ---- the original cuStreamGetCaptureInfo (CUDA 10.1 signature): fake_libcuda.c's capture model */
 WEAK CUresult cuStreamGetCaptureInfo(CUstream s, CUstreamCaptureStatus *st, cuuint64_t *id)
 {
-    (void)id;
-    return not_capturing(s, st);
+    return cuStreamGetCaptureInfo_v2(s, st, id, NULL, NULL, NULL);
 }
-WEAK CUresult cuStreamGetCaptureInfo_v2(CUstream s, CUstreamCaptureStatus *st, cuuint64_t *id, CUgraph *g,
-                                        const CUgraphNode **deps, size_t *n)
-{
-    (void)id, (void)g, (void)deps, (void)n;
-    return not_capturing(s, st);
-}
-WEAK CUresult cuStreamGetCaptureInfo_v2_ptsz(CUstream s, CUstreamCaptureStatus *st, cuuint64_t *id, CUgraph *g,
-                                             const CUgraphNode **deps, size_t *n)
-{
-    (void)id, (void)g, (void)deps, (void)n;
-    return not_capturing(s, st);
-}
-WEAK CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode)
-{
-    return mode ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE; /* nothing captures: any mode is fine */
-}
-WEAK CUresult cuStreamBeginCapture_v2(CUstream s, CUstreamCaptureMode m) { (void)s, (void)m; UNSUPPORTED; }
-WEAK CUresult cuStreamBeginCapture_v2_ptsz(CUstream s, CUstreamCaptureMode m) { (void)s, (void)m; UNSUPPORTED; }
-WEAK CUresult cuStreamEndCapture(CUstream s, CUgraph *g) { (void)s, (void)g; UNSUPPORTED; }
-WEAK CUresult cuStreamEndCapture_ptsz(CUstream s, CUgraph *g) { (void)s, (void)g; UNSUPPORTED; }
 
 /* ---- graphs beyond what fake_libcuda.c models */
 WEAK CUresult cuGraphInstantiate(CUgraphExec *e, CUgraph g, CUgraphNode *err, char *log, size_t n)

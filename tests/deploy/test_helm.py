@@ -96,12 +96,13 @@ def test_rbac_is_least_privilege() -> None:
         ("", "nodes", "list", ""),
         ("", "nodes", "watch", ""),
         ("events.k8s.io", "events", "create", ""),
-        ("xpupool.io", "xpupools", "get", ""),
-        ("xpupool.io", "xpupools", "list", ""),
-        ("xpupool.io", "xpupools", "watch", ""),
         ("xpupool.io", "xpuqueues", "get", ""),
         ("xpupool.io", "xpuqueues", "list", ""),
         ("xpupool.io", "xpuqueues", "watch", ""),
+        ("", "namespaces", "get", ""),
+        ("", "namespaces", "list", ""),
+        ("", "namespaces", "watch", ""),
+        ("xpupool.io", "xpuqueues/status", "patch", ""),
     }
     # Leases only in the release namespace, get/update only on its own Lease.
     lease = roles["rel-xpupool-scheduler-lease"]
@@ -122,6 +123,8 @@ def test_rbac_is_least_privilege() -> None:
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get", "rel-xpupool"),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "rel-xpupool"),
         ("", "nodes", "list", ""),
+        ("xpupool.io", "xpuqueues", "list", ""),
+        ("", "namespaces", "list", ""),
     }
     assert rules(roles["rel-xpupool-webhook"]) == {
         ("", "secrets", "create", ""),

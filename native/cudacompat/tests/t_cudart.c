@@ -226,6 +226,10 @@ static void check_streams_and_events(void)
     cudaEvent_t e0 = NULL, e1 = NULL;
     fill_pattern(src, n, 2);
     CUDA_OK(rt.MallocHost((void **)&pinned, n), "cudaMallocHost 8 MiB (pinned)");
+    if (!pinned) {
+        free(src);
+        return; /* reported above */
+    }
     CUDA_OK(rt.Malloc(&d, n), "cudaMalloc 8 MiB");
     CUDA_OK(rt.StreamCreate(&s1), "cudaStreamCreate");
     CUDA_OK(rt.StreamCreateWithFlags(&s2, 1), "cudaStreamCreateWithFlags(non-blocking)");

@@ -315,6 +315,10 @@ class Agent:
                 else:
                     if removed:
                         log.info("removed %s of finished containers: %s", what, removed)
+        try:  # shim hook: host pids of the containers' processes, for the shim's NVML lists
+            await asyncio.to_thread(regions.record_host_pids, region_root=Path(self.settings.region_host_root))
+        except Exception as exc:  # never fatal: the lists stay empty until the next tick
+            log.warning("recording host pids of shim processes failed: %s", exc)
         devices, errors = merge_discoveries(await asyncio.to_thread(self.discover))
         await self.plugin.update_devices(devices)
         if self.remote is not None:  # hook (remote)
