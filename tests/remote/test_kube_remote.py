@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -107,7 +108,7 @@ async def test_remote_pod_gets_a_session_and_loses_it_when_deleted(cluster: Clus
     token_file = c.root / "sa-token"
     token_file.write_text(await _agent_token(transport, c.ns, "xpupool-agent", agent_pod, REMOTE_AUDIENCE))
     alloc = Allocation(pod=f"{c.ns}/work", node=c.cpu, device_node=c.gpu, cards=(0,), share_milli=500,
-                       device_memory_mib=(256,), remote_mbps=1000)
+                       device_memory_mib=(2048,), remote_mbps=1000)
     pod = await _pod(transport, c.ns, "work", c.cpu, annotations={ANN_ALLOCATION: encode_allocation(alloc)})
 
     # the GPU node's agent: publish, serve tokens (HTTPS with the daemon's certificate)
@@ -133,10 +134,12 @@ async def test_remote_pod_gets_a_session_and_loses_it_when_deleted(cluster: Clus
         assert (paths.client_container_dir, paths.client_host_dir, True) in wiring.mounts
         env = _host_env(wiring.envs, paths, wiring.region_host_dir)
         driver = str(d.native_dir() / "remote" / "tests" / "t_remote_driver")
-        run = subprocess.run([driver, "alloc", "200"], env=env, capture_output=True, text=True, timeout=60)
+        # the 2 GiB slice, held by the worker's libxpushim, which also charges the per-process
+        # reserve (512 MiB for NVIDIA: the same rule as for local containers)
+        run = subprocess.run([driver, "alloc", "1400"], env=env, capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stdout + run.stderr
-        over = subprocess.run([driver, "alloc", "300"], env=env, capture_output=True, text=True, timeout=60)
-        assert over.returncode == 2, over.stdout + over.stderr  # the 256 MiB slice, by the worker's libxpushim
+        over = subprocess.run([driver, "alloc", "1600"], env=env, capture_output=True, text=True, timeout=60)
+        assert over.returncode == 2, over.stdout + over.stderr
         grants = c.rig.control.grants()
         assert [(g.alloc, g.card, g.tenant) for g in grants] == [(pod["metadata"]["uid"], FAKE_CARD_UUID,
                                                                  f"{c.ns}/work")]
@@ -144,13 +147,14 @@ async def test_remote_pod_gets_a_session_and_loses_it_when_deleted(cluster: Clus
         assert region.exists()
 
         # a live session, then the pod is deleted: the next reconcile revokes and ends it
+        _wait_no_sessions(c.rig)  # the processes above are gone and their charges released
         loop = subprocess.Popen([driver, "loop"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert loop.stdout is not None and loop.stdout.readline().strip() == "READY"
         assert await role.server.reconcile() == []  # alive: kept
         await transport.delete(PODS, "work", namespace=c.ns)
         assert await role.server.reconcile() == [f"{c.ns}/work"]
-        out, _ = loop.communicate(timeout=15)
-        assert "error 46" in out
+        out, err = loop.communicate(timeout=15)
+        assert "error 46" in out, (loop.returncode, out, err)
         assert c.rig.control.grants() == [] and not region.exists()
         assert c.rig.control.sessions() == []
     finally:
@@ -187,6 +191,13 @@ async def test_token_endpoint_refuses(cluster: Cluster, transport: AiohttpTransp
     assert decision.http == {"another node's pod": 403, "not an agent": 403, "apiserver audience": 401,
                              "local allocation": 409}[case], decision.status.message()
     assert c.rig.control.grants() == []  # nothing granted, no token minted
+
+
+def _wait_no_sessions(rig: LocalRig, timeout_s: float = 10.0) -> None:
+    t0 = time.monotonic()
+    while rig.control.sessions() and time.monotonic() - t0 < timeout_s:
+        time.sleep(0.05)
+    assert rig.control.sessions() == []
 
 
 def _free_port() -> int:

@@ -306,5 +306,7 @@ void xpur_worker_main(const struct xpur_daemon_cfg *cfg, int fd, int tls, int ad
     xpur_log(2, "session %u ended (%s)", session_id, rc == 0 ? "bye" : "connection ended");
     atomic_store(&slot->state, XPUR_SLOT_ENDED);
     xpur_conn_close(&s.conn);
-    _exit(rc == 0 ? 0 : 1); /* the process exit returns the session's GPU memory */
+    /* exit, not _exit: libxpushim's exit handlers return the slice's charges at once (a killed
+     * worker's are reaped by the next process of the slice); the process exit frees the GPU memory */
+    exit(rc == 0 ? 0 : 1);
 }
