@@ -138,6 +138,7 @@ async def test_remote_pod_gets_a_session_and_loses_it_when_deleted(cluster: Clus
         # reserve (512 MiB for NVIDIA: the same rule as for local containers)
         run = subprocess.run([driver, "alloc", "1400"], env=env, capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stdout + run.stderr
+        _wait_no_sessions(c.rig)  # one session at a time: its worker has returned its charges
         over = subprocess.run([driver, "alloc", "1600"], env=env, capture_output=True, text=True, timeout=60)
         assert over.returncode == 2, over.stdout + over.stderr
         grants = c.rig.control.grants()
