@@ -158,6 +158,12 @@ async def test_remote_pod_gets_a_session_and_loses_it_when_deleted(cluster: Clus
         assert "error 46" in out, (loop.returncode, out, err)
         assert c.rig.control.grants() == [] and not region.exists()
         assert c.rig.control.sessions() == []
+        # the GPU node's agent exports the daemon's metrics: a revoked session is no error
+        (collector,) = role.collectors()
+        samples = {(s.name, s.labels.get("reason")): s.value for f in collector.collect() for s in f.samples
+                   if s.labels.get("node") == c.gpu}
+        assert samples[("xpupool_remote_daemon_up", None)] == 1
+        assert samples[("xpupool_remote_session_errors_total", "worker_crashed")] == 0
     finally:
         await runner.cleanup()
 

@@ -54,6 +54,9 @@ def test_refused_before_any_driver_call(rig: LocalRig, tmp_path: Path, case: str
     time.sleep(0.2)  # the worker exits right after refusing; the supervisor reaps it
     assert rig.metric("xpupool_remote_backend_loads_total") == 0
     assert rig.metric("xpupool_remote_api_calls_total") == 0
+    refused = 0 if token is None else 1  # without a token the client does not even connect
+    assert rig.metric("xpupool_remote_session_errors_total") == refused  # the refusal, by reason
+    assert rig.metric("xpupool_remote_session_errors_total", reason="refused_auth") == refused
     # the same daemon still serves a valid token
     ok = _count_devices(rig, rig.token("alloc-ok"))
     assert ok.returncode == 0, ok.stderr
@@ -74,6 +77,10 @@ def test_revoking_a_grant_ends_its_sessions_and_refuses_new_ones(rig: LocalRig) 
     finally:
         holder.kill()
     assert _count_devices(rig, token).returncode == 3
+    time.sleep(0.2)
+    # a revoked session is not an error; the refused reconnection is
+    assert rig.metric("xpupool_remote_session_errors_total", reason="worker_crashed") == 0
+    assert rig.metric("xpupool_remote_session_errors_total", reason="refused_auth") == 1
 
 
 def test_plaintext_tcp_needs_an_explicit_opt_in(rig: LocalRig) -> None:

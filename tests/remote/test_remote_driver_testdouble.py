@@ -70,6 +70,11 @@ def test_kernel_parameters_cross_the_wire_and_a_fault_ends_only_that_session(rig
     assert crash.returncode == 0 and "after crash 46" in crash.stdout, crash.stdout + crash.stderr
     assert _driver(rig, token, "alloc", "1").returncode == 0  # the daemon and new sessions are fine
     assert rig.metric("xpupool_remote_api_calls_total", api="cuLaunchKernel") >= 6
+    # each abnormal end is counted once by reason; a session that says goodbye is not an error
+    assert rig.wait_idle()
+    errors = {r: rig.metric("xpupool_remote_session_errors_total", reason=r)
+              for r in ("sticky_error", "worker_crashed", "connection_lost", "bad_frame")}
+    assert errors == {"sticky_error": 1, "worker_crashed": 1, "connection_lost": 0, "bad_frame": 0}, errors
 
 
 def test_nvml_shows_the_remote_slice(rig: LocalRig, tmp_path: Path) -> None:

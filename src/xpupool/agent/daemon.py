@@ -350,7 +350,8 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks: list[asyncio.Task[None]] = []
-        runner = web.AppRunner(metrics_app(self.collector, self.slice_collector()))
+        remote_collectors = self.remote.collectors() if self.remote is not None else []  # hook (remote)
+        runner = web.AppRunner(metrics_app(self.collector, self.slice_collector(), *remote_collectors))
         await runner.setup()
         site = web.TCPSite(runner, self.settings.metrics_host, self.settings.metrics_port)
         await site.start()

@@ -29,6 +29,7 @@ from xpupool.agent.discovery import DeviceInfo
 from xpupool.agent.pairing import RegionWriter
 from xpupool.remote.client_wiring import NodeGetter, RemoteClientWiring, RemotePaths
 from xpupool.remote.daemon import Control, StateFiles
+from xpupool.remote.metrics import DaemonMetricsCollector
 from xpupool.remote.served import PodGetter, RemoteServer, TokenReviewer
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,12 @@ class RemoteRole:
             await self.server.reconcile()
         if self.client is not None:
             await self.client.refresh()
+
+    def collectors(self) -> list[DaemonMetricsCollector]:
+        """Collectors for the agent's ``/metrics`` (the daemon's, on a node that serves remote vXPUs)."""
+        if self.server is None:
+            return []
+        return [DaemonMetricsCollector(self.server.control, node=self.node)]
 
     def live_uids(self) -> set[str]:
         return self.server.live_uids() if self.server is not None else set()

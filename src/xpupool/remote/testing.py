@@ -70,6 +70,15 @@ class LocalRig:
             env["XPUPOOL_REMOTE_TIMEOUT_MS"] = str(timeout_ms)
         return env
 
+    def wait_idle(self, timeout_s: float = 5.0) -> bool:
+        """Wait until the daemon holds no session (every worker reaped, its metrics final)."""
+        deadline = time.monotonic() + timeout_s
+        while self.control.sessions():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
     def metric(self, name: str, **labels: str) -> float:
         """The sum of a metric's samples whose labels include ``labels`` (0 when absent)."""
         total = 0.0

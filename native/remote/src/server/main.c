@@ -49,6 +49,7 @@ struct session_meta {
     pid_t pid;
     int admit_fd;
     int in_use;
+    int revoked; /* killed on purpose (grant revoked): its end is not an error */
 };
 
 struct ctl_client {
@@ -70,6 +71,38 @@ static volatile sig_atomic_t g_stop;
 static uint64_t g_admitted, g_refused_auth, g_refused_protocol, g_refused_busy, g_refused_backend, g_backend_loads,
     g_sessions_ended;
 static uint64_t g_api_totals[XPUR_STATS_API_LIMIT];
+
+/* xpupool_remote_session_errors_total{reason}: connections refused and sessions that ended badly */
+enum session_error {
+    SE_REFUSED_AUTH, SE_REFUSED_PROTOCOL, SE_REFUSED_BUSY, SE_BACKEND_FAILED, SE_HANDSHAKE_LOST,
+    SE_WORKER_CRASHED, SE_STICKY_ERROR, SE_BAD_FRAME, SE_CONNECTION_LOST, SE_COUNT
+};
+static const char *const k_session_error_names[SE_COUNT] = {
+    "refused_auth", "refused_protocol", "refused_busy", "backend_failed", "handshake_lost",
+    "worker_crashed", "sticky_error", "bad_frame", "connection_lost",
+};
+static uint64_t g_session_errors[SE_COUNT];
+
+/* the error a reaped worker's exit stands for, or -1 (a goodbye, a revoked grant) */
+static int session_error_of(int status, const struct session_meta *m, uint32_t end_reason)
+{
+    if (WIFSIGNALED(status))
+        return m->revoked ? -1 : SE_WORKER_CRASHED;
+    switch (WEXITSTATUS(status)) {
+    case 2: return SE_REFUSED_PROTOCOL;
+    case 3: return SE_REFUSED_AUTH;
+    case 4: return SE_BACKEND_FAILED;
+    case 5: return SE_HANDSHAKE_LOST;
+    default: break;
+    }
+    switch (end_reason) {
+    case XPUR_END_BYE: return -1;
+    case XPUR_END_STICKY: return SE_STICKY_ERROR;
+    case XPUR_END_BAD_FRAME: return SE_BAD_FRAME;
+    case XPUR_END_CONNECTION: return SE_CONNECTION_LOST;
+    default: return WEXITSTATUS(status) == 0 ? -1 : SE_WORKER_CRASHED; /* exited without saying why */
+    }
+}
 
 static void on_signal(int sig)
 {
@@ -206,6 +239,7 @@ static void accept_one(int lfd, int tls)
     }
     if (free_slot < 0 || pending >= g_max_pending) {
         g_refused_busy++;
+        g_session_errors[SE_REFUSED_BUSY]++;
         close(fd);
         return;
     }
@@ -308,6 +342,9 @@ static void reap(void)
                 g_refused_auth++;
             else if (code == 4)
                 g_refused_backend++;
+            int err = session_error_of(status, &g_meta[i], atomic_load(&s->end_reason));
+            if (err >= 0)
+                g_session_errors[err]++;
             if (atomic_load(&s->backend_opened))
                 g_backend_loads++;
             if (atomic_load(&s->backend_opened))
@@ -384,6 +421,11 @@ static void metrics(struct out *o)
          (unsigned long long)g_refused_protocol);
     outf(o, "xpupool_remote_connections_total{result=\"refused_busy\"} %llu\n", (unsigned long long)g_refused_busy);
     outf(o, "xpupool_remote_connections_total{result=\"backend_failed\"} %llu\n", (unsigned long long)g_refused_backend);
+    outf(o, "# HELP xpupool_remote_session_errors_total Connections refused and sessions ended by an error, "
+            "by reason.\n# TYPE xpupool_remote_session_errors_total counter\n");
+    for (int r = 0; r < SE_COUNT; r++)
+        outf(o, "xpupool_remote_session_errors_total{reason=\"%s\"} %llu\n", k_session_error_names[r],
+             (unsigned long long)g_session_errors[r]);
     outf(o, "# HELP xpupool_remote_backend_loads_total Sessions that loaded the driver (admitted ones only).\n"
             "# TYPE xpupool_remote_backend_loads_total counter\nxpupool_remote_backend_loads_total %llu\n",
          (unsigned long long)loads);
@@ -473,6 +515,7 @@ static void ctl_command(struct ctl_client *c, char *line)
         for (int i = 0; i < g_nslots; i++)
             if (g_meta[i].in_use && strcmp(g_slots[i].alloc, f1) == 0 && g_meta[i].pid > 0) {
                 kill(g_meta[i].pid, SIGKILL); /* ending the process frees the session's GPU memory */
+                g_meta[i].revoked = 1;
                 killed++;
             }
         outf(&o, "ok %d\n", killed);

@@ -86,6 +86,12 @@ int xpur_session_init(struct xpur_session *s, const struct xpur_session_config *
     s->staging = malloc(s->staging_cap);
     s->staging2 = malloc(s->staging_cap);
     pthread_mutex_init(&s->io_mu, NULL);
+    pthread_mutex_init(&s->ka_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->ka_cv, &ca);
+    pthread_condattr_destroy(&ca);
     if (!s->rbuf || !s->sbuf || !s->staging || !s->staging2) {
         xpur_session_destroy(s);
         return -1;
@@ -111,6 +117,8 @@ void xpur_session_destroy(struct xpur_session *s)
         xpur_module_cache_free(s->modules);
     s->modules = NULL;
     pthread_mutex_destroy(&s->io_mu);
+    pthread_mutex_destroy(&s->ka_mu);
+    pthread_cond_destroy(&s->ka_cv);
 }
 
 /* ---------------------------------------------------------------- I/O */
@@ -182,9 +190,17 @@ int xpur_req_bulk_read(struct xpur_session *s, struct xpur_req *q, void *dst, si
     return 0;
 }
 
+void xpur_session_end_reason(struct xpur_session *s, uint32_t reason)
+{
+    uint32_t none = XPUR_END_UNKNOWN;
+    if (s->stats)
+        atomic_compare_exchange_strong(&s->stats->end_reason, &none, reason);
+}
+
 static void send_error(struct xpur_session *s, uint64_t request, int32_t refusal, const char *msg)
 {
     s->refusals++;
+    xpur_session_end_reason(s, XPUR_END_BAD_FRAME);
     uint8_t buf[XPUR_HDR_SIZE + 8 + 256];
     struct xpur_wbuf w;
     xpur_wbuf_init(&w, buf + XPUR_HDR_SIZE, sizeof buf - XPUR_HDR_SIZE);
@@ -206,9 +222,18 @@ static void *keepalive_main(void *arg)
     struct xpur_session *s = arg;
     uint64_t last = 0;
     uint64_t period = (uint64_t)s->keepalive_ms * 1000000ull;
-    while (!atomic_load(&s->stop)) {
-        struct timespec ts = {0, 100 * 1000000L};
-        nanosleep(&ts, NULL);
+    for (;;) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 100 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L)
+            ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_mutex_lock(&s->ka_mu);
+        while (!atomic_load(&s->stop) && pthread_cond_timedwait(&s->ka_cv, &s->ka_mu, &ts) == 0) {
+        }
+        pthread_mutex_unlock(&s->ka_mu);
+        if (atomic_load(&s->stop))
+            break;
         uint64_t b = atomic_load(&s->busy_since_ns), n = now_ns();
         if (!b || n - b < period || n - last < period)
             continue;
@@ -294,10 +319,14 @@ static int dispatch(struct xpur_session *s, const struct xpur_hdr *h, const uint
             if (s->stats)
                 atomic_fetch_add_explicit(&s->stats->deferred_errors, 1, memory_order_relaxed);
         }
-        if (sticky) /* nobody waits for this call: the next reply reports it, then the session ends */
+        if (sticky) { /* nobody waits for this call: the next reply reports it, then the session ends */
             s->end_after_reply = 1;
+            xpur_session_end_reason(s, XPUR_END_STICKY);
+        }
         return 0;
     }
+    if (sticky)
+        xpur_session_end_reason(s, XPUR_END_STICKY);
     if (sticky || s->end_after_reply)
         s->ending = 1;
     if (q.out.bad)
@@ -403,7 +432,12 @@ int xpur_session_serve(struct xpur_session *s)
         if (rc < 0)
             break; /* refused (ERROR sent) or the connection broke */
     }
+    /* a reason recorded earlier (sticky error, bad frame) wins over these */
+    xpur_session_end_reason(s, result == 0 ? XPUR_END_BYE : XPUR_END_CONNECTION);
+    pthread_mutex_lock(&s->ka_mu);
     atomic_store(&s->stop, 1);
+    pthread_cond_signal(&s->ka_cv);
+    pthread_mutex_unlock(&s->ka_mu);
     if (have_ka)
         pthread_join(ka, NULL);
     return result;

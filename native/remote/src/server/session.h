@@ -95,6 +95,8 @@ struct xpur_session {
     pthread_mutex_t io_mu;
     _Atomic uint64_t busy_since_ns; /* 0 when not inside a backend call */
     _Atomic int stop;
+    pthread_mutex_t ka_mu; /* with ka_cv: wakes the keep-alive thread at once when the session ends */
+    pthread_cond_t ka_cv;
     int32_t keepalive_ms;
     uint64_t last_request_seen;
     uint64_t refusals; /* ERROR frames sent (protocol violations) */
@@ -119,6 +121,8 @@ void xpur_req_malformed(struct xpur_req *q);
 int xpur_req_bulk_read(struct xpur_session *s, struct xpur_req *q, void *dst, size_t n);
 /* a sticky CUDA error: the context is unusable, the session must end */
 int xpur_is_sticky(int32_t status);
+/* record why the session ends (enum xpur_end_reason) for the supervisor's metrics; first one wins */
+void xpur_session_end_reason(struct xpur_session *s, uint32_t reason);
 
 /* ---- the worker */
 struct xpur_session_config {

@@ -397,8 +397,10 @@ static int dtoh_stream(struct xpur_session *s, struct xpur_req *q)
         return -1;
     uint8_t tail[4];
     xpur_le_put(tail, (uint32_t)status, 4);
-    if (xpur_is_sticky(status))
+    if (xpur_is_sticky(status)) {
         s->end_after_reply = 1, s->ending = 1;
+        xpur_session_end_reason(s, XPUR_END_STICKY);
+    }
     return xpur_conn_send(&s->conn, tail, 4);
 }
 

@@ -17,8 +17,19 @@
 
 enum xpur_slot_state { XPUR_SLOT_FREE, XPUR_SLOT_HANDSHAKE, XPUR_SLOT_ACTIVE, XPUR_SLOT_ENDED };
 
+/* Why an admitted session ended, as its worker saw it (the first reason wins); the supervisor
+ * adds what only it sees (refusals, a worker killed by a signal) when it reaps the worker. */
+enum xpur_end_reason {
+    XPUR_END_UNKNOWN = 0,
+    XPUR_END_BYE,        /* the client said goodbye: not an error */
+    XPUR_END_CONNECTION, /* the connection closed, broke or stayed silent past the grace */
+    XPUR_END_STICKY,     /* a sticky CUDA error (a faulting kernel) ended the context */
+    XPUR_END_BAD_FRAME,  /* the client sent a frame or arguments that failed validation */
+};
+
 struct xpur_stats_slot {
     _Atomic uint32_t state;
+    _Atomic uint32_t end_reason; /* enum xpur_end_reason, written once by the worker */
     uint32_t session;
     pid_t pid;
     char alloc[128];
