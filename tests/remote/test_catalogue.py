@@ -59,6 +59,7 @@ def test_python_header_layout_is_the_c_one() -> None:
         ("{id: 1, name: cuA, mode: sync, proto: \"size_t n\"}\n  - {id: 1, name: cuB, mode: sync, proto: \"\"}",
          "already used"),
         ("{id: 1, name: cuA, mode: sync, range: \"p:n\", proto: \"size_t n\"}", "unknown parameter"),
+        ("{id: 1, name: cuA, mode: sync, optional: \"n\", proto: \"size_t n\"}", "not outputs"),
     ],
 )
 def test_inconsistent_catalogues_are_refused(tmp_path: Path, entry: str, message: str) -> None:

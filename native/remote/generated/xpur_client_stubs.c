@@ -695,10 +695,12 @@ static CUresult g_cuMemGetAddressRange_v2(unsigned xo, CUdeviceptr *pbase, size_
 {
     CUresult rc;
     struct xpur_call c;
+    CUdeviceptr opt_pbase;
     if (!pbase)
-        return CUDA_ERROR_INVALID_VALUE;
+        pbase = &opt_pbase;
+    size_t opt_psize;
     if (!psize)
-        return CUDA_ERROR_INVALID_VALUE;
+        psize = &opt_psize;
     if ((rc = xpur_call_begin(&c, XPUR_API_cuMemGetAddressRange_v2, xo)) != CUDA_SUCCESS)
         return rc;
     xpur_put_u64(&c.w, (uint64_t)dptr);
@@ -2436,10 +2438,12 @@ static CUresult g_cuModuleGetGlobal_v2(unsigned xo, CUdeviceptr *dptr, size_t *b
 {
     CUresult rc;
     struct xpur_call c;
+    CUdeviceptr opt_dptr;
     if (!dptr)
-        return CUDA_ERROR_INVALID_VALUE;
+        dptr = &opt_dptr;
+    size_t opt_bytes;
     if (!bytes)
-        return CUDA_ERROR_INVALID_VALUE;
+        bytes = &opt_bytes;
     if (!name)
         return CUDA_ERROR_INVALID_VALUE;
     uint64_t h_hmod;
@@ -2536,10 +2540,12 @@ static CUresult g_cuLibraryGetGlobal(unsigned xo, CUdeviceptr *dptr, size_t *byt
 {
     CUresult rc;
     struct xpur_call c;
+    CUdeviceptr opt_dptr;
     if (!dptr)
-        return CUDA_ERROR_INVALID_VALUE;
+        dptr = &opt_dptr;
+    size_t opt_bytes;
     if (!bytes)
-        return CUDA_ERROR_INVALID_VALUE;
+        bytes = &opt_bytes;
     if (!name)
         return CUDA_ERROR_INVALID_VALUE;
     uint64_t h_library;

@@ -246,6 +246,19 @@ static int launch(void)
     CHECK(cuModuleLoadData(&m, k_ptx));
     CHECK(cuModuleGetFunction(&saxpy, m, "xpur_ref_saxpy"));
     CHECK(cuModuleGetFunction(&fill, m, "xpur_ref_fill_u32"));
+    /* outputs the driver lets the caller skip (cuBLAS asks for a global's address only) */
+    CUdeviceptr g = 0;
+    size_t gbytes = 0;
+    CHECK(cuModuleGetGlobal(&g, NULL, m, "xpur_constants"));
+    CHECK(cuModuleGetGlobal(NULL, &gbytes, m, "xpur_constants"));
+    EXPECT(g != 0 && gbytes > 0, "a global's address and size asked for separately");
+    CHECK(cuMemsetD8(g, 0x5a, gbytes)); /* the session may write its module's globals */
+    CUdeviceptr base = 0;
+    CHECK(cuMemGetAddressRange(&base, NULL, g));
+    EXPECT(base != 0, "cuMemGetAddressRange with only the base asked for");
+    CUmoduleLoadingMode mode = CU_MODULE_EAGER_LOADING;
+    CHECK(cuModuleGetLoadingMode(&mode));
+    EXPECT(mode == CU_MODULE_LAZY_LOADING, "lazy module loading, as a 12.2+ driver answers by default");
     size_t off = 99, size = 99;
     CHECK(cuFuncGetParamInfo(saxpy, 3, &off, &size));
     EXPECT(off == 16 && size == 8, "saxpy parameter 3 at %zu (%zu bytes)", off, size);

@@ -88,6 +88,7 @@ class Param:
     direction: Dir | None = None
     wire: str | None = None      # u8 u16 u32 i32 u64 f32 dev dptr handle cstr pod
     handle: str | None = None    # handle kind for wire == "handle"
+    optional: bool = False       # an output the caller may pass as NULL (the driver then skips it)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -252,6 +253,15 @@ def infer(api_name: str, p: Param, generic: bool) -> Param:
     return p
 
 
+def _mark_optional(api: str, params: tuple[Param, ...], text: str) -> tuple[Param, ...]:
+    """``optional: "a b"``: outputs ``a`` and ``b`` may be NULL (cuModuleGetGlobal's dptr/bytes)."""
+    names = set(text.split())
+    outs = {p.name for p in params if p.direction is Dir.OUT}
+    if names - outs:
+        raise CatalogueError(f"{api}: optional names {sorted(names - outs)}, which are not outputs")
+    return tuple(dataclasses.replace(p, optional=True) if p.name in names else p for p in params)
+
+
 def _track(api: str, text: str | None) -> Track | None:
     if not text:
         return None
@@ -346,6 +356,7 @@ def load(path: Path = CATALOGUE_PATH) -> Catalogue:
         mode = Mode(raw["mode"])
         generic = mode in (Mode.SYNC, Mode.ASYNC)
         params = tuple(infer(name, parse_param(d), generic) for d in _split_params(str(raw.get("proto", ""))))
+        params = _mark_optional(name, params, str(raw.get("optional", "")))
         api = Api(
             id=int(raw["id"]), name=name, mode=mode, params=params,
             noctx=bool(raw.get("noctx", False)), pt=raw.get("pt"), syncpoint=bool(raw.get("syncpoint", False)),

@@ -225,7 +225,9 @@ def _client_generic(a: Api) -> list[str]:
     params = ", ".join(["unsigned xo"] + [p.decl for p in a.params])
     body = [f"static CUresult g_{a.name}({params})", "{", "    CUresult rc;", "    struct xpur_call c;"]
     for p in a.params:
-        if p.direction is Dir.OUT or p.wire in ("cstr", "pod"):
+        if p.optional:  # NULL: the caller does not want it; a local receives it (hooks read it)
+            body.append(f"    {p.ctype} opt_{p.name};\n    if (!{p.name})\n        {p.name} = &opt_{p.name};")
+        elif p.direction is Dir.OUT or p.wire in ("cstr", "pod"):
             body.append(f"    if (!{p.name})\n        return CUDA_ERROR_INVALID_VALUE;")
     for p in a.params:
         if p.wire == "handle" and p.direction is Dir.IN:

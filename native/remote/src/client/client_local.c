@@ -699,11 +699,25 @@ CUresult xpur_l_cuStreamGetDevice(CUstream s, CUdevice *d)
     return rc;
 }
 
+static CUmoduleLoadingMode g_loading_mode = CU_MODULE_LAZY_LOADING;
+static pthread_once_t g_loading_once = PTHREAD_ONCE_INIT;
+
+static void loading_mode_init(void)
+{
+    const char *v = getenv("CUDA_MODULE_LOADING"); /* read once, as the driver does */
+    if (v && strcmp(v, "EAGER") == 0)
+        g_loading_mode = CU_MODULE_EAGER_LOADING;
+}
+
+/* Lazy unless the application asks for eager, as the driver (12.2+) answers. It matters: with
+ * eager loading the runtime loads every fatbin of every library at start-up (198 cuBLAS images,
+ * each sent to the server), with lazy loading only those whose kernels are used. */
 CUresult xpur_l_cuModuleGetLoadingMode(CUmoduleLoadingMode *mode)
 {
     if (!mode)
         return CUDA_ERROR_INVALID_VALUE;
-    *mode = CU_MODULE_EAGER_LOADING; /* the server's driver decides; images are sent whole */
+    pthread_once(&g_loading_once, loading_mode_init);
+    *mode = g_loading_mode;
     return CUDA_SUCCESS;
 }
 
