@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest native test-native kube-bins helm node test-node view-tools e2e bench bench-kube simulate clean
+.PHONY: remote-deps setup demo test lint typecheck pytest native test-native kube-bins helm node test-node view-tools e2e bench bench-kube simulate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,7 +58,13 @@ view-tools:
 pytest: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-test: setup kube-bins helm node view-tools lint typecheck test-native pytest
+# Remote vXPUs build against OpenSSL (libssl-dev) and their fault tests make a network namespace
+# (iproute2): installed from Debian when missing (CI runs as root).
+remote-deps:
+	@if ! test -f /usr/include/openssl/ssl.h || ! command -v ip >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev iproute2 >/dev/null; fi
+
+test: setup kube-bins helm node view-tools remote-deps lint typecheck test-native pytest
 
 # Everything that needs a real cluster: the apiserver layer (charts included) and the real node.
 e2e: setup kube-bins helm node

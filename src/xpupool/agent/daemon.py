@@ -59,6 +59,8 @@ from xpupool.agent.publisher import InventoryPublisher
 from xpupool.agent.regions import ShimRegionWriter
 from xpupool.agent.shim_region import MAX_TENANTS, ShimRegionCollector, SliceRef
 from xpupool.core.request import RES_VXPU
+from xpupool.remote.agent_role import RemoteRole, RemoteSettings
+from xpupool.remote.served import TokenReviewer
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,16 @@ def merge_discoveries(discoveries: Sequence[Discovery]) -> tuple[list[DeviceInfo
     return devices, errors
 
 
+def _no_reviewer() -> TokenReviewer:
+    """A reviewer that authenticates nobody (a node serving remote vXPUs needs a real one)."""
+
+    class Refuse:
+        async def review(self, token: str, *, audience: str) -> dict[str, Any]:
+            return {"authenticated": False}
+
+    return Refuse()
+
+
 class Agent:
     """One agent: wire with fakes in tests, with :class:`KubeApi` in production."""
 
@@ -157,6 +169,8 @@ class Agent:
         holders: DeviceHolders | None = None,
         region_writer: RegionWriter | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        remote: RemoteSettings | None = None,
+        token_reviewer: TokenReviewer | None = None,
     ) -> None:
         self.settings = settings
         self._backends = list(backends)
@@ -189,6 +203,19 @@ class Agent:
         self.held_cards: dict[str, tuple[str, ...]] = {}
         self.slices = SliceIndex()
         self.plugin: VxpuDevicePlugin
+        # hook (remote): remote vXPUs served from this node's cards and/or used by its containers
+        self.remote: RemoteRole | None = None
+        if remote is not None and remote.enabled:
+            self.remote = RemoteRole(
+                remote,
+                node=settings.node_name,
+                nodes=node_api,
+                pods=pod_api,
+                reviewer=token_reviewer or _no_reviewer(),
+                cards=lambda: self.plugin.cards(),
+                region_root=Path(settings.region_host_root),
+                region_writer=region_writer,
+            )
         self.pairing = Pairing(
             node=settings.node_name,
             holders=self.holders,
@@ -198,12 +225,14 @@ class Agent:
             paths=paths,
             region_writer=region_writer,
             index=self.slices,
+            remote=self.remote.client if self.remote is not None else None,
         )
         self.plugin = VxpuDevicePlugin(
             node=settings.node_name,
             slots_per_card=settings.slots_per_card,
             pre_start=self.pairing,
             paths=paths,
+            remote_slots=self.remote.settings.slots if self.remote is not None else 0,
         )
         self.server = DevicePluginServer(
             self.plugin, plugin_dir=Path(settings.plugin_dir), socket_name=settings.plugin_socket
@@ -242,6 +271,8 @@ class Agent:
             for p in pods
             if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
         }
+        if self.remote is not None:  # hook (remote): regions of slices served to pods on other nodes
+            live |= self.remote.live_uids()
         return await asyncio.to_thread(
             regions.collect_garbage,
             region_root=Path(self.settings.region_host_root),
@@ -312,6 +343,11 @@ class Agent:
             log.warning("listing pods for the slices' queue labels failed: %s", exc)
         devices, errors = merge_discoveries(await asyncio.to_thread(self.discover))
         await self.plugin.update_devices(devices)
+        if self.remote is not None:  # hook (remote)
+            try:
+                await self.remote.tick()
+            except Exception as exc:  # transport: retried next tick
+                log.warning("remote vXPU upkeep failed (retrying next tick): %s", exc)
         errors.extend(await self._held(devices))
         if runtime is not None and not self.serves:
             errors.append(f"{RES_VXPU} not served: {runtime.reason}")
@@ -336,10 +372,12 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks: list[asyncio.Task[None]] = []
-        runner = web.AppRunner(metrics_app(self.collector, self.slice_collector()))
+        remote_collectors = self.remote.collectors() if self.remote is not None else []  # hook (remote)
+        runner = web.AppRunner(metrics_app(self.collector, self.slice_collector(), *remote_collectors))
         await runner.setup()
         site = web.TCPSite(runner, self.settings.metrics_host, self.settings.metrics_port)
         await site.start()
+        issuer = await self.remote.start_issuer() if self.remote is not None else None  # hook (remote)
         try:
             while not stop.is_set():
                 await self.tick()
@@ -351,13 +389,16 @@ class Agent:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             await runner.cleanup()
+            if issuer is not None:
+                await issuer.cleanup()
             if self._own_holders and isinstance(self.holders, KubeletPodResources):
                 await self.holders.close()
 
 
 async def main_async(settings: AgentSettings) -> None:
     api = KubeApi.in_cluster()
-    agent = Agent(settings, node_api=api, pod_api=api, backends=settings.make_backends())
+    agent = Agent(settings, node_api=api, pod_api=api, backends=settings.make_backends(),
+                  remote=RemoteSettings.from_env(os.environ), token_reviewer=api)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -54,6 +54,7 @@ API_VERSION = "v1beta1"
 DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
 KUBELET_SOCKET = "kubelet.sock"
 DEFAULT_SOCKET = "xpupool-vxpu.sock"
+REMOTE_SLOT_CARD = "remote"  # hook (remote): slot IDs "remote::<n>"
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 
@@ -78,9 +79,13 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
         pre_start: PreStartHandler,
         slots_per_card: int = 10,
         paths: RuntimePaths | None = None,
+        remote_slots: int = 0,
     ) -> None:
         if slots_per_card < 1:
             raise ValueError("slots_per_card must be >= 1")
+        # hook (remote): containers of this node that may use a vXPU on another node, so the kubelet
+        # admits pods placed remote (a CPU-only node advertises only these)
+        self._remote_slots = tuple(slot_id(REMOTE_SLOT_CARD, s) for s in range(max(0, remote_slots)))
         self._node = node
         self._pre_start = pre_start
         self._slots = slots_per_card
@@ -116,7 +121,7 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
             (slot_id(d.uuid, s), HEALTHY if d.healthy else UNHEALTHY, d.numa_node)
             for d in sorted(devices, key=lambda d: d.index)
             for s in range(self._slots)
-        )
+        ) + tuple((ident, HEALTHY, None) for ident in self._remote_slots)
         if advertised == self._advertised:
             return False
         async with self._changed:
@@ -172,7 +177,7 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
         responses = []
         for creq in request.container_requests:
             ids = list(creq.devices_ids)
-            unknown = [i for i in ids if card_of_slot(i) not in self._by_uuid]
+            unknown = [i for i in ids if card_of_slot(i) not in self._by_uuid and i not in self._remote_slots]
             if unknown or not ids:
                 await context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION,

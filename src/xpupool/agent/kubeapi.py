@@ -154,3 +154,12 @@ class KubeApi:
 
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
         return await self._request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+
+    async def review(self, token: str, *, audience: str) -> dict[str, Any]:
+        """Hook (remote): the ``status`` of a TokenReview (who presents ``token`` for ``audience``)."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token, "audiences": [audience]}}
+        result = await self._request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body=body,
+                                     content_type="application/json")
+        status: dict[str, Any] = result.get("status") or {}
+        return status

@@ -43,6 +43,7 @@ import aiohttp
 from xpupool.agent.allocation import (
     PodSlice,
     RuntimePaths,
+    Wiring,
     card_of_slot,
     container_slice,
     container_wiring,
@@ -75,6 +76,13 @@ class RegionWriter(Protocol):
     (fail closed: a managed container never starts without its limits)."""
 
     def write(self, *, path: Path, pod: PodSlice, cards: Sequence[DeviceInfo]) -> Status: ...
+
+
+class RemoteWiring(Protocol):
+    """Hook (remote): the wiring of a container whose cards are on another node
+    (:class:`xpupool.remote.client_wiring.RemoteClientWiring`)."""
+
+    async def prepare(self, part: PodSlice, region_dir: str) -> tuple[Wiring | None, Status]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +143,7 @@ class Pairing:
         index: SliceIndex | None = None,
         resource: str = RES_VXPU,
         wall_clock: Callable[[], float] = time.time,
+        remote: RemoteWiring | None = None,
     ) -> None:
         self._node = node
         self._holders = holders
@@ -147,6 +156,7 @@ class Pairing:
         self.index = index or SliceIndex()
         self._resource = resource
         self._now = wall_clock
+        self._remote = remote
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _lock(self, name: str) -> asyncio.Lock:
@@ -171,6 +181,8 @@ class Pairing:
         if result.slice is None:
             return Prepared(Status.error("; ".join(result.errors)))
         part = result.slice
+        if part.allocation.is_remote and self._remote is not None:  # hook (remote)
+            return await self._prepare_remote(part, device_ids, name)
         devices = self._devices()
         wiring_result = container_wiring(
             pod=part, node=self._node, device_ids=device_ids, devices_by_index=devices, paths=self._paths
@@ -203,6 +215,20 @@ class Pairing:
             list(part.allocation.cards),
             name,
         )
+        return Prepared(Status.success(), part, name, region_dir)
+
+    async def _prepare_remote(self, part: PodSlice, device_ids: Sequence[str], name: str) -> Prepared:
+        """Hook (remote): a container whose cards are on another node gets the remoting client."""
+        assert self._remote is not None
+        region_dir = region_dir_name(part.uid, sorted(device_ids))
+        wiring, status = await self._remote.prepare(part, region_dir)
+        if wiring is None:
+            return Prepared(status, part)
+        async with self._lock(name):
+            status = self.specs.write(name, wiring.edits())
+        if not status.ok:
+            return Prepared(status, part)
+        self.index.record(region_dir, SliceOwner(part.namespace, part.name, part.container, part.uid, name))
         return Prepared(Status.success(), part, name, region_dir)
 
     async def collect_garbage(self, *, grace_s: float = 120.0) -> list[str]:

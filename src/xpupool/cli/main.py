@@ -162,5 +162,10 @@ def check_request(
 app.command("timeshare", help="Exclusive cards vs shared vXPUs on the GenAI duty-cycle trace.")(timeshare)
 live.register(app)
 
+# remote vXPUs (owner: remote; the subcommands live in xpupool.remote.cli)
+from xpupool.remote.cli import app as _remote_app  # noqa: E402
+
+app.add_typer(_remote_app, name="remote")
+
 if __name__ == "__main__":
     app()
