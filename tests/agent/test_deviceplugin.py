@@ -24,7 +24,7 @@ from xpupool.agent.discovery import DeviceInfo
 from xpupool.agent.kubeapi import KubeApi
 from xpupool.agent.nvidia import NvmlSample, device_from_sample
 from xpupool.agent.pairing import Pairing
-from xpupool.agent.podresources import KubeletPodResources
+from xpupool.agent.podresources import HolderIndex, KubeletPodResources
 from xpupool.core.model import Allocation
 from xpupool.core.status import Status
 from xpupool.kube.objects import encode_allocation
@@ -92,7 +92,7 @@ class Harness:
         self.regions = short_dir / "regions"
         self.cdi = short_dir / "cdi"
         self.kubelet = FakeKubelet(self.dir, cdi_dir=self.cdi)
-        self.holders = KubeletPodResources(self.kubelet.podresources_socket)
+        self.holders = HolderIndex(KubeletPodResources(self.kubelet.podresources_socket), kube, node=NODE)
         paths = RuntimePaths(region_host_root=str(self.regions))
         self.pairing = Pairing(
             node=NODE,
@@ -271,7 +271,7 @@ async def test_refusals_reach_the_kubelet_with_the_reason(harness: Harness, apis
             api_pb2.PreStartContainerRequest(devices_ids=[slot_id(UUIDS[0], 3)]), timeout=5
         )
     assert rpc.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "the kubelet lists no container holding" in (rpc.value.details() or "")
+    assert "no container of the pods on this node holds" in (rpc.value.details() or "")
     assert not list(harness.cdi.glob("*.json"))
 
 

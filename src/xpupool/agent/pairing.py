@@ -6,7 +6,8 @@ The kubelet calls ``PreStartContainer(device IDs)`` before creating each contain
 recorded the allocation; :meth:`Pairing.prepare` then:
 
 1. asks the kubelet which container holds exactly those IDs (:mod:`xpupool.agent.podresources`:
-   the kubelet's own record, no guessing, no timing assumptions);
+   the kubelet's own record through per-pod ``Get``, no guessing, no timing assumptions; IDs the
+   kubelet recorded for two pods are refused, never guessed);
 2. reads that pod from the apiserver (its UID, ``spec`` and ``xpupool.io/allocation``; one GET per
    container start, so never stale, whatever happened to an earlier pod of the same name);
 3. computes the container's part of the allocation and its wiring (:mod:`xpupool.agent.allocation`);
@@ -61,10 +62,6 @@ log = logging.getLogger(__name__)
 class PodLookup(Protocol):
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
         """The Pod as JSON; :class:`~xpupool.agent.kubeapi.ApiError` 404 when absent."""
-        ...
-
-    async def list_pods_on_node(self, node: str) -> list[dict[str, Any]]:
-        """All pods with ``spec.nodeName == node``."""
         ...
 
 
@@ -197,11 +194,13 @@ class Pairing:
         region_dir = Path(wiring.region_host_dir).name
         self.index.record(region_dir, SliceOwner(part.namespace, part.name, part.container, part.uid, name))
         log.info(
-            "%s container %s: cards %s, CDI device %s",
+            "%s container %s (kubelet IDs %s): cards %s, CDI device %s, region %s",
             part.key,
             part.container,
+            sorted(device_ids),
             list(part.allocation.cards),
             name,
+            region_dir,
         )
         return Prepared(Status.success(), part, name, region_dir)
 
@@ -221,25 +220,17 @@ class Pairing:
                 if self.specs.remove(name):
                     removed.append(name)
             self._locks.pop(name, None)
-        await self._rebuild_index(snapshot)
+        self._rebuild_index(snapshot)
         return removed
 
-    async def _rebuild_index(self, snapshot: HolderSnapshot) -> None:
-        pods = await self._pods.list_pods_on_node(self._node)
-        uids = {
-            ((p.get("metadata") or {}).get("namespace"), (p.get("metadata") or {}).get("name")): str(
-                (p.get("metadata") or {}).get("uid", "")
-            )
-            for p in pods
-        }
+    def _rebuild_index(self, snapshot: HolderSnapshot) -> None:
         owners: dict[str, SliceOwner] = {}
         for entry in snapshot.of_resource(self._resource):
-            uid = uids.get((entry.namespace, entry.pod))
-            if not uid:
+            if not entry.pod_uid:
                 continue
             ids = sorted(entry.device_ids)
-            owners[region_dir_name(uid, ids)] = SliceOwner(
-                entry.namespace, entry.pod, entry.container, uid, device_name(ids)
+            owners[region_dir_name(entry.pod_uid, ids)] = SliceOwner(
+                entry.namespace, entry.pod, entry.container, entry.pod_uid, device_name(ids)
             )
         self.index.replace(owners)
 

@@ -92,6 +92,9 @@ class WebhookSettings:
     adopt_whole_card: bool = False
     pool_check: PoolCheck = "warn"
     excluded_namespaces: frozenset[str] = frozenset({"kube-system"})
+    #: model nodes without an xpupool inventory from nvidia.com/gpu-style resources (the
+    #: scheduler's --model-nodes-without-inventory; the pool check must see the same cards)
+    guess_whole_cards: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,9 +352,10 @@ class PoolCache:
     """The pool's nodes as core values, re-listed every ``interval_s`` (cached reads only on the
     admission path). ``nodes()`` is ``None`` until the first successful list."""
 
-    def __init__(self, transport: Transport, *, interval_s: float = 30.0) -> None:
+    def __init__(self, transport: Transport, *, interval_s: float = 30.0, guess_whole_cards: bool = False) -> None:
         self._transport = transport
         self._interval_s = interval_s
+        self._guess = guess_whole_cards  # as the scheduler's --model-nodes-without-inventory
         self._nodes: list[Node] | None = None
 
     def nodes(self) -> list[Node] | None:
@@ -366,7 +370,7 @@ class PoolCache:
             token = page.continue_token or None
             if token is None:
                 break
-        self._nodes = [node_model(n) for n in items]
+        self._nodes = [node_model(n, guess_whole_cards=self._guess) for n in items]
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -520,7 +524,7 @@ async def serve(
         )
         await keeper.sync()
         assert keeper.context is not None
-        pool = PoolCache(transport)
+        pool = PoolCache(transport, guess_whole_cards=settings.guess_whole_cards)
         if stop is None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -556,6 +560,7 @@ def main() -> None:
     settings = WebhookSettings(
         scheduler_name=env.get("XPUPOOL_SCHEDULER_NAME", SCHEDULER_NAME),
         adopt_whole_card=env.get("XPUPOOL_WEBHOOK_ADOPT_WHOLE_CARD", "false").lower() == "true",
+        guess_whole_cards=env.get("XPUPOOL_MODEL_NODES_WITHOUT_INVENTORY", "false").lower() == "true",
         pool_check=pool_check,  # type: ignore[arg-type]
         excluded_namespaces=frozenset(
             {"kube-system", namespace, *filter(None, env.get("XPUPOOL_WEBHOOK_EXCLUDED_NAMESPACES", "").split(","))}
