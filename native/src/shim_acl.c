@@ -175,16 +175,16 @@ static int a_sync(void *ev)
     __typeof__(&aclrtSynchronizeEvent) f = AREAL(aclrtSynchronizeEvent);
     return f && f(ev) == ACL_SUCCESS ? 0 : -1;
 }
-static int a_elapsed(void *a, void *b, uint64_t *ns)
+static int a_elapsed(void *a, void *b, int64_t *ns)
 {
     float ms = 0;
     __typeof__(&aclrtEventElapsedTime) f = AREAL(aclrtEventElapsedTime);
     if (!f || f(&ms, a, b) != ACL_SUCCESS)
         return -1;
-    *ns = ms <= 0.0f ? 0 : (uint64_t)((double)ms * 1e6);
+    *ns = (int64_t)((double)ms * 1e6);
     return 0;
 }
-static const struct xpu_meter_ops ACL_OPS = {a_create, a_record, a_query, a_sync, a_elapsed};
+static const struct xpu_meter_ops ACL_OPS = {a_create, a_record, a_query, a_sync, a_elapsed, NULL, NULL, 0};
 
 XPU_EXPORT aclError aclrtLaunchKernel(aclrtFuncHandle fn, uint32_t blockDim, const void *args, size_t argsSize,
                                       aclrtStream stream)

@@ -151,8 +151,10 @@ void xpu_log_once(unsigned key, const char *msg, const char *arg)
 struct track_ent {
     uint64_t key;
     uint64_t bytes;
+    uint64_t aux;  /* kind-specific (VMM mapping: its allocation handle) */
     int32_t dev;
     uint32_t kind; /* 0 empty, UINT32_MAX tombstone */
+    int32_t refs, maps; /* VMM allocation: handle references and mappings alive */
 };
 
 static pthread_mutex_t g_track_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -214,7 +216,7 @@ static int grow(void)
 void xpu_track_lock(void) { pthread_mutex_lock(&g_track_mu); }
 void xpu_track_unlock(void) { pthread_mutex_unlock(&g_track_mu); }
 
-int xpu_track_put(unsigned kind, uint64_t key, uint64_t bytes, int dev)
+int xpu_track_put_aux(unsigned kind, uint64_t key, uint64_t bytes, int dev, uint64_t aux, int refs)
 {
     pthread_mutex_lock(&g_track_mu);
     if ((g_used + 1) * 2 > g_cap && grow() != 0) {
@@ -228,8 +230,71 @@ int xpu_track_put(unsigned kind, uint64_t key, uint64_t bytes, int dev)
     e->key = key;
     e->bytes = bytes;
     e->dev = dev;
+    e->aux = aux;
+    e->refs = refs;
+    e->maps = 0;
     pthread_mutex_unlock(&g_track_mu);
     return 0;
+}
+
+int xpu_track_put(unsigned kind, uint64_t key, uint64_t bytes, int dev)
+{
+    return xpu_track_put_aux(kind, key, bytes, dev, 0, 1);
+}
+
+int xpu_track_ref(unsigned kind, uint64_t key, int drefs, int dmaps, uint64_t *bytes, int *dev)
+{
+    pthread_mutex_lock(&g_track_mu);
+    struct track_ent *e = find_slot(kind, key, 0);
+    int rc = -1;
+    if (e) {
+        e->refs += drefs;
+        e->maps += dmaps;
+        if (e->refs < 0)
+            e->refs = 0;
+        if (e->maps < 0)
+            e->maps = 0;
+        rc = 0;
+        if (e->refs == 0 && e->maps == 0) { /* the memory is gone: hand back the charge */
+            if (bytes)
+                *bytes = e->bytes;
+            if (dev)
+                *dev = e->dev;
+            e->kind = UINT32_MAX;
+            rc = 1;
+        }
+    }
+    pthread_mutex_unlock(&g_track_mu);
+    return rc;
+}
+
+size_t xpu_track_take_range(unsigned kind, uint64_t lo, uint64_t hi, uint64_t *aux, size_t cap)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&g_track_mu);
+    for (size_t i = 0; i < g_cap && n < cap; i++) {
+        struct track_ent *e = &g_tab[i];
+        if (e->kind == kind && e->key >= lo && e->key < hi) {
+            aux[n++] = e->aux;
+            e->kind = UINT32_MAX;
+        }
+    }
+    pthread_mutex_unlock(&g_track_mu);
+    return n;
+}
+
+size_t xpu_track_keys(unsigned kind, uint64_t *keys, int *devs, size_t cap)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&g_track_mu);
+    for (size_t i = 0; i < g_cap && n < cap; i++)
+        if (g_tab[i].kind == kind) {
+            keys[n] = g_tab[i].key;
+            devs[n] = g_tab[i].dev;
+            n++;
+        }
+    pthread_mutex_unlock(&g_track_mu);
+    return n;
 }
 
 int xpu_track_take(unsigned kind, uint64_t key, uint64_t *bytes, int *dev)

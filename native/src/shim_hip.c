@@ -248,16 +248,16 @@ static int h_sync(void *ev)
     __typeof__(&hipEventSynchronize) f = HREAL(hipEventSynchronize);
     return f && f(ev) == hipSuccess ? 0 : -1;
 }
-static int h_elapsed(void *a, void *b, uint64_t *ns)
+static int h_elapsed(void *a, void *b, int64_t *ns)
 {
     float ms = 0;
     __typeof__(&hipEventElapsedTime) f = HREAL(hipEventElapsedTime);
     if (!f || f(&ms, a, b) != hipSuccess)
         return -1;
-    *ns = ms <= 0.0f ? 0 : (uint64_t)((double)ms * 1e6);
+    *ns = (int64_t)((double)ms * 1e6);
     return 0;
 }
-static const struct xpu_meter_ops HIP_OPS = {h_create, h_record, h_query, h_sync, h_elapsed};
+static const struct xpu_meter_ops HIP_OPS = {h_create, h_record, h_query, h_sync, h_elapsed, NULL, NULL, 0};
 
 static _Thread_local uint64_t t_now; /* launch time handed from hpre to hpost */
 static inline int hpre(hipStream_t s)

@@ -67,6 +67,12 @@ if [ "$VARIANT" = tsan ]; then # data races: concurrent threads, fork, limiter u
     run "tsan: fork child with its own slot" "$R" "$B/tests/t_cuda" fork
     "$REG" create "$R" mem_mib=1024
     run "tsan: quota families" "$R" "$B/tests/t_cuda" basic
+    "$REG" create "$R" mem_mib=1024 req=3000 lim=3000
+    run "tsan: capture with a neighbour thread" "$R" "$B/tests/t_capture" capture
+    "$REG" create "$R" req=10000 lim=10000 period_us=1000000
+    run "tsan: waits outside the limiter lock" "$R" "$B/tests/t_streams" lockwait
+    "$REG" create "$R" req=5000 lim=5000
+    out="$(shim "$R" "$B/tests/t_streams" mstream 1 300,50 2 3 2>&1)" && ok "tsan: 3 threads x 2 streams through the limiter" || { bad "tsan: multi-stream"; echo "$out" | tail -5; }
     echo "[$VARIANT] passed $PASSED, failed $FAILED"
     [ "$FAILED" = 0 ]
     exit
@@ -159,6 +165,34 @@ out="$(shim "$TMP/a" "$B/tests/t_cuda" launch 3 1000 2>&1)"
 wait "$BP"
 share_in "priority: high tier keeps 60% on an overcommitted card" 56 64 "$out"
 share_in "priority: low tier gets the remaining 40%" 36 44 "$(cat "$TMP/b.out")"
+
+# ---------------------------------------------------------------- CUDA rules the strict fake enforces (issue 10)
+# graph capture with a share set: the capture stays valid, captured work is charged when it runs
+"$REG" create "$R" mem_mib=1024 req=3000 lim=3000
+run "capture with a compute share: capture intact, fork/join, neighbour thread polling, graph charged when run" "$R" "$B/tests/t_capture" capture
+"$REG" create "$R" req=3000 lim=3000
+share_in "captured graph launched under a 30% share" 27 33 "$(shim "$R" "$B/tests/t_capture" capgraph 2 2>&1)"
+"$REG" create "$R" mem_mib=1024
+run "cuMemAllocAsync during capture is charged when the graph runs" "$R" "$B/tests/t_capture" capalloc
+# several streams: charged the union of what they kept busy (overlapping or serialised)
+ratio_in() { # NAME OUTPUT
+    local r; r="$(echo "$2" | awk '/^metered_ratio/{print $2}')"
+    if awk -v r="$r" 'BEGIN{exit !(r>=0.95 && r<=1.05)}'; then ok "$1 (metered/busy $r)"; else bad "$1 (metered/busy '$r')"; echo "$2" | tail -4; fi
+}
+for t in 7000:5000,50:1:2:0 7000:3000,100:2:2:1 10000:3000,100:2:2:0; do
+    IFS=: read -r bp us ns nt serial <<< "$t"
+    "$REG" create "$R" req="$bp" lim="$bp"
+    out="$(FAKE_CUDA_SERIAL=$serial shim "$R" "$B/tests/t_streams" mstream 2 "$us" "$ns" "$nt" 2>&1)"
+    tgt=$((bp / 100)); lo=$((tgt - 3)); hi=$((tgt + 3)); [ "$hi" -gt 100 ] && { hi=100; lo=94; }
+    share_in "multi-stream $nt thread(s) x $ns stream(s), kernels ${us}us, serial=$serial: target ${tgt}%" "$lo" "$hi" "$out"
+    ratio_in "multi-stream $nt x $ns, ${us}us, serial=$serial: metered = device busy time" "$out"
+done
+"$REG" create "$R" req=10000 lim=10000 period_us=1000000
+run "no waiting under the limiter lock: another stream's launch is not held up" "$R" "$B/tests/t_streams" lockwait
+for mode in vmm graphnode poolrelease; do
+    "$REG" create "$R" mem_mib=1024
+    run "quota: $mode (fake libcuda test double)" "$R" "$B/tests/t_membypass" "$mode"
+done
 
 # ---------------------------------------------------------------- Ascend and HIP (test doubles)
 "$REG" create "$R" mem_mib=1024 req=4000 lim=4000

@@ -265,7 +265,7 @@ static CUresult do_launch(const char *kind, unsigned us)
         return ptsz(NULL, us, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
     }
     if (!strcmp(kind, "graph"))
-        return cuGraphLaunch(g_exec, NULL); /* the fake's graph = one 100 us kernel */
+        return cuGraphLaunch(g_exec, NULL); /* one 100 us kernel node */
     if (!strcmp(kind, "syncidle")) { /* kernel, wait for it, then 300 us of host-only work */
         CUresult rc = cuLaunchKernel(NULL, us, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
         cuStreamSynchronize(NULL);
@@ -286,7 +286,10 @@ static CUresult do_launch(const char *kind, unsigned us)
 static void mode_launch(double secs, unsigned us, const char *kind)
 {
     if (!strcmp(kind, "graph")) {
-        CHECK(cuGraphCreate(&g_graph, 0) == CUDA_SUCCESS &&
+        CUgraphNode node;
+        CUDA_KERNEL_NODE_PARAMS kp = {.gridDimX = 100, .gridDimY = 1, .gridDimZ = 1, .blockDimX = 1, .blockDimY = 1,
+                                      .blockDimZ = 1};
+        CHECK(cuGraphCreate(&g_graph, 0) == CUDA_SUCCESS && cuGraphAddKernelNode(&node, g_graph, NULL, 0, &kp) == CUDA_SUCCESS &&
                   cuGraphInstantiateWithFlags(&g_exec, g_graph, 0) == CUDA_SUCCESS, "graph");
     }
     struct timespec t0, t1;

@@ -96,12 +96,13 @@ def test_rbac_is_least_privilege() -> None:
         ("", "nodes", "list", ""),
         ("", "nodes", "watch", ""),
         ("events.k8s.io", "events", "create", ""),
-        ("xpupool.io", "xpupools", "get", ""),
-        ("xpupool.io", "xpupools", "list", ""),
-        ("xpupool.io", "xpupools", "watch", ""),
         ("xpupool.io", "xpuqueues", "get", ""),
         ("xpupool.io", "xpuqueues", "list", ""),
         ("xpupool.io", "xpuqueues", "watch", ""),
+        ("", "namespaces", "get", ""),
+        ("", "namespaces", "list", ""),
+        ("", "namespaces", "watch", ""),
+        ("xpupool.io", "xpuqueues/status", "patch", ""),
     }
     # Leases only in the release namespace, get/update only on its own Lease.
     lease = roles["rel-xpupool-scheduler-lease"]
@@ -122,6 +123,8 @@ def test_rbac_is_least_privilege() -> None:
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get", "rel-xpupool"),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "rel-xpupool"),
         ("", "nodes", "list", ""),
+        ("xpupool.io", "xpuqueues", "list", ""),
+        ("", "namespaces", "list", ""),
     }
     assert rules(roles["rel-xpupool-webhook"]) == {
         ("", "secrets", "create", ""),
@@ -199,6 +202,23 @@ def test_agent_daemonset_wiring() -> None:
     assert pod["initContainers"][0]["name"] == "install-shim"
     nvidia = by_kind(render(), "DaemonSet")["rel-xpupool-agent"]["spec"]["template"]["spec"]["containers"][0]
     assert {e["name"] for e in nvidia["env"]} >= {"NVIDIA_VISIBLE_DEVICES", "XPUPOOL_BACKENDS"}
+
+
+def test_agent_mounts_what_each_vendor_backend_needs() -> None:
+    """agent.vendors.<backend> (driver libraries, tools, env) applies for listed backends only."""
+    spec = by_kind(render("agent.backends={ascend,amd}", "agent.privileged=true"), "DaemonSet")["rel-xpupool-agent"]
+    pod = spec["spec"]["template"]["spec"]
+    (agent,) = pod["containers"]
+    host_paths = {v["hostPath"]["path"]: v["hostPath"]["type"] for v in pod["volumes"] if "hostPath" in v}
+    assert host_paths["/usr/local/Ascend/driver"] == "Directory"
+    assert host_paths["/usr/local/bin/npu-smi"] == "File"
+    assert host_paths["/opt/rocm"] == "Directory"
+    mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
+    assert all(mounts[p]["readOnly"] for p in ("/usr/local/Ascend/driver", "/usr/local/dcmi", "/opt/rocm"))
+    env = [e["name"] for e in agent["env"]]
+    assert "NVIDIA_VISIBLE_DEVICES" not in env and env.count("LD_LIBRARY_PATH") == 2
+    emulated = by_kind(render("agent.backends={emulated}"), "DaemonSet")["rel-xpupool-agent"]["spec"]["template"]
+    assert not {v["name"] for v in emulated["spec"]["volumes"]} & {"ascend-driver", "rocm"}
 
 
 def test_every_container_has_resources_and_no_privilege_escalation() -> None:

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -581,3 +581,39 @@ async def create_all(
             await transport.create(resource, body)
 
     await asyncio.gather(*(one(b) for b in bodies))
+
+
+async def declare_queues(transport: Transport, queues: Mapping[str, JsonDict], *, namespaces: Sequence[str]) -> None:
+    """Install the XPUQueue CRD (if missing) and create or replace ``queues`` (name -> spec) so that
+    ``namespaces`` may use them: with the CRD installed the scheduler lets a pod use only the
+    queues its namespace is admitted to (test helper; queue names are cluster-wide)."""
+    from xpupool.kube.crds import crds
+    from xpupool.kube.queues import XPUQUEUES
+
+    crd_res = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", False, "CustomResourceDefinition")
+    for crd in crds():
+        try:
+            await transport.create(crd_res, crd)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:  # served a moment after it is established
+        try:
+            await transport.list(XPUQUEUES, limit=1)
+            break
+        except ApiError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    for name, spec in queues.items():
+        body: JsonDict = {"apiVersion": "xpupool.io/v1alpha1", "kind": "XPUQueue", "metadata": {"name": name},
+                          "spec": {**spec, "namespaces": sorted({*spec.get("namespaces", []), *namespaces})}}
+        try:
+            await transport.create(XPUQUEUES, body)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            live = await transport.get(XPUQUEUES, name)
+            merged = sorted({*((live.get("spec") or {}).get("namespaces") or []), *body["spec"]["namespaces"]})
+            await transport.patch(XPUQUEUES, name, {"spec": {**spec, "namespaces": merged}})

@@ -18,7 +18,14 @@ vendor's whole-card resource when ``adopt_whole_card`` is on):
   another scheduler; and, with ``pool_check="deny"``, a request no node of the pool can ever hold
   (``pool_check="warn"``, the default, returns the same text as admission warnings instead, so
   scale-from-zero clusters are not blocked);
+* refuses a pod whose ``xpupool.io/queue`` label names a queue its namespace may not use (or an
+  inner or unknown queue), with the queues it may use in the message — the cluster owner decides
+  through the ``XPUQueue`` objects (:func:`xpupool.core.queue_access.resolve_queue`, the same pure
+  function the scheduler runs again for every pod, so a pod created while the webhook was down
+  is not trusted either); the queues and namespaces come from a cache re-listed every 30 s
+  (:class:`QueueCache`): until the first list the check is skipped with a warning;
 * mutates with a JSONPatch: ``spec.schedulerName`` = ``xpupool``; label ``xpupool.io/managed``;
+  label ``xpupool.io/queue`` = the namespace's default queue when the pod names none;
   annotation ``xpupool.io/request`` (the normalised request, versioned JSON); limits copied from
   requests for our resources where only requests were given; a whole-card resource
   (``nvidia.com/gpu: 2``) rewritten as ``xpupool.io/vxpu: 2`` plus the ``xpupool.io/exclusive``,
@@ -42,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -58,6 +66,7 @@ from xpupool.core.request import (
     ANN_MODEL,
     ANN_VENDOR,
     DOMAIN,
+    LABEL_QUEUE,
     OUR_RESOURCES,
     RES_VXPU,
     WHOLE_CARD_RESOURCES,
@@ -65,7 +74,8 @@ from xpupool.core.request import (
 )
 from xpupool.kube import certs
 from xpupool.kube.objects import SCHEDULER_NAME, node_model, pod_request
-from xpupool.kube.transport import NODES, ApiError, JsonDict, Resource, Transport
+from xpupool.kube.queues import OPEN_CATALOGUE, XPUQUEUES, QueueCatalogue
+from xpupool.kube.transport import NAMESPACES, NODES, ApiError, JsonDict, Resource, Transport
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +164,18 @@ def normalized_request(request: Request) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
-def admit_pod(review_request: Mapping[str, Any], *, settings: WebhookSettings, pool: Sequence[Node] | None) -> Decision:
+def admit_pod(
+    review_request: Mapping[str, Any],
+    *,
+    settings: WebhookSettings,
+    pool: Sequence[Node] | None,
+    queues: QueueCatalogue | None = OPEN_CATALOGUE,
+) -> Decision:
     """Decide on one AdmissionReview ``request`` (pure; see the module docstring).
 
-    ``pool`` is the cached node list, ``None`` when not known yet (the pool check is skipped).
+    ``pool`` is the cached node list, ``None`` when not known yet (the pool check is skipped);
+    ``queues`` the cached queue catalogue, ``None`` when not known yet (the queue check is
+    skipped with a warning; the scheduler checks anyway).
     """
     kind = review_request.get("kind") or {}
     if kind.get("kind") != "Pod" or kind.get("group", "") != "" or review_request.get("operation") != "CREATE":
@@ -221,19 +239,30 @@ def admit_pod(review_request: Mapping[str, Any], *, settings: WebhookSettings, p
             problems.extend(impossible)
         else:
             warnings.extend(f"xpupool: {w} (the pod will stay Pending until such a node joins)" for w in impossible)
+    queue_label: str | None = None
+    if request is not None and queues is None:
+        warnings.append("xpupool: the queue was not checked (queue list not loaded yet); the scheduler checks it")
+    elif request is not None and queues is not None:
+        choice = queues.resolve(namespace, meta.get("labels") or {})
+        if choice.queue is None:
+            problems.extend(f"queue: {reason}" for reason in choice.status.reasons)
+        else:
+            request = dataclasses.replace(request, queue=choice.queue)
+            if choice.defaulted and queues.enforced:
+                queue_label = choice.queue
     if problems or request is None:
         message = f"xpupool: pod {namespace}/{pod_name} cannot use vXPUs: " + "; ".join(problems)
         return Decision(False, message=message, ours=True)
     return Decision(
         True,
-        patch=tuple(_patch(pod, wanting[0][0] if wanting else None, request, settings)),
+        patch=tuple(_patch(pod, wanting[0][0] if wanting else None, request, settings, queue_label)),
         warnings=tuple(warnings),
         ours=True,
     )
 
 
 def _patch(
-    pod: Mapping[str, Any], index: int | None, request: Request, settings: WebhookSettings
+    pod: Mapping[str, Any], index: int | None, request: Request, settings: WebhookSettings, queue_label: str | None
 ) -> list[dict[str, Any]]:
     ops: list[dict[str, Any]] = []
     spec = pod.get("spec") or {}
@@ -258,7 +287,8 @@ def _patch(
         for section in (limits, requests):
             if key in section:
                 section[RES_VXPU] = section.pop(key)
-    for field_name, values in (("labels", {LABEL_MANAGED: "true"}), ("annotations", annotations)):
+    labels = {LABEL_MANAGED: "true", **({LABEL_QUEUE: queue_label} if queue_label else {})}
+    for field_name, values in (("labels", labels), ("annotations", annotations)):
         current = meta.get(field_name)
         if current is None:
             ops.append({"op": "add", "path": f"/metadata/{field_name}", "value": values})
@@ -305,6 +335,7 @@ class WebhookStats:
 class WebhookState:
     settings: WebhookSettings = field(default_factory=WebhookSettings)
     pool: Callable[[], Sequence[Node] | None] = lambda: None
+    queues: Callable[[], QueueCatalogue | None] = lambda: OPEN_CATALOGUE
     stats: WebhookStats = field(default_factory=WebhookStats)
     ready: Callable[[], bool] = lambda: True
 
@@ -321,7 +352,7 @@ async def _mutate(request: web.Request) -> web.Response:
     except (ValueError, KeyError, TypeError):
         state.stats.errors += 1
         return web.json_response({"message": "expected an admission.k8s.io/v1 AdmissionReview"}, status=400)
-    decision = admit_pod(review_request, settings=state.settings, pool=state.pool())
+    decision = admit_pod(review_request, settings=state.settings, pool=state.pool(), queues=state.queues())
     if review_request.get("dryRun"):
         state.stats.dry_run += 1
     else:
@@ -378,6 +409,51 @@ class PoolCache:
                 await self.refresh()
             except Exception as exc:  # transport failure: keep the last list, retry next round
                 log.warning("listing nodes for the pool check failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._interval_s)
+
+
+class QueueCache:
+    """XPUQueues and namespaces, re-listed every ``interval_s`` into a :class:`QueueCatalogue`.
+
+    ``catalogue()`` is ``None`` until the first successful list; when the XPUQueue CRD is not
+    installed (404) it is the open catalogue (every label accepted). A failed list keeps the last
+    catalogue (the scheduler re-checks every pod anyway)."""
+
+    def __init__(self, transport: Transport, *, interval_s: float = 30.0) -> None:
+        self._transport = transport
+        self._interval_s = interval_s
+        self._catalogue: QueueCatalogue | None = None
+
+    def catalogue(self) -> QueueCatalogue | None:
+        return self._catalogue
+
+    async def _all(self, resource: Resource) -> list[JsonDict]:
+        items: list[JsonDict] = []
+        token: str | None = None
+        while True:
+            page = await self._transport.list(resource, limit=500, continue_token=token)
+            items.extend(page.items)
+            token = page.continue_token or None
+            if token is None:
+                return items
+
+    async def refresh(self) -> None:
+        try:
+            queues = await self._all(XPUQUEUES)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            self._catalogue = OPEN_CATALOGUE
+            return
+        self._catalogue = QueueCatalogue.build(queues, await self._all(NAMESPACES))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.refresh()
+            except Exception as exc:  # transport failure: keep the last catalogue, retry next round
+                log.warning("listing queues for the queue check failed: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._interval_s)
 
@@ -525,17 +601,18 @@ async def serve(
         await keeper.sync()
         assert keeper.context is not None
         pool = PoolCache(transport, guess_whole_cards=settings.guess_whole_cards)
+        queues = QueueCache(transport)
         if stop is None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
         state = state or WebhookState()
-        state.settings, state.pool = settings, pool.nodes
+        state.settings, state.pool, state.queues = settings, pool.nodes, queues.catalogue
         runner = web.AppRunner(make_app(state))
         await runner.setup()
         await web.TCPSite(runner, host, port, ssl_context=keeper.context.context).start()
-        tasks = [asyncio.create_task(pool.run(stop)), asyncio.create_task(keeper.run(stop))]
+        tasks = [asyncio.create_task(c.run(stop)) for c in (pool, queues, keeper)]
         try:
             await stop.wait()
         finally:
