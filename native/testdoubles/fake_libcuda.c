@@ -64,6 +64,7 @@
 #undef cuMemAlloc
 #undef cuStreamBeginCapture
 #undef cuStreamGetCaptureInfo
+#undef cuGraphInstantiate
 #define EXPORT __attribute__((visibility("default")))
 /* start-up entry points another fake_cuda_*.c file may define fully (the real runtime's
  * bootstrap): ours are weak, so the fuller definition wins at link time */
@@ -997,6 +998,8 @@ static CUresult inst(CUgraphExec *e, CUgraph g)
 }
 EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long long f) { (void)f; COUNT(); return inst(e, g); }
 EXPORT CUresult cuGraphInstantiate_v2(CUgraphExec *e, CUgraph g, CUgraphNode *en, char *l, size_t n) { (void)en; (void)l; (void)n; COUNT(); return inst(e, g); }
+/* the legacy export (what the runtime resolves for "cuGraphInstantiate" below CUDA 12.0) */
+EXPORT CUresult cuGraphInstantiate(CUgraphExec *e, CUgraph g, CUgraphNode *en, char *l, size_t n) { (void)en; (void)l; (void)n; COUNT(); return inst(e, g); }
 EXPORT CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *p) { (void)p; COUNT(); return inst(e, g); }
 EXPORT CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *p) { (void)p; COUNT(); return inst(e, g); }
 EXPORT CUresult cuGraphExecDestroy(CUgraphExec e)

@@ -89,6 +89,11 @@ for mode in basic async graph procaddr fork; do
 done
 "$REG" create "$R" mem_mib=1024 req=5000 lim=5000
 run "cuda threads: concurrent alloc/launch/free, one slot (fake libcuda test double)" "$R" "$B/tests/t_cuda" threads
+# a driver that hands a freed address straight to another thread: frees uncharge before the real free
+for i in 1 2 3; do
+    "$REG" create "$R" mem_mib=1024 req=5000 lim=5000
+    FAKE_CUDA_REUSE_ADDRESSES=1 run "cuda threads with immediate address reuse, run $i" "$R" "$B/tests/t_cuda" threads
+done
 
 # quota shared by two processes of one container, then kill -9 reconciliation
 "$REG" create "$R" mem_mib=1024
@@ -106,18 +111,34 @@ reaped="$("$REG" get "$R" reaped_bytes)"
 slots="$("$REG" get "$R" active_slots)"
 [ "$slots" = 0 ] && ok "no slot left behind" || bad "active slots $slots"
 
+# per-process reserve (contexts, modules, local memory, heap): charged once per process
+"$REG" create "$R" mem_mib=1024 reserve_mib=300
+run "reserve: a context costs the per-process reserve, a second process pays its own" "$R" "$B/tests/t_cuda" ctx
+"$REG" create "$R" mem_mib=1024 reserve_mib=200
+shim_bg "$R" "$B/tests/t_cuda" hold $((500 * MIB)) > "$TMP/hold.out" 2>&1 &
+HP=$!; PIDS+=("$HP")
+wait_ready "$TMP/hold.out"
+used="$("$REG" get "$R" mem_used)"
+[ "$used" = $((700 * MIB)) ] && ok "reserve: holder charged 500 MiB + its 200 MiB reserve" || bad "reserve: used $used"
+if shim "$R" "$B/tests/t_cuda" try $((200 * MIB)) > /dev/null 2>&1; then bad "reserve: 700 + 200 + 200 reserve must be refused"; else ok "reserve: second process refused (its reserve counts)"; fi
+if shim "$R" "$B/tests/t_cuda" try $((100 * MIB)) > /dev/null 2>&1; then ok "reserve: 700 + 100 + 200 reserve fits"; else bad "reserve: 100 MiB should fit"; fi
+kill -9 "$HP"; wait "$HP" 2>/dev/null
+
 # fail-open without a region, fail-closed with a broken one
 if env -u XPUSHIM_REGION LD_PRELOAD="$PRE" "$B/tests/t_cuda" try $((4096 * MIB)) > /dev/null 2>&1; then ok "unmanaged process: pure pass-through (fail open)"; else bad "fail open"; fi
 head -c 50000 /dev/zero > "$TMP/broken"
 if shim "$TMP/broken" "$B/tests/t_cuda" try $MIB > /dev/null 2>&1; then bad "broken region must fail closed"; else ok "broken region: allocations fail closed with OOM"; fi
 
 # ---------------------------------------------------------------- NVML view
-"$REG" create "$R" mem_mib=2048 uuid=GPU-00000000-1111-2222-3333-444444444440
+"$REG" create "$R" mem_mib=2048 reserve_mib=100 uuid=GPU-00000000-1111-2222-3333-444444444440
 shim_bg "$R" "$B/tests/t_cuda" hold $((300 * MIB)) > "$TMP/h1.out" 2>&1 & H1=$!; PIDS+=("$H1")
 shim_bg "$R" "$B/tests/t_cuda" hold $((200 * MIB)) > "$TMP/h2.out" 2>&1 & H2=$!; PIDS+=("$H2")
 wait_ready "$TMP/h1.out"; wait_ready "$TMP/h2.out"
-run "nvml memory v1/v2, processes v1/v3 show the slice (fake libnvidia-ml test double)" "$R" \
-    "$B/tests/t_nvml" $((500 * MIB)) "$H1" "$H2"
+# the agent resolved the holders' host pids (7001, 7002); the fake NVML lists them among other tenants'
+"$REG" pid "$R" "$H1" 7001; "$REG" pid "$R" "$H2" 7002
+out="$(FAKE_NVML_GRAPHICS_PIDS=1004:512,7001:64 FAKE_NVML_MPS_PIDS=1005:256,7002:32 FAKE_NVML_UTIL_PIDS=1001:40,7001:30 \
+    shim "$R" "$B/tests/t_nvml" $((700 * MIB)) "$H1" "$H2" 2>&1)"
+echo "$out" | grep -q "nvml ok" && ok "nvml memory (reserves included), compute/graphics/MPS/detail/utilisation lists show only the container (fake libnvidia-ml test double)" || { bad "nvml view"; echo "$out" | tail -5; }
 kill -9 "$H1" "$H2"; wait "$H1" "$H2" 2>/dev/null
 
 # ---------------------------------------------------------------- compute limiter, real time on the fake timeline

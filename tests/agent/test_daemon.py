@@ -4,6 +4,7 @@ Prometheus exporter (scraped over HTTP)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,9 +98,9 @@ async def test_agent_publishes_serves_and_restarts_without_rewriting(
         assert made.env["XPUPOOL_EMULATED_VISIBLE_DEVICES"] == "1"
         host_dir = made.mounts["/run/xpupool/shim"][0]
         with ShimRegion.open(Path(host_dir) / "region") as region:
-            entry = region.view.dev[0]
+            entry = region.config.dev[0]
             assert (entry.uuid.decode(), entry.mem_limit, entry.share_request_bp) == ("EMU-kw-1-1", 10240 << 20, 2500)
-        assert (short_dir / "cards" / "EMU-kw-1-1").is_file()
+        assert (short_dir / "cards" / "EMU-kw-1-1" / "policy").is_file()
         owner = agent.slices.owner(Path(host_dir).name)
         assert owner is not None and (owner.namespace, owner.pod, owner.container) == ("ns", "job", "main")
         inv = await published(apiserver, lambda i: i.serving)
@@ -198,7 +199,7 @@ async def test_metrics_endpoint_exports_per_slice_usage_from_shim_regions(
     cfg = DeviceConfig(ordinal=0, uuid="EMU-kw-1-0", mem_limit_bytes=4096 * 2**20, share_request_bp=3000,
                        share_limit_bp=6000)
     with ShimRegion.create(region_dir / "region", [cfg], container_key=7) as region:
-        region.view.dev[0].mem_used = 1024 * 2**20
+        region.usage.dev[0].mem_used = 1024 * 2**20
     agent = Agent(s, node_api=kube, pod_api=kube, backends=s.make_backends())
     server = TestServer(metrics_app(agent.collector, agent.slice_collector()), host="127.0.0.1")
     await server.start_server()
@@ -209,7 +210,7 @@ async def test_metrics_endpoint_exports_per_slice_usage_from_shim_regions(
         assert f"xpupool_vxpu_memory_granted_bytes{{{labels}}} 4.294967296e+09" in body
         assert f"xpupool_vxpu_memory_used_bytes{{{labels}}} 1.073741824e+09" in body
         assert f"xpupool_vxpu_share_granted_ratio{{{labels}}} 0.3" in body
-        (region_dir / "region").unlink()
+        shutil.rmtree(region_dir / "region")
         async with aiohttp.ClientSession() as http, http.get(server.make_url("/metrics")) as resp:
             assert "pod-uid-1_main" not in await resp.text()  # ended slices vanish at once
     finally:

@@ -215,3 +215,64 @@ def test_collector_reads_a_live_shim(build: Path, tmp_path: Path, holders: list[
     assert registry.get_sample_value("xpupool_vxpu_memory_used_bytes", {"slice": "s1", "device": "0"}) == 256 * MIB
     assert registry.get_sample_value("xpupool_vxpu_processes", {"slice": "s1"}) == 1.0
     reg.close()
+
+
+def test_real_pynvml_process_lists_show_only_the_container(
+    build: Path, tmp_path: Path, holders: list[subprocess.Popen[str]]
+) -> None:
+    """Graphics, MPS, detail and utilisation lists pass through NVML: filtered to the container's
+    processes by the agent-owned host pid table, container pids shown; used memory includes the
+    per-process reserve (issue 10 §6, §8)."""
+    cfg = sr.DeviceConfig(uuid=UUID0, mem_limit_bytes=2048 * MIB, process_reserve_bytes=100 * MIB)
+    reg = sr.ShimRegion.create(tmp_path / "r", [cfg], container_key=7)
+    h1 = _hold(build, tmp_path / "r", 300 * MIB, holders)
+    h2 = _hold(build, tmp_path / "r", 200 * MIB, holders)
+    reg.set_host_pid(h1.pid, 7001)  # what the agent resolves from the host's pid namespace
+    reg.set_host_pid(h2.pid, 7002)
+    script = textwrap.dedent(
+        """
+        import json, pynvml as n
+        n.nvmlInit()
+        h = n.nvmlDeviceGetHandleByIndex(0)
+        g = n.nvmlDeviceGetGraphicsRunningProcesses(h)
+        m = n.nvmlDeviceGetMPSComputeRunningProcesses(h)
+        c = n.nvmlDeviceGetComputeRunningProcesses(h)
+        dg = n.nvmlDeviceGetRunningProcessDetailList(h, n.nvmlProcessDetailList_v1, n.NVML_PROCESS_MODE_GRAPHICS)
+        u = n.nvmlDeviceGetProcessUtilization(h, 0)
+        mem = n.nvmlDeviceGetMemoryInfo(h)
+        print(json.dumps({"graphics": [(p.pid, p.usedGpuMemory) for p in g], "mps": [p.pid for p in m],
+                          "compute": sorted((p.pid, p.usedGpuMemory) for p in c), "detail": [p.pid for p in dg],
+                          "util": [(s.pid, s.smUtil) for s in u], "used": mem.used}))
+        """
+    )
+    env = _env(build, tmp_path / "r")
+    env.update(
+        FAKE_NVML_GRAPHICS_PIDS="1004:512,7001:64", FAKE_NVML_MPS_PIDS="1005:256,7002:32",
+        FAKE_NVML_UTIL_PIDS="1001:40,7001:30",
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["graphics"] == [[h1.pid, 64 * MIB]]  # the neighbour's 1004 is hidden
+    assert got["mps"] == [h2.pid] and got["detail"] == [h1.pid] and got["util"] == [[h1.pid, 30]]
+    assert got["compute"] == sorted([[h1.pid, 400 * MIB], [h2.pid, 300 * MIB]])  # reserves included
+    assert got["used"] == 700 * MIB
+    reg.close()
+
+
+def test_gpu_suite_driver_probes_run_on_the_test_double(build: Path, tmp_path: Path) -> None:
+    """The bench/gpu driver-API probes (pool release at sync, release-after-map) against the fake
+    libcuda TEST DOUBLE: keeps the GPU suite's ctypes code honest between GPU runs. Not a GPU result."""
+    worker = ROOT / "bench" / "gpu" / "worker.py"
+    _create(tmp_path / "r", mem_mib=1024).close()
+    env = _env(build, tmp_path / "r")
+
+    def probe(*args: str) -> dict[str, object]:
+        out = subprocess.run([sys.executable, str(worker), *args], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        result: dict[str, object] = json.loads(out.stdout.splitlines()[-1])
+        return result
+
+    assert probe("drv_pool", "600")["alloc_after_release_rc"] == 0
+    vmm = probe("drv_vmm", "800", "3")
+    assert vmm["created"] == 1, vmm  # the mapped 800 MiB stays charged after cuMemRelease
