@@ -144,7 +144,7 @@ async def node_factory(short_dir: Path, kube: KubeApi) -> AsyncIterator[Callable
 def region_limits(mounts: dict[str, tuple[str, bool]]) -> list[tuple[str, int, int]]:
     """(card uuid, memory limit MiB, share bp) per device, as the C shim reads the region."""
     with ShimRegion.open(Path(mounts["/run/xpupool/shim"][0]) / "region") as region:
-        view = region.config  # shim layout v2: the agent-owned config (hook by shim)
+        view = region.config  # the agent-owned, read-only part
         return [
             (view.dev[i].uuid.decode(), view.dev[i].mem_limit // MIB, view.dev[i].share_request_bp)
             for i in range(view.hdr.ndevices)

@@ -125,7 +125,7 @@ def check_own_slice(node: XpupoolNode, pod: JsonDict, log: str, *, core_pct: int
     region = host_region(node, pod)
     assert os.stat(region).st_ino == inode, "the container mounted another container's region"
     with ShimRegion.open(region) as shim:
-        entry = shim.view.dev[0]
+        entry = shim.config.dev[0]
         assert entry.uuid.decode() == got["uuids"]
         assert (entry.mem_limit >> 20, entry.share_request_bp) == (memory_mib, core_pct * 100)
 

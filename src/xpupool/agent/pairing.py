@@ -11,7 +11,8 @@ recorded the allocation; :meth:`Pairing.prepare` then:
 2. reads that pod from the apiserver (its UID, ``spec`` and ``xpupool.io/allocation``; one GET per
    container start, so never stale, whatever happened to an earlier pod of the same name);
 3. computes the container's part of the allocation and its wiring (:mod:`xpupool.agent.allocation`);
-4. writes the container's shim region (limits written by the agent, read-only for the tenant);
+4. writes the container's shim region (limits written by the agent, read-only for the tenant) and
+   takes the mounts that expose it from :func:`xpupool.agent.regions.container_shim_wiring`;
 5. writes the CDI spec of the device name (:mod:`xpupool.agent.cdi`), which the runtime resolves
    when the kubelet creates the container right after ``PreStartContainer`` returns;
 6. records the slice's owner in the :class:`SliceIndex` (pod and namespace labels for metrics).
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -53,6 +55,7 @@ from xpupool.agent.cdi import CdiSpecDir, device_name
 from xpupool.agent.discovery import DeviceInfo
 from xpupool.agent.kubeapi import ApiError
 from xpupool.agent.podresources import DeviceHolders, HolderSnapshot, PodResourcesError
+from xpupool.agent.regions import container_shim_wiring
 from xpupool.core.request import RES_VXPU, WHOLE_CARD_RESOURCES
 from xpupool.core.status import Status
 
@@ -181,13 +184,21 @@ class Pairing:
                     os.makedirs(wiring.region_host_dir, exist_ok=True)
                 except OSError as exc:
                     return Prepared(Status.error(f"cannot create {wiring.region_host_dir}: {exc}"), part)
+            region = Path(wiring.region_host_dir) / self._paths.region_file
             if self._region_writer is not None:
-                region = Path(wiring.region_host_dir) / self._paths.region_file
                 written = self._region_writer.write(
                     path=region, pod=part, cards=[devices[i] for i in part.allocation.cards]
                 )
                 if not written.ok:
                     return Prepared(written, part)
+                shim = container_shim_wiring(region_dir=region, paths=self._paths)
+                if not shim.status.ok:
+                    return Prepared(shim.status, part)
+                wiring = dataclasses.replace(
+                    wiring,
+                    envs={**wiring.envs, **shim.envs},
+                    mounts=[(m.container_path, m.host_path, m.read_only) for m in shim.mounts],
+                )
             status = self.specs.write(name, wiring.edits())
             if not status.ok:
                 return Prepared(status, part)
