@@ -28,6 +28,7 @@ from xpupool.agent.shim_region import ShimRegion
 from xpupool.kube.testing_node import NodeCluster
 from xpupool.kube.transport import PODS, AiohttpTransport, JsonDict
 
+from .pods import pod_log
 from .xpupool_node import SLOTS_PER_CARD, XpupoolNode
 
 pytestmark = pytest.mark.e2e_node
@@ -315,6 +316,33 @@ async def test_deleting_a_pod_frees_its_slice_for_a_new_pod(
     assert json.loads(fifth["metadata"]["annotations"]["xpupool.io/allocation"])["cards"] == freed
     await xpupool_node.wait_gone(region.parent, timeout_s=90)
     await xpupool_node.wait_no_spec_for(gone)
+
+
+async def test_each_container_of_a_pod_gets_its_own_card(
+    xpupool_node: XpupoolNode, node_transport: AiohttpTransport, node_namespace: str, busybox_image: str
+) -> None:
+    """PodResources names the container: a pod with two vXPU containers (a whole card each)
+    gives each container its own card of the pod's allocation, in container order."""
+    await xpupool_node.wait_idle()
+    pod = vxpu_pod("pair", busybox_image, core_pct=100, memory_mib=1024, script=HOLD)
+    second = json.loads(json.dumps(pod["spec"]["containers"][0]))
+    second["name"] = "second"
+    pod["spec"]["containers"].append(second)
+    await node_transport.create(PODS, pod, namespace=node_namespace)
+    running = (await wait_all(node_transport, node_namespace, ["pair"], ("Running",)))["pair"]
+    cards = json.loads(running["metadata"]["annotations"]["xpupool.io/allocation"])["cards"]
+    assert len(cards) == 2
+    seen = []
+    for container in ("main", "second"):
+        deadline = time.monotonic() + 60
+        log = ""
+        while not CONFIG_LINE.search(log) and time.monotonic() < deadline:
+            log = await asyncio.to_thread(pod_log, xpupool_node.cluster, node_namespace, "pair", container)
+            await asyncio.sleep(0.5)
+        got, _ = received(log)
+        assert (got["pod"], got["container"]) == (f"{node_namespace}/pair", container)
+        seen.append(int(got["visible"]))
+    assert seen == cards
 
 
 async def test_cdi_specs_on_the_node_name_only_live_containers(xpupool_node: XpupoolNode) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,15 +39,28 @@ GC_INTERVAL_S = 2.0
 GC_GRACE_S = 5.0
 
 
+SHIM_LIBRARY = Path(__file__).resolve().parents[2] / "native" / "build" / "libxpushim.so"
+
+
 class XpupoolNode:
-    def __init__(self, cluster: NodeCluster) -> None:
+    """``cards``: the emulated backend's card list (YAML flow mappings); ``install_shim`` copies the
+    shim built by ``make native`` to the host directory the containers mount (what the chart's
+    init container does from the xpupool image)."""
+
+    def __init__(self, cluster: NodeCluster, *, cards: str | None = None, install_shim: bool = False) -> None:
         self.cluster = cluster
         self.root = cluster.host_root
         self.region_root = self.root / "regions"
         self.results = cluster.root / "xpupool-results.jsonl"
-        (self.root / "shim").mkdir(parents=True, exist_ok=True)
+        shim_dir = self.root / "shim"
+        shim_dir.mkdir(parents=True, exist_ok=True)
+        if install_shim:
+            assert SHIM_LIBRARY.exists(), f"{SHIM_LIBRARY} missing: run make native"
+            shutil.copyfile(SHIM_LIBRARY, shim_dir / ".libxpushim.so.new")
+            os.replace(shim_dir / ".libxpushim.so.new", shim_dir / "libxpushim.so")
         self.config = self.root / "emulated.yaml"
-        self.config.write_text(f"cards:\n  - {{model: EMU-80G, memory_mib: {CARD_MIB}, count: {CARDS}}}\n")
+        cards = cards or f"{{model: EMU-80G, memory_mib: {CARD_MIB}, count: {CARDS}}}"
+        self.config.write_text(f"cards:\n  - {cards}\n")
         cp = cluster.control_plane
         self.token_file = cluster.root / "xpupool-agent.token"
         self.token_file.write_text(cp.token)

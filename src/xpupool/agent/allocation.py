@@ -11,11 +11,10 @@ inventory's ``index``), ``memoryMiB`` is one entry per card.
 
 Which container gets what (see :mod:`xpupool.agent.pairing` for how the container is known): the
 kubelet's device IDs are only capacity accounting (``"<card uuid>::<slot>"``); the wiring always
-follows the *scheduler's* cards. A pod's containers that request ``xpupool.io/vxpu`` take the
-allocation's cards in container order (restartable init containers first, then app containers, as
-in ``spec``), as many as each requests (:func:`container_cards`): one container per card of an
-allocation, so a fractional pod with two vXPU containers gets two cards. A non-restartable init
-container shares the cards of the app container that reuses its device IDs.
+follows the *scheduler's* cards. A pod's app containers that request ``xpupool.io/vxpu`` take the
+allocation's cards in ``spec.containers`` order, as many as each requests
+(:func:`container_cards`): one container per card of an allocation. (A share below 100 % is for
+one card, so a fractional pod has one vXPU container.) Init containers cannot use vXPUs.
 
 Wiring of one container for its cards C (:func:`container_wiring`), applied by the runtime through
 the container's CDI spec (:mod:`xpupool.agent.cdi`):
@@ -165,12 +164,12 @@ def vxpu_request(container: Mapping[str, Any]) -> int:
 
 
 def vxpu_containers(pod: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """(container name, cards requested) in card-assignment order: restartable init containers
-    (sidecars), then app containers; containers that request no vXPU are left out."""
+    """(container name, cards requested) of the app containers, in ``spec.containers`` order (the
+    order their cards are taken in); containers that request no vXPU are left out. Init
+    containers are not counted (the scheduler does not count them either; the webhook refuses
+    vXPUs there)."""
     spec = pod.get("spec") or {}
-    ordered = [c for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
-    ordered += list(spec.get("containers") or [])
-    return [(str(c.get("name", "")), n) for c in ordered if (n := vxpu_request(c)) > 0]
+    return [(str(c.get("name", "")), n) for c in spec.get("containers") or [] if (n := vxpu_request(c)) > 0]
 
 
 def container_cards(allocation: Allocation, pod: Mapping[str, Any], container: str) -> tuple[Allocation | None, str]:
@@ -189,6 +188,8 @@ def container_cards(allocation: Allocation, pod: Mapping[str, Any], container: s
             memory = allocation.device_memory_mib[start : start + count]
             return dataclasses.replace(allocation, cards=cards, device_memory_mib=memory), ""
         start += count
+    if any(c.get("name") == container for c in (pod.get("spec") or {}).get("initContainers") or []):
+        return None, f"{allocation.pod}: init container {container!r} cannot use vXPUs; request them in a container"
     return None, f"{allocation.pod}: container {container!r} requests no {RES_VXPU}"
 
 

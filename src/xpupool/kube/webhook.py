@@ -11,9 +11,9 @@ Data flow::
 What :func:`admit_pod` does for a Pod CREATE that asks for vXPUs (``xpupool.io/vxpu*``, or a
 vendor's whole-card resource when ``adopt_whole_card`` is on):
 
-* refuses, with every problem in one message: a request the syntax rejects; vXPUs in more than
-  one container or in an init container (one vXPU container per pod: the device plugin binds
-  one slice per pod); a privileged container (it could bypass the in-container shim);
+* refuses, with every problem in one message: a request the syntax rejects; vXPUs in an init
+  container (several app containers may ask: each takes its own cards of the pod's allocation,
+  in container order); a privileged container (it could bypass the in-container shim);
   ``spec.nodeName`` set (it would bypass the scheduler's device ledger); a ``schedulerName`` of
   another scheduler; and, with ``pool_check="deny"``, a request no node of the pool can ever hold
   (``pool_check="warn"``, the default, returns the same text as admission warnings instead, so
@@ -204,10 +204,6 @@ def admit_pod(
     problems: list[str] = []
     if init_wanting:
         problems.append(f"init containers cannot use vXPUs ({', '.join(init_wanting)}); request them in a container")
-    if len(wanting) > 1:
-        problems.append(
-            "only one container per pod may request vXPUs, found " + ", ".join(c.get("name", "?") for _, c in wanting)
-        )
     privileged = [
         c.get("name", "?")
         for c in containers + list(spec.get("initContainers") or [])
