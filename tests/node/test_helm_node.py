@@ -125,6 +125,9 @@ async def test_helm_install_upgrade_uninstall_on_the_real_node(
         "--set=agent.backends={emulated}",  # no GPU here: the emulated backend's cards
         f"--set=agent.hostRoot={host_root}",
         "--set=image.pullPolicy=Never",  # imported, never pulled (no registry)
+        # pairing: this node's kubelet root and containerd's CDI spec dir are under its temp root
+        f"--set=agent.kubeletPodResourcesDir={node_cluster.pod_resources_socket.parent}",
+        f"--set=agent.cdiSpecDir={node_cluster.cdi_spec_dir}",
     ]
     try:
         # ---- 1. install ----------------------------------------------------------------
