@@ -497,3 +497,14 @@ def test_time_sliced_replicas_of_a_card_count_as_holding_it() -> None:
     )
     held, unmatched = foreign_held_cards(snapshot, cards())
     assert [(h.index, h.holders) for h in held] == [(0, ("a/p (nvidia.com/gpu)",))] and unmatched == []
+
+
+def test_slots_per_card_never_exceed_the_shims_tenant_table(short_dir: Path) -> None:
+    """The kubelet must never admit a container the shim could not seat on its card."""
+    from pydantic import ValidationError
+
+    from xpupool.agent.shim_region import MAX_TENANTS
+
+    assert settings(short_dir, XPUPOOL_SLOTS_PER_CARD=str(MAX_TENANTS)).slots_per_card == MAX_TENANTS
+    with pytest.raises(ValidationError, match=f"less than or equal to {MAX_TENANTS}"):
+        settings(short_dir, XPUPOOL_SLOTS_PER_CARD=str(MAX_TENANTS + 1))

@@ -25,10 +25,11 @@ from pathlib import Path
 import pytest
 
 from xpupool.agent.shim_region import ShimRegion
-from xpupool.kube.testing_node import NodeCluster
+from xpupool.kube.testing_node import DEVICE_PLUGIN_DIR, NodeCluster
 from xpupool.kube.transport import PODS, AiohttpTransport, JsonDict
 
 from .pods import pod_log
+from .whole_gpu_plugin import WholeGpuPlugin
 from .xpupool_node import SLOTS_PER_CARD, XpupoolNode
 
 pytestmark = pytest.mark.e2e_node
@@ -343,6 +344,63 @@ async def test_each_container_of_a_pod_gets_its_own_card(
         assert (got["pod"], got["container"]) == (f"{node_namespace}/pair", container)
         seen.append(int(got["visible"]))
     assert seen == cards
+
+
+async def test_a_card_held_by_another_device_plugin_is_never_sliced(
+    xpupool_node: XpupoolNode, node_transport: AiohttpTransport, node_namespace: str, busybox_image: str
+) -> None:
+    """Issue 9 §5 on the real node: a stand-in for the NVIDIA device plugin advertises the two
+    cards as ``nvidia.com/gpu`` (their UUIDs as device IDs); kube-scheduler places a whole-GPU pod
+    and the kubelet gives it one card. The agent learns which one from the kubelet, publishes it as
+    held, and two 60 % vXPU pods then share nothing with it: one runs on the other card, the other
+    waits."""
+    await xpupool_node.wait_idle()
+    node = xpupool_node.cluster.node_name
+    plugin = WholeGpuPlugin(DEVICE_PLUGIN_DIR, [f"EMU-{node}-0", f"EMU-{node}-1"])
+    await plugin.start()
+    try:
+        whole = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "whole"},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": busybox_image,
+                        "imagePullPolicy": "Never",
+                        "command": ["/bin/sleep", "3600"],
+                        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                    }
+                ],
+            },
+        }
+        await node_transport.create(PODS, whole, namespace=node_namespace)
+        await wait_all(node_transport, node_namespace, ["whole"], ("Running",))
+        (held_ids,) = plugin.allocated
+        held_card = int(held_ids[0].rsplit("-", 1)[1])
+        deadline = time.monotonic() + 60
+        held: dict[int, tuple[str, ...]] = {}
+        while time.monotonic() < deadline:
+            inventory = await xpupool_node.inventory()
+            held = {d.index: d.held_by for d in (inventory.devices if inventory else ()) if d.held_by}
+            if held:
+                break
+            await asyncio.sleep(0.5)
+        assert held == {held_card: (f"{node_namespace}/whole (nvidia.com/gpu)",)}
+        for name in ("sixty-a", "sixty-b"):
+            await node_transport.create(
+                PODS, vxpu_pod(name, busybox_image, core_pct=60, memory_mib=1024, script=HOLD), namespace=node_namespace
+            )
+        await asyncio.sleep(5)
+        listed = {p["metadata"]["name"]: p for p in (await node_transport.list(PODS, namespace=node_namespace)).items}
+        bound = [n for n in ("sixty-a", "sixty-b") if listed[n]["spec"].get("nodeName")]
+        assert len(bound) == 1, {n: listed[n].get("status") for n in ("sixty-a", "sixty-b")}
+        cards = json.loads(listed[bound[0]]["metadata"]["annotations"]["xpupool.io/allocation"])["cards"]
+        assert cards == [1 - held_card]
+    finally:
+        await plugin.stop()
 
 
 async def test_cdi_specs_on_the_node_name_only_live_containers(xpupool_node: XpupoolNode) -> None:

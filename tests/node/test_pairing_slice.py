@@ -123,6 +123,16 @@ async def test_two_pods_on_one_card_each_see_their_own_slice(
     # The large pod filled its 8 GiB while the small pod held its whole 4 GiB: unaffected.
     assert large["cuda"]["fill"]["allocated_mib"] > small["cuda"]["fill"]["allocated_mib"] + 2048
 
+    # The agent's metrics show each slice (series labelled by the slice = region directory, whose
+    # owner pod and namespace the agent knows from the kubelet): quota, use and refusals.
+    samples = await slice_node.metrics()
+    for out, mib in ((small, 4096), (large, 8192)):
+        (region,) = slice_node.region_root.glob(f"{out['pod']['uid']}-*")
+        of_slice = {n: v for n, labels, v in samples if labels.get("slice") == region.name}
+        assert of_slice["xpupool_vxpu_memory_granted_bytes"] == mib * MIB, of_slice
+        assert of_slice["xpupool_vxpu_memory_used_bytes"] == out["cuda"]["fill"]["allocated_mib"] * MIB
+        assert of_slice["xpupool_vxpu_oom_refusals_total"] >= 1
+
     # Deleting a pod frees its slice: region reclaimed, and a new pod takes the room.
     gone = await node_transport.get(PODS, "small", namespace=node_namespace)
     (region,) = slice_node.region_root.glob(f"{gone['metadata']['uid']}-*/region")

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from xpupool.agent.cdi import device_name
 from xpupool.agent.inventory import Inventory, published_inventory
 from xpupool.agent.kubeapi import KubeApi
@@ -70,6 +72,7 @@ class XpupoolNode:
     # ------------------------------------------------------------------ processes
     def agent_env(self, *, device_plugin: bool) -> dict[str, str]:
         cp = self.cluster.control_plane
+        self.metrics_port = free_port()
         return {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "NODE_NAME": self.cluster.node_name,
@@ -88,7 +91,7 @@ class XpupoolNode:
             "XPUPOOL_REGION_HOST_ROOT": str(self.region_root),
             "XPUPOOL_CARD_HOST_DIR": str(self.root / "cards"),
             "XPUPOOL_METRICS_HOST": "127.0.0.1",
-            "XPUPOOL_METRICS_PORT": str(free_port()),
+            "XPUPOOL_METRICS_PORT": str(self.metrics_port),
             "XPUPOOL_GC_INTERVAL_S": str(GC_INTERVAL_S),
             "XPUPOOL_GC_GRACE_S": str(GC_GRACE_S),
         }
@@ -181,6 +184,14 @@ class XpupoolNode:
                 return
             assert time.monotonic() < deadline, f"still serving: {inventory}"
             await asyncio.sleep(0.3)
+
+    async def metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        """The agent's /metrics samples: (name, labels, value)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as resp:
+            text = await resp.text()
+        return [(s.name, dict(s.labels), s.value) for f in text_string_to_metric_families(text) for s in f.samples]
 
     def log(self, namespace: str, name: str) -> str:
         return pod_log(self.cluster, namespace, name)
