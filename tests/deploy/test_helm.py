@@ -211,6 +211,23 @@ def test_agent_daemonset_wiring() -> None:
     assert {e["name"] for e in nvidia["env"]} >= {"NVIDIA_VISIBLE_DEVICES", "XPUPOOL_BACKENDS"}
 
 
+def test_agent_mounts_what_each_vendor_backend_needs() -> None:
+    """agent.vendors.<backend> (driver libraries, tools, env) applies for listed backends only."""
+    spec = by_kind(render("agent.backends={ascend,amd}", "agent.privileged=true"), "DaemonSet")["rel-xpupool-agent"]
+    pod = spec["spec"]["template"]["spec"]
+    (agent,) = pod["containers"]
+    host_paths = {v["hostPath"]["path"]: v["hostPath"]["type"] for v in pod["volumes"] if "hostPath" in v}
+    assert host_paths["/usr/local/Ascend/driver"] == "Directory"
+    assert host_paths["/usr/local/bin/npu-smi"] == "File"
+    assert host_paths["/opt/rocm"] == "Directory"
+    mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
+    assert all(mounts[p]["readOnly"] for p in ("/usr/local/Ascend/driver", "/usr/local/dcmi", "/opt/rocm"))
+    env = [e["name"] for e in agent["env"]]
+    assert "NVIDIA_VISIBLE_DEVICES" not in env and env.count("LD_LIBRARY_PATH") == 2
+    emulated = by_kind(render("agent.backends={emulated}"), "DaemonSet")["rel-xpupool-agent"]["spec"]["template"]
+    assert not {v["name"] for v in emulated["spec"]["volumes"]} & {"ascend-driver", "rocm"}
+
+
 def test_every_container_has_resources_and_no_privilege_escalation() -> None:
     for doc in render("agent.backends={emulated}"):
         if doc["kind"] not in ("Deployment", "DaemonSet"):

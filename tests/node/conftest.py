@@ -20,19 +20,23 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from xpupool.kube import testing_images
 from xpupool.kube.testing import tests_must_not_skip
 from xpupool.kube.testing_node import NodeCluster, leftovers, node_prerequisites
 from xpupool.kube.transport import NAMESPACES, AiohttpTransport, KubeConfig
+
+
+def _cannot_run(why: str) -> None:
+    if tests_must_not_skip():
+        pytest.fail(why + " ($CI/$REQUIRE_E2E is set, so this is a failure, not a skip)")
+    pytest.skip(why + " (skipped because neither $CI nor $REQUIRE_E2E is set)")
 
 
 @pytest.fixture(scope="session")
 def node_cluster() -> Iterator[NodeCluster]:
     kube_dir, node_dir, missing = node_prerequisites()
     if missing:
-        why = "the real test node cannot start here; missing: " + "; ".join(missing)
-        if tests_must_not_skip():
-            pytest.fail(why + " ($CI/$REQUIRE_E2E is set, so this is a failure, not a skip)")
-        pytest.skip(why + " (skipped because neither $CI nor $REQUIRE_E2E is set)")
+        _cannot_run("the real test node cannot start here; missing: " + "; ".join(missing))
     node = NodeCluster.start(kube_dir, node_dir)
     yield node
     node.stop()
@@ -67,3 +71,34 @@ async def node_namespace(node_cluster: NodeCluster, node_transport: AiohttpTrans
 def busybox_image(node_cluster: NodeCluster) -> str:
     """Name of a static-busybox image (``sh``, ``cat``, ``nc``...) imported into the node."""
     return node_cluster.import_busybox_image()
+
+
+def _built_image(which: str) -> testing_images.BuiltImage:
+    """The image's OCI archive (``make image`` builds it; built here, minutes, if it is stale)."""
+    try:
+        return testing_images.ensure_image(which)
+    except (RuntimeError, OSError) as err:
+        _cannot_run(f"cannot build the {which} image: {err}")
+        raise
+
+
+@pytest.fixture(scope="session")
+def xpupool_image_archive() -> testing_images.BuiltImage:
+    """deploy/image/Containerfile, built daemonless and tagged as the chart's default image."""
+    return _built_image("xpupool")
+
+
+@pytest.fixture(scope="session")
+def xpupool_image(node_cluster: NodeCluster, xpupool_image_archive: testing_images.BuiltImage) -> str:
+    """The xpupool image imported into the node; returns its name (the chart's default)."""
+    node_cluster.import_image(xpupool_image_archive.archive)
+    return xpupool_image_archive.name
+
+
+@pytest.fixture(scope="session")
+def workload_image(node_cluster: NodeCluster) -> str:
+    """The TEST-DOUBLE workload image (xpu-probe + fake libcuda/libnvidia-ml) imported into the
+    node; returns its name."""
+    built = _built_image("workload")
+    node_cluster.import_image(built.archive)
+    return built.name

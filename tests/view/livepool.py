@@ -194,8 +194,8 @@ async def _start(stack: contextlib.AsyncExitStack, cp: ControlPlane, transport: 
         started = await kubelet.start_container(namespace, pod["metadata"]["name"], "main")
         with ShimRegion.open(Path(started.mounts["/run/xpupool/shim"][0]) / "region") as region:
             for i in range(len(alloc["cards"])):
-                region.view.dev[i].mem_used = SLICE_USED_MIB << 20
-                region.view.dev[i].measured_share_bp = SLICE_SHARE_BP
+                region.usage.dev[i].mem_used = SLICE_USED_MIB << 20
+                region.usage.dev[i].measured_share_bp = SLICE_SHARE_BP
         on_gpu0.append(key)
     pool.sliced_pods = tuple(sorted(on_gpu0))
     await asyncio.sleep(0.5)  # a tick or two: the agent learns the new pods' queue labels

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -96,6 +96,8 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
         self._version = 0
         self._closed = False
         self._changed = asyncio.Condition()
+        self.watchers = 0  # open ListAndWatch streams: 0 means no kubelet is connected
+        self.on_watch_change: Callable[[], None] | None = None
 
     def cards(self) -> Mapping[int, DeviceInfo]:
         """The node's cards by index, as last discovered."""
@@ -160,14 +162,23 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
         self, request: api_pb2.Empty, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.ListAndWatchResponse]:
         sent = -1
-        while True:
-            async with self._changed:
-                await self._changed.wait_for(functools.partial(self._changed_since, sent))
-                if self._closed:
-                    return
-                sent = self._version
-                response = self._response()
-            yield response
+        self._watching(+1)
+        try:
+            while True:
+                async with self._changed:
+                    await self._changed.wait_for(functools.partial(self._changed_since, sent))
+                    if self._closed:
+                        return
+                    sent = self._version
+                    response = self._response()
+                yield response
+        finally:
+            self._watching(-1)  # the kubelet went away (restart) or the server stops
+
+    def _watching(self, delta: int) -> None:
+        self.watchers += delta
+        if self.on_watch_change is not None:
+            self.on_watch_change()
 
     async def Allocate(
         self, request: api_pb2.AllocateRequest, context: grpc.aio.ServicerContext
@@ -240,6 +251,21 @@ class DevicePluginServer:
         self._registered_identity: tuple[int, int, int] | None = None
         self.registrations = 0
         self.last_status: Status = Status.error("not registered yet")
+        self.on_change: Callable[[], None] | None = None
+
+    @property
+    def registered(self) -> bool:
+        """Registered with the kubelet now serving ``kubelet.sock`` and connected back by it."""
+        return (
+            self._server is not None
+            and self._registered_identity is not None
+            and self._registered_identity == _identity(self.kubelet_socket)
+            and self.plugin.watchers > 0
+        )
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     @property
     def socket_path(self) -> Path:
@@ -297,6 +323,7 @@ class DevicePluginServer:
                         )
                     await self.start_server()
                     self._registered_identity = None
+                    self._changed()
                 identity = _identity(self.kubelet_socket)
                 if identity is not None and identity != self._registered_identity:
                     status = await self.register()
@@ -304,6 +331,7 @@ class DevicePluginServer:
                     if status.ok:
                         self._registered_identity = identity
                         self.registrations += 1
+                        self._changed()
                         log.info("registered %s with the kubelet (%d)", self._resource, self.registrations)
                     else:
                         log.warning("%s; retrying in %.1f s", status.message(), self._retry_s)

@@ -6,11 +6,13 @@ The kubelet calls ``PreStartContainer(device IDs)`` before creating each contain
 recorded the allocation; :meth:`Pairing.prepare` then:
 
 1. asks the kubelet which container holds exactly those IDs (:mod:`xpupool.agent.podresources`:
-   the kubelet's own record, no guessing, no timing assumptions);
+   the kubelet's own record through per-pod ``Get``, no guessing, no timing assumptions; IDs the
+   kubelet recorded for two pods are refused, never guessed);
 2. reads that pod from the apiserver (its UID, ``spec`` and ``xpupool.io/allocation``; one GET per
    container start, so never stale, whatever happened to an earlier pod of the same name);
 3. computes the container's part of the allocation and its wiring (:mod:`xpupool.agent.allocation`);
-4. writes the container's shim region (limits written by the agent, read-only for the tenant);
+4. writes the container's shim region (limits written by the agent, read-only for the tenant) and
+   takes the mounts that expose it from :func:`xpupool.agent.regions.container_shim_wiring`;
 5. writes the CDI spec of the device name (:mod:`xpupool.agent.cdi`), which the runtime resolves
    when the kubelet creates the container right after ``PreStartContainer`` returns;
 6. records the slice's owner in the :class:`SliceIndex` (pod and namespace labels for metrics).
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -53,6 +56,7 @@ from xpupool.agent.cdi import CdiSpecDir, device_name
 from xpupool.agent.discovery import DeviceInfo
 from xpupool.agent.kubeapi import ApiError
 from xpupool.agent.podresources import DeviceHolders, HolderSnapshot, PodResourcesError
+from xpupool.agent.regions import container_shim_wiring
 from xpupool.core.request import RES_VXPU, WHOLE_CARD_RESOURCES
 from xpupool.core.status import Status
 
@@ -62,10 +66,6 @@ log = logging.getLogger(__name__)
 class PodLookup(Protocol):
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
         """The Pod as JSON; :class:`~xpupool.agent.kubeapi.ApiError` 404 when absent."""
-        ...
-
-    async def list_pods_on_node(self, node: str) -> list[dict[str, Any]]:
-        """All pods with ``spec.nodeName == node``."""
         ...
 
 
@@ -196,24 +196,34 @@ class Pairing:
                     os.makedirs(wiring.region_host_dir, exist_ok=True)
                 except OSError as exc:
                     return Prepared(Status.error(f"cannot create {wiring.region_host_dir}: {exc}"), part)
+            region = Path(wiring.region_host_dir) / self._paths.region_file
             if self._region_writer is not None:
-                region = Path(wiring.region_host_dir) / self._paths.region_file
                 written = self._region_writer.write(
                     path=region, pod=part, cards=[devices[i] for i in part.allocation.cards]
                 )
                 if not written.ok:
                     return Prepared(written, part)
+                shim = container_shim_wiring(region_dir=region, paths=self._paths)
+                if not shim.status.ok:
+                    return Prepared(shim.status, part)
+                wiring = dataclasses.replace(
+                    wiring,
+                    envs={**wiring.envs, **shim.envs},
+                    mounts=[(m.container_path, m.host_path, m.read_only) for m in shim.mounts],
+                )
             status = self.specs.write(name, wiring.edits())
             if not status.ok:
                 return Prepared(status, part)
         region_dir = Path(wiring.region_host_dir).name
         self.index.record(region_dir, SliceOwner(part.namespace, part.name, part.container, part.uid, name))
         log.info(
-            "%s container %s: cards %s, CDI device %s",
+            "%s container %s (kubelet IDs %s): cards %s, CDI device %s, region %s",
             part.key,
             part.container,
+            sorted(device_ids),
             list(part.allocation.cards),
             name,
+            region_dir,
         )
         return Prepared(Status.success(), part, name, region_dir)
 
@@ -247,25 +257,17 @@ class Pairing:
                 if self.specs.remove(name):
                     removed.append(name)
             self._locks.pop(name, None)
-        await self._rebuild_index(snapshot)
+        self._rebuild_index(snapshot)
         return removed
 
-    async def _rebuild_index(self, snapshot: HolderSnapshot) -> None:
-        pods = await self._pods.list_pods_on_node(self._node)
-        uids = {
-            ((p.get("metadata") or {}).get("namespace"), (p.get("metadata") or {}).get("name")): str(
-                (p.get("metadata") or {}).get("uid", "")
-            )
-            for p in pods
-        }
+    def _rebuild_index(self, snapshot: HolderSnapshot) -> None:
         owners: dict[str, SliceOwner] = {}
         for entry in snapshot.of_resource(self._resource):
-            uid = uids.get((entry.namespace, entry.pod))
-            if not uid:
+            if not entry.pod_uid:
                 continue
             ids = sorted(entry.device_ids)
-            owners[region_dir_name(uid, ids)] = SliceOwner(
-                entry.namespace, entry.pod, entry.container, uid, device_name(ids)
+            owners[region_dir_name(entry.pod_uid, ids)] = SliceOwner(
+                entry.namespace, entry.pod, entry.container, entry.pod_uid, device_name(ids)
             )
         self.index.replace(owners)
 

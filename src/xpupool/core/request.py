@@ -273,6 +273,7 @@ def parse_request(
         priority=priority,
         queue=queue,
         pod_group=pod_group,
+        vxpu_slots=count if ours else 0,
     )
     return ParseResult(request)
 

@@ -46,6 +46,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -496,22 +497,29 @@ class NodeCluster:
         """Stop everything and remove every trace; safe to call on a half-started cluster."""
         cp = self.control_plane
         keep = self.kept_for_debugging
-        try:
-            for name in ("kube-proxy", "kubelet"):
-                cp.stop_process(name)
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("kube-proxy", lambda: cp.stop_process("kube-proxy")),
+            ("kubelet", lambda: cp.stop_process("kubelet")),
             # Containers, their shims and containerd itself all live under CGROUP_PARENT.
-            kill_cgroup_tree()
-            cp.stop_process("containerd")
-            unmount_under(self.root)
+            ("pods", kill_cgroup_tree),
+            ("containerd", lambda: cp.stop_process("containerd")),
+            ("mounts", lambda: unmount_under(self.root)),
             # Before the network goes: the apiserver's shutdown talks to its own (veth) address.
-            cp.stop()  # controller-manager, scheduler, apiserver, etcd
-            remove_network()
+            ("control plane", cp.stop),
+            ("network", remove_network),
+            ("host", self._host.restore),
+            ("log links", lambda: _remove_container_log_links(self.root)),
+        ]
+        if not keep:
+            steps.append(("root", lambda: shutil.rmtree(self.root, ignore_errors=True)))
+        try:
+            for what, step in steps:
+                t0 = time.monotonic()
+                step()
+                if time.monotonic() - t0 > 3.0:  # a slow teardown step is a clue, say which
+                    print(f"xpupool test node: stopping {what} took {time.monotonic() - t0:.1f} s", file=sys.stderr)
             if keep:
                 print(f"xpupool test node: logs kept under {self.root}", file=sys.stderr)
-            self._host.restore()
-            _remove_container_log_links(self.root)
-            if not keep:
-                shutil.rmtree(self.root, ignore_errors=True)
             STATE_FILE.unlink(missing_ok=True)
         finally:
             self._lock.release()

@@ -50,6 +50,29 @@ def _layer(files: list[ImageFile], links: dict[str, str]) -> bytes:
     return raw.getvalue()
 
 
+def read_file(archive: Path, path: str) -> bytes:
+    """The content of ``path`` in the (single-platform) image stored in OCI archive ``archive``,
+    as the top-most layer holding it has it (whiteouts are not followed: test tooling)."""
+    wanted = path.strip("/")
+    with tarfile.open(archive) as tar:
+
+        def blob(digest: str) -> bytes:
+            member = tar.extractfile("blobs/sha256/" + digest.split(":", 1)[1])
+            assert member is not None, digest
+            return member.read()
+
+        index = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
+        manifest = json.loads(blob(index["manifests"][0]["digest"]))
+        for layer in reversed(manifest["layers"]):
+            with tarfile.open(fileobj=io.BytesIO(blob(layer["digest"])), mode="r:*") as layer_tar:
+                for member in layer_tar:
+                    if member.name.lstrip("./") == wanted and member.isfile():
+                        data = layer_tar.extractfile(member)
+                        assert data is not None
+                        return data.read()
+    raise FileNotFoundError(f"{path} not in {archive}")
+
+
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mtime = len(data), 0

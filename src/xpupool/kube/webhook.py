@@ -11,9 +11,9 @@ Data flow::
 What :func:`admit_pod` does for a Pod CREATE that asks for vXPUs (``xpupool.io/vxpu*``, or a
 vendor's whole-card resource when ``adopt_whole_card`` is on):
 
-* refuses, with every problem in one message: a request the syntax rejects; vXPUs in more than
-  one container or in an init container (one vXPU container per pod: the device plugin binds
-  one slice per pod); a privileged container (it could bypass the in-container shim);
+* refuses, with every problem in one message: a request the syntax rejects; vXPUs in an init
+  container (several app containers may ask: each takes its own cards of the pod's allocation,
+  in container order); a privileged container (it could bypass the in-container shim);
   ``spec.nodeName`` set (it would bypass the scheduler's device ledger); a ``schedulerName`` of
   another scheduler; and, with ``pool_check="deny"``, a request no node of the pool can ever hold
   (``pool_check="warn"``, the default, returns the same text as admission warnings instead, so
@@ -104,6 +104,9 @@ class WebhookSettings:
     adopt_whole_card: bool = False
     pool_check: PoolCheck = "warn"
     excluded_namespaces: frozenset[str] = frozenset({"kube-system"})
+    #: model nodes without an xpupool inventory from nvidia.com/gpu-style resources (the
+    #: scheduler's --model-nodes-without-inventory; the pool check must see the same cards)
+    guess_whole_cards: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,10 +206,6 @@ def admit_pod(
     problems: list[str] = []
     if init_wanting:
         problems.append(f"init containers cannot use vXPUs ({', '.join(init_wanting)}); request them in a container")
-    if len(wanting) > 1:
-        problems.append(
-            "only one container per pod may request vXPUs, found " + ", ".join(c.get("name", "?") for _, c in wanting)
-        )
     privileged = [
         c.get("name", "?")
         for c in containers + list(spec.get("initContainers") or [])
@@ -392,9 +391,10 @@ class PoolCache:
     """The pool's nodes as core values, re-listed every ``interval_s`` (cached reads only on the
     admission path). ``nodes()`` is ``None`` until the first successful list."""
 
-    def __init__(self, transport: Transport, *, interval_s: float = 30.0) -> None:
+    def __init__(self, transport: Transport, *, interval_s: float = 30.0, guess_whole_cards: bool = False) -> None:
         self._transport = transport
         self._interval_s = interval_s
+        self._guess = guess_whole_cards  # as the scheduler's --model-nodes-without-inventory
         self._nodes: list[Node] | None = None
 
     def nodes(self) -> list[Node] | None:
@@ -409,7 +409,7 @@ class PoolCache:
             token = page.continue_token or None
             if token is None:
                 break
-        self._nodes = [node_model(n) for n in items]
+        self._nodes = [node_model(n, guess_whole_cards=self._guess) for n in items]
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -609,7 +609,7 @@ async def serve(
         )
         await keeper.sync()
         assert keeper.context is not None
-        pool = PoolCache(transport)
+        pool = PoolCache(transport, guess_whole_cards=settings.guess_whole_cards)
         queues = QueueCache(transport)
         if stop is None:
             stop = asyncio.Event()
@@ -653,6 +653,7 @@ def main() -> None:
     settings = WebhookSettings(
         scheduler_name=env.get("XPUPOOL_SCHEDULER_NAME", SCHEDULER_NAME),
         adopt_whole_card=env.get("XPUPOOL_WEBHOOK_ADOPT_WHOLE_CARD", "false").lower() == "true",
+        guess_whole_cards=env.get("XPUPOOL_MODEL_NODES_WITHOUT_INVENTORY", "false").lower() == "true",
         pool_check=pool_check,  # type: ignore[arg-type]
         excluded_namespaces=frozenset(
             {"kube-system", namespace, *filter(None, env.get("XPUPOOL_WEBHOOK_EXCLUDED_NAMESPACES", "").split(","))}
