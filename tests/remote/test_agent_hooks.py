@@ -20,7 +20,7 @@ from xpupool.agent.cdi import CdiSpecDir
 from xpupool.agent.deviceplugin import DevicePluginServer, VxpuDevicePlugin
 from xpupool.agent.kubeapi import KubeApi
 from xpupool.agent.pairing import Pairing
-from xpupool.agent.podresources import KubeletPodResources
+from xpupool.agent.podresources import HolderIndex, KubeletPodResources
 from xpupool.core.model import Allocation
 from xpupool.core.status import Status
 from xpupool.kube.objects import encode_allocation
@@ -59,7 +59,7 @@ async def test_cpu_only_node_admits_a_remote_pod_and_wires_it_remotely(
         short_dir: Path, kube: tuple[FakeApiServer, KubeApi]) -> None:
     apiserver, api = kube
     kubelet = FakeKubelet(short_dir / "dp", cdi_dir=short_dir / "cdi")
-    holders = KubeletPodResources(kubelet.podresources_socket)
+    holders = HolderIndex(KubeletPodResources(kubelet.podresources_socket), api, node=CPU_NODE)
     wiring = RecordingWiring()
     pairing = Pairing(node=CPU_NODE, holders=holders, pods=api, specs=CdiSpecDir(short_dir / "cdi"), devices=dict,
                       paths=RuntimePaths(region_host_root=str(short_dir / "regions")), remote=wiring)

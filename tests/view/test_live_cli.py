@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from typing import Any
 
@@ -134,17 +135,23 @@ async def test_an_agent_the_apiserver_will_not_proxy_is_a_warning_not_a_failure(
 
 
 async def test_watch_prints_a_fresh_snapshot_per_interval(pool: LivePool) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "xpupool.cli.main", "status", "-o", "json", "--watch", "--interval", "0.5",
-        "--agents", "off", "--scheduler-name", pool.scheduler_name, "--kubeconfig", str(pool.kubeconfig),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "80"})
+    # a plain Popen read from a worker thread: no dependence on asyncio's child watcher, which other
+    # fixtures' subprocesses can confuse; terminate -> kill keeps the test bounded
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xpupool.cli.main", "status", "-o", "json", "--watch", "--interval", "0.5",
+         "--agents", "off", "--scheduler-name", pool.scheduler_name, "--kubeconfig", str(pool.kubeconfig)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "80"}, text=True)
     try:
         assert proc.stdout is not None
-        first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
-        second = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+        first = json.loads(await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60))
+        second = json.loads(await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60))
     finally:
         proc.terminate()
-        await proc.wait()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
     for snap in (first, second):  # one whole document per line
         assert {n["name"] for n in snap["nodes"]} >= {*pool.gpu_nodes, pool.cpu_node}
     assert second["taken_at"] >= first["taken_at"]
