@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest native test-native kube-bins helm node image test-node e2e bench bench-kube simulate clean
+.PHONY: remote-deps setup demo test lint typecheck pytest native test-native kube-bins helm node image test-node view-tools e2e bench bench-kube simulate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,11 +56,21 @@ test-node: setup node image
 helm:
 	bash hack/helm/install.sh
 
+# Debian's chromium (web-page test) and prometheus (promtool: alert-rule tests), when missing.
+view-tools:
+	bash hack/view/install-tools.sh
+
 # pytest exit code 5 (no tests collected) is a failure, never hidden.
 pytest: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-test: setup kube-bins helm node image lint typecheck test-native pytest
+# Remote vXPUs build against OpenSSL (libssl-dev) and their fault tests make a network namespace
+# (iproute2): installed from Debian when missing (CI runs as root).
+remote-deps:
+	@if ! test -f /usr/include/openssl/ssl.h || ! command -v ip >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev iproute2 >/dev/null; fi
+
+test: setup kube-bins helm node image view-tools remote-deps lint typecheck test-native pytest
 
 # Everything that needs a real cluster: the apiserver layer (charts included) and the real node.
 e2e: setup kube-bins helm node image

@@ -119,6 +119,7 @@ async def run_one(cp: ControlPlane, transport: AiohttpTransport, name: str, args
                 "WARNING",
                 "--bind-concurrency",
                 str(args.bind_concurrency),
+                "--model-nodes-without-inventory",  # nvidia.com/gpu nodes, as kube-scheduler sees them
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

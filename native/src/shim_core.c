@@ -268,14 +268,18 @@ int xpu_track_ref(unsigned kind, uint64_t key, int drefs, int dmaps, uint64_t *b
     return rc;
 }
 
-size_t xpu_track_take_range(unsigned kind, uint64_t lo, uint64_t hi, uint64_t *aux, size_t cap)
+size_t xpu_track_take_range(unsigned kind, uint64_t lo, uint64_t hi, struct xpu_track_item *out, size_t cap)
 {
     size_t n = 0;
     pthread_mutex_lock(&g_track_mu);
     for (size_t i = 0; i < g_cap && n < cap; i++) {
         struct track_ent *e = &g_tab[i];
         if (e->kind == kind && e->key >= lo && e->key < hi) {
-            aux[n++] = e->aux;
+            out[n].key = e->key;
+            out[n].bytes = e->bytes;
+            out[n].aux = e->aux;
+            out[n].dev = e->dev;
+            n++;
             e->kind = UINT32_MAX;
         }
     }
@@ -369,9 +373,9 @@ int xpu_dev_index_by_uuid(const char *uuid)
     struct xpu_core *c = xpu_core();
     if (c->status != XPU_REGION_OK || !uuid)
         return -1;
-    uint32_t n = c->region->hdr.ndevices;
+    uint32_t n = c->region->cfg->hdr.ndevices;
     for (uint32_t d = 0; d < n && d < XPU_MAX_DEVICES; d++) {
-        const char *u = c->region->dev[d].uuid;
+        const char *u = c->region->cfg->dev[d].uuid;
         if (u[0] && strncmp(u, uuid, XPU_UUID_LEN) == 0)
             return (int)d;
     }
@@ -383,9 +387,9 @@ int xpu_dev_index_by_ordinal(int ordinal)
     struct xpu_core *c = xpu_core();
     if (c->status != XPU_REGION_OK)
         return -1;
-    uint32_t n = c->region->hdr.ndevices;
+    uint32_t n = c->region->cfg->hdr.ndevices;
     for (uint32_t d = 0; d < n && d < XPU_MAX_DEVICES; d++)
-        if (!c->region->dev[d].uuid[0] && (int)c->region->dev[d].ordinal == ordinal)
+        if (!c->region->cfg->dev[d].uuid[0] && (int)c->region->cfg->dev[d].ordinal == ordinal)
             return (int)d;
     return -1;
 }
@@ -421,7 +425,7 @@ static void init_once(void)
     }
     g_xpu.status = xpu_region_map(path, &g_xpu.region);
     if (g_xpu.status == XPU_REGION_OK) {
-        g_xpu.fail_open_on_broken = (g_xpu.region->hdr.policy & XPU_POLICY_FAIL_OPEN_ON_BROKEN) != 0;
+        g_xpu.fail_open_on_broken = (g_xpu.region->cfg->hdr.policy & XPU_POLICY_FAIL_OPEN_ON_BROKEN) != 0;
         atexit(at_exit);
     } else if (g_xpu.status == XPU_REGION_BROKEN) {
         xpu_log_once(0, "region unusable, failing closed for allocations:", path);

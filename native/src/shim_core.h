@@ -48,8 +48,9 @@ int xpu_track_put_aux(unsigned kind, uint64_t key, uint64_t bytes, int dev, uint
 /* adjust references / mappings of an entry: -1 unknown, 0 still alive, 1 none left (the
  * entry is removed and its bytes/dev returned) */
 int xpu_track_ref(unsigned kind, uint64_t key, int drefs, int dmaps, uint64_t *bytes, int *dev);
-/* remove every entry of kind with lo <= key < hi, returning their aux values (up to cap) */
-size_t xpu_track_take_range(unsigned kind, uint64_t lo, uint64_t hi, uint64_t *aux, size_t cap);
+/* remove every entry of kind with lo <= key < hi, returning them (up to cap) */
+struct xpu_track_item { uint64_t key, bytes, aux; int dev; };
+size_t xpu_track_take_range(unsigned kind, uint64_t lo, uint64_t hi, struct xpu_track_item *out, size_t cap);
 /* keys and devices of the entries of kind (up to cap) */
 size_t xpu_track_keys(unsigned kind, uint64_t *keys, int *devs, size_t cap);
 /* removes; returns 1 and fills bytes/dev if it was present */

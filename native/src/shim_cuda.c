@@ -21,6 +21,7 @@
 
 #undef cuGetProcAddress /* cuda.h maps it to _v2; we export both ABIs */
 #undef cuStreamBeginCapture /* cuda.h maps it to _v2; the 1-argument export exists too */
+#undef cuGraphInstantiate   /* cuda.h maps it to ...WithFlags; the legacy export exists too */
 
 #define DEV_PASS (-1)
 #define DEV_BROKEN (-2)
@@ -44,6 +45,8 @@ CUresult CUDAAPI cuGraphInstantiate_v2(CUgraphExec *e, CUgraph g, CUgraphNode *e
 CUresult CUDAAPI cuEventRecord_ptsz(CUevent ev, CUstream s);
 CUresult CUDAAPI cuStreamSynchronize_ptsz(CUstream s);
 CUresult CUDAAPI cuStreamBeginCapture(CUstream s);
+CUresult CUDAAPI cuGraphInstantiate(CUgraphExec *e, CUgraph g, CUgraphNode *err, char *log, size_t n);
+CUresult CUDAAPI cuCtxSynchronize_v2(CUcontext ctx); /* CUDA 13 */
 CUresult CUDAAPI cuStreamBeginCapture_ptsz(CUstream s);
 CUresult CUDAAPI cuStreamBeginCapture_v2_ptsz(CUstream s, CUstreamCaptureMode mode);
 CUresult CUDAAPI cuStreamBeginCaptureToGraph_ptsz(CUstream s, CUgraph g, const CUgraphNode *deps,
@@ -74,7 +77,9 @@ CUresult CUDAAPI cuStreamGetCaptureInfo_v2_ptsz(CUstream s, CUstreamCaptureStatu
     X(cuStreamBeginCapture) X(cuStreamBeginCapture_ptsz) X(cuStreamBeginCapture_v2)                    \
     X(cuStreamBeginCapture_v2_ptsz) X(cuStreamBeginCaptureToGraph) X(cuStreamBeginCaptureToGraph_ptsz) \
     X(cuStreamEndCapture) X(cuStreamEndCapture_ptsz)                                                   \
-    X(cuMemMap) X(cuMemUnmap) X(cuMemRetainAllocationHandle) X(cuGraphAddNode) X(cuGraphAddNode_v2)
+    X(cuMemMap) X(cuMemUnmap) X(cuMemRetainAllocationHandle) X(cuGraphAddNode) X(cuGraphAddNode_v2)   \
+    X(cuDevicePrimaryCtxRetain) X(cuCtxCreate_v2) X(cuCtxCreate_v3) X(cuCtxCreate_v4)                 \
+    X(cuGraphInstantiate) X(cuCtxSynchronize_v2)
 
 #define INTERNAL(X)                                                                                    \
     X(cuCtxGetDevice) X(cuDeviceGetUuid) X(cuDeviceGetMemPool) X(cuMemPoolGetAttribute)                \
@@ -108,7 +113,7 @@ static void cuda_init(void)
 #define RESOLVE(n) resolve(&R_##n, #n);
     HOOKED(RESOLVE)
     INTERNAL(RESOLVE)
-    if (c->status == XPU_REGION_OK && c->region->hdr.ndevices == 1)
+    if (c->status == XPU_REGION_OK && c->region->cfg->hdr.ndevices == 1)
         g_single = 0;
     else
         g_single = -4;
@@ -221,16 +226,81 @@ static void acct_track(int d, unsigned kind, uint64_t key, uint64_t bytes)
         return;
     if (xpu_track_put(kind, key, bytes, d) != 0) {
         /* cannot remember it: keep the charge (fail closed), count the error */
-        atomic_fetch_add(&g_xpu.region->dev[d].accounting_errors, 1);
+        atomic_fetch_add(&g_xpu.region->use->dev[d].accounting_errors, 1);
     }
 }
 
-static void acct_free(unsigned kind, uint64_t key)
+/* A free takes the allocation's entry out BEFORE the driver frees it: once freed, the driver may
+ * hand the same address to another thread's allocation, whose entry must not be the one removed
+ * afterwards. The entry goes back if the driver refuses; the charge goes when it succeeds. */
+struct taken {
+    int had, dev;
+    unsigned kind;
+    uint64_t key, bytes;
+};
+static struct taken acct_take(unsigned kind, uint64_t key)
 {
-    uint64_t bytes;
-    int d;
-    if (xpu_track_take(kind, key, &bytes, &d) && d >= 0)
-        xpu_mem_release(g_xpu.region, (unsigned)d, bytes);
+    struct taken t = {0, -1, kind, key, 0};
+    if (key)
+        t.had = xpu_track_take(kind, key, &t.bytes, &t.dev);
+    return t;
+}
+static CUresult acct_settle(const struct taken *t, CUresult rc)
+{
+    if (!t->had)
+        return rc;
+    if (rc != CUDA_SUCCESS)
+        xpu_track_put(t->kind, t->key, t->bytes, t->dev);
+    else if (t->dev >= 0)
+        xpu_mem_release(g_xpu.region, (unsigned)t->dev, t->bytes);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ contexts
+ * A context costs device memory no allocation call shows (the context itself, loaded
+ * modules, local memory, the device heap): the region's per-process reserve is charged when a
+ * process first creates or retains a context on a device (or first allocates there), once. */
+static CUresult ctx_reserve(CUdevice dev)
+{
+    int d = dev_of_ordinal(dev);
+    if (d == DEV_BROKEN)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    if (d < 0)
+        return CUDA_SUCCESS;
+    return xpu_mem_reserve(g_xpu.region, (unsigned)d, 0) == 0 ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+XPU_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
+{
+    __typeof__(&cuDevicePrimaryCtxRetain) f = REAL(cuDevicePrimaryCtxRetain);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = ctx_reserve(dev);
+    return rc == CUDA_SUCCESS ? f(pctx, dev) : rc;
+}
+XPU_EXPORT CUresult CUDAAPI cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice dev)
+{
+    __typeof__(&cuCtxCreate_v2) f = REAL(cuCtxCreate_v2);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = ctx_reserve(dev);
+    return rc == CUDA_SUCCESS ? f(pctx, flags, dev) : rc;
+}
+XPU_EXPORT CUresult CUDAAPI cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *params, int n, unsigned int flags,
+                                           CUdevice dev)
+{
+    __typeof__(&cuCtxCreate_v3) f = REAL(cuCtxCreate_v3);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = ctx_reserve(dev);
+    return rc == CUDA_SUCCESS ? f(pctx, params, n, flags, dev) : rc;
+}
+XPU_EXPORT CUresult CUDAAPI cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params, unsigned int flags, CUdevice dev)
+{
+    __typeof__(&cuCtxCreate_v4) f = REAL(cuCtxCreate_v4);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = ctx_reserve(dev);
+    return rc == CUDA_SUCCESS ? f(pctx, params, flags, dev) : rc;
 }
 
 /* ------------------------------------------------------------------ classic allocations */
@@ -299,10 +369,8 @@ XPU_EXPORT CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr)
     __typeof__(&cuMemFree_v2) f = REAL(cuMemFree_v2);
     if (!f)
         return CUDA_ERROR_NOT_FOUND;
-    CUresult rc = f(dptr);
-    if (rc == CUDA_SUCCESS && dptr)
-        acct_free(XPU_K_PTR, (uint64_t)dptr);
-    return rc;
+    struct taken t = acct_take(XPU_K_PTR, (uint64_t)dptr);
+    return acct_settle(&t, f(dptr));
 }
 
 /* ------------------------------------------------------------------ stream-ordered pools
@@ -476,13 +544,12 @@ static CUresult free_async(__typeof__(&cuMemFreeAsync) f, int ptsz, CUdeviceptr 
 {
     if (!f)
         return CUDA_ERROR_NOT_FOUND;
-    int in_capture = capture_graph_of(s, ptsz) != NULL; /* a free node: nothing is freed now */
-    CUresult rc = f(dptr, s);
+    if (capture_graph_of(s, ptsz) != NULL) /* a free node: nothing is freed now */
+        return f(dptr, s);
     /* pool memory stays charged until the pool releases it (trim / reconcile); a pointer
      * from cuMemAlloc freed here is uncharged now */
-    if (rc == CUDA_SUCCESS && !in_capture)
-        acct_free(XPU_K_PTR, (uint64_t)dptr);
-    return rc;
+    struct taken t = acct_take(XPU_K_PTR, (uint64_t)dptr);
+    return acct_settle(&t, f(dptr, s));
 }
 XPU_EXPORT CUresult CUDAAPI cuMemFreeAsync(CUdeviceptr dptr, CUstream s)
 {
@@ -525,10 +592,8 @@ XPU_EXPORT CUresult CUDAAPI cuMemPoolDestroy(CUmemoryPool pool)
     __typeof__(&cuMemPoolDestroy) f = REAL(cuMemPoolDestroy);
     if (!f)
         return CUDA_ERROR_NOT_FOUND;
-    CUresult rc = f(pool);
-    if (rc == CUDA_SUCCESS)
-        acct_free(XPU_K_POOL, (uint64_t)(uintptr_t)pool);
-    return rc;
+    struct taken t = acct_take(XPU_K_POOL, (uint64_t)(uintptr_t)pool);
+    return acct_settle(&t, f(pool));
 }
 
 /* ------------------------------------------------------------------ VMM */
@@ -551,7 +616,7 @@ XPU_EXPORT CUresult CUDAAPI cuMemCreate(CUmemGenericAllocationHandle *handle, si
         return rc;
     }
     if (d >= 0 && xpu_track_put_aux(XPU_K_VMM, (uint64_t)*handle, size, d, 0, 1) != 0)
-        atomic_fetch_add(&g_xpu.region->dev[d].accounting_errors, 1); /* keep the charge */
+        atomic_fetch_add(&g_xpu.region->use->dev[d].accounting_errors, 1); /* keep the charge */
     return rc;
 }
 
@@ -570,9 +635,18 @@ XPU_EXPORT CUresult CUDAAPI cuMemRelease(CUmemGenericAllocationHandle handle)
     __typeof__(&cuMemRelease) f = REAL(cuMemRelease);
     if (!f)
         return CUDA_ERROR_NOT_FOUND;
+    uint64_t bytes = 0;
+    int d = -1;
+    int r = xpu_track_ref(XPU_K_VMM, (uint64_t)handle, -1, 0, &bytes, &d); /* before: the handle may be reused */
     CUresult rc = f(handle);
-    if (rc == CUDA_SUCCESS)
-        vmm_ref((uint64_t)handle, -1, 0);
+    if (rc != CUDA_SUCCESS) { /* refused: the reference is still there */
+        if (r == 1)
+            xpu_track_put_aux(XPU_K_VMM, (uint64_t)handle, bytes, d, 0, 1);
+        else if (r == 0)
+            xpu_track_ref(XPU_K_VMM, (uint64_t)handle, 1, 0, NULL, NULL);
+    } else if (r == 1 && d >= 0) {
+        xpu_mem_release(g_xpu.region, (unsigned)d, bytes);
+    }
     return rc;
 }
 
@@ -593,15 +667,21 @@ XPU_EXPORT CUresult CUDAAPI cuMemUnmap(CUdeviceptr ptr, size_t size)
     __typeof__(&cuMemUnmap) f = REAL(cuMemUnmap);
     if (!f)
         return CUDA_ERROR_NOT_FOUND;
+    /* the mappings of the range (one call may unmap several) leave the table first: once
+     * unmapped, the driver may map the range again for another thread */
+    struct xpu_track_item maps[64];
+    size_t n = xpu_track_take_range(XPU_K_VMAP, (uint64_t)ptr, (uint64_t)ptr + size, maps, 64);
     CUresult rc = f(ptr, size);
-    if (rc == CUDA_SUCCESS) { /* one call may unmap several mappings of the range */
-        uint64_t handles[64];
-        size_t n;
-        do {
-            n = xpu_track_take_range(XPU_K_VMAP, (uint64_t)ptr, (uint64_t)ptr + size, handles, 64);
+    for (size_t i = 0; i < n; i++) {
+        if (rc == CUDA_SUCCESS)
+            vmm_ref(maps[i].aux, 0, -1);
+        else
+            xpu_track_put_aux(XPU_K_VMAP, maps[i].key, maps[i].bytes, maps[i].dev, maps[i].aux, 0);
+    }
+    if (rc == CUDA_SUCCESS) { /* more than 64 mappings in one range */
+        while ((n = xpu_track_take_range(XPU_K_VMAP, (uint64_t)ptr, (uint64_t)ptr + size, maps, 64)) > 0)
             for (size_t i = 0; i < n; i++)
-                vmm_ref(handles[i], 0, -1);
-        } while (n == 64);
+                vmm_ref(maps[i].aux, 0, -1);
     }
     return rc;
 }
@@ -691,10 +771,8 @@ XPU_EXPORT CUresult CUDAAPI cuArrayDestroy(CUarray h)
     __typeof__(&cuArrayDestroy) f = REAL(cuArrayDestroy);
     if (!f)
         return CUDA_ERROR_NOT_FOUND;
-    CUresult rc = f(h);
-    if (rc == CUDA_SUCCESS)
-        acct_free(XPU_K_ARRAY, (uint64_t)(uintptr_t)h);
-    return rc;
+    struct taken t = acct_take(XPU_K_ARRAY, (uint64_t)(uintptr_t)h);
+    return acct_settle(&t, f(h));
 }
 
 XPU_EXPORT CUresult CUDAAPI cuMipmappedArrayCreate(CUmipmappedArray *ph, const CUDA_ARRAY3D_DESCRIPTOR *desc,
@@ -731,10 +809,8 @@ XPU_EXPORT CUresult CUDAAPI cuMipmappedArrayDestroy(CUmipmappedArray h)
     __typeof__(&cuMipmappedArrayDestroy) f = REAL(cuMipmappedArrayDestroy);
     if (!f)
         return CUDA_ERROR_NOT_FOUND;
-    CUresult rc = f(h);
-    if (rc == CUDA_SUCCESS)
-        acct_free(XPU_K_MIPMAP, (uint64_t)(uintptr_t)h);
-    return rc;
+    struct taken t = acct_take(XPU_K_MIPMAP, (uint64_t)(uintptr_t)h);
+    return acct_settle(&t, f(h));
 }
 
 /* ------------------------------------------------------------------ graph memory
@@ -757,16 +833,16 @@ static CUresult quota_check(int d, uint64_t bytes, int whole_quota_only)
         return CUDA_SUCCESS;
     struct xpu_dev_cfg cfg;
     xpu_region_read_cfg(g_xpu.region, (unsigned)d, &cfg);
-    uint64_t used = whole_quota_only ? 0 : atomic_load(&g_xpu.region->dev[d].mem_used);
+    uint64_t used = whole_quota_only ? 0 : atomic_load(&g_xpu.region->use->dev[d].mem_used);
     if (cfg.mem_limit && (bytes > cfg.mem_limit || used > cfg.mem_limit - bytes)) {
         if (whole_quota_only) {
-            atomic_fetch_add(&g_xpu.region->dev[d].oom_events, 1);
+            atomic_fetch_add(&g_xpu.region->use->dev[d].oom_events, 1);
             return CUDA_ERROR_OUT_OF_MEMORY;
         }
         xpu_region_reap(g_xpu.region);
-        used = atomic_load(&g_xpu.region->dev[d].mem_used);
+        used = atomic_load(&g_xpu.region->use->dev[d].mem_used);
         if (bytes > cfg.mem_limit || used > cfg.mem_limit - bytes) {
-            atomic_fetch_add(&g_xpu.region->dev[d].oom_events, 1);
+            atomic_fetch_add(&g_xpu.region->use->dev[d].oom_events, 1);
             return CUDA_ERROR_OUT_OF_MEMORY;
         }
     }
@@ -895,6 +971,20 @@ XPU_EXPORT CUresult CUDAAPI cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph 
     return rc;
 }
 
+XPU_EXPORT CUresult CUDAAPI cuGraphInstantiate(CUgraphExec *e, CUgraph g, CUgraphNode *err, char *log, size_t n)
+{
+    __typeof__(&cuGraphInstantiate) f = REAL(cuGraphInstantiate);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    int d;
+    CUresult rc = graph_pre(g, &d);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = f(e, g, err, log, n);
+    graph_post(rc, e, d);
+    return rc;
+}
+
 XPU_EXPORT CUresult CUDAAPI cuGraphInstantiate_v2(CUgraphExec *e, CUgraph g, CUgraphNode *err, char *log,
                                                   size_t n)
 {
@@ -1009,7 +1099,7 @@ XPU_EXPORT CUresult CUDAAPI cuMemGetInfo_v2(size_t *free_b, size_t *total_b)
     if (!cfg.mem_limit)
         return rc;
     uint64_t total = cfg.mem_limit < *total_b ? cfg.mem_limit : *total_b;
-    uint64_t used = atomic_load(&g_xpu.region->dev[d].mem_used);
+    uint64_t used = atomic_load(&g_xpu.region->use->dev[d].mem_used);
     uint64_t fr = used < total ? total - used : 0;
     if (fr > *free_b)
         fr = *free_b; /* never report more than is physically free */
@@ -1261,6 +1351,14 @@ XPU_EXPORT CUresult CUDAAPI cuCtxSynchronize(void)
     sync_point(NULL, &OPS_LEGACY, 1);
     return after_sync(f());
 }
+XPU_EXPORT CUresult CUDAAPI cuCtxSynchronize_v2(CUcontext ctx)
+{
+    __typeof__(&cuCtxSynchronize_v2) f = REAL(cuCtxSynchronize_v2);
+    if (!f)
+        return CUDA_ERROR_NOT_FOUND;
+    sync_point(NULL, &OPS_LEGACY, 1); /* one context per device and process is assumed (see docs) */
+    return after_sync(f(ctx));
+}
 XPU_EXPORT CUresult CUDAAPI cuEventSynchronize(CUevent e)
 {
     __typeof__(&cuEventSynchronize) f = REAL(cuEventSynchronize);
@@ -1382,6 +1480,12 @@ static void *substitute(const char *symbol, void *p)
             return xpu_cuda_hooks[i].wrapper;
         }
     }
+    /* pre-3.2 entry points with 32-bit sizes pass through on purpose (docs/isolation.md) */
+    static const char *const legacy[] = {"cuMemAlloc", "cuMemAllocPitch", "cuMemFree", "cuMemGetInfo",
+                                         "cuDeviceTotalMem", "cuArrayCreate", "cuArray3DCreate"};
+    for (size_t i = 0; i < sizeof legacy / sizeof legacy[0]; i++)
+        if (strcmp(symbol, legacy[i]) == 0 && g_cuda && xpu_real_dlsym(g_cuda, legacy[i]) == p)
+            return p;
     /* a symbol of a hooked family the driver resolved to an address we do not know */
     size_t sl = strlen(symbol);
     for (size_t i = 0; i < xpu_cuda_nhooks; i++) {

@@ -206,6 +206,8 @@ void xpu_limit_fork_child(void)
     for (unsigned d = 0; d < XPU_MAX_DEVICES; d++)
         meter_reset(&g_m[d]);
     atomic_store(&g_in_query, 0);
+    atomic_store(&g_captures, 0); /* the parent's captures do not exist in the child */
+    atomic_store(&g_untracked, 0);
     t_cache_dev = -1;
 }
 
@@ -233,51 +235,71 @@ static void rescale_debt(_Atomic uint64_t *tat, uint64_t now, uint32_t old_bp, u
     }
 }
 
+/* Effective share from the card region (must hold m->lock). The inputs other tenants cannot
+ * forge come from the agent-owned policy: who owns each slot, requests, limits, priorities.
+ * Each tenant's own file only says whether it is active (its latest launch); a tenant's file
+ * counts only while it names the owner the policy names. Returns 0 when there is no usable
+ * card coordination (static share). */
+static int card_share(struct meter *m, uint64_t now, uint32_t *eff)
+{
+    struct xpu_card *c = m->card;
+    uint32_t slot = m->cfg.card_slot;
+    if (!c || m->card_status != XPU_REGION_OK || slot != c->slot || !c->mine)
+        return 0;
+    const struct xpu_card_policy *p = c->policy;
+    uint64_t me = g_xpu.region->cfg->hdr.container_key;
+    struct xpu_tenant_view v[XPU_MAX_TENANTS];
+    uint64_t owner[XPU_MAX_TENANTS];
+    uint32_t n = p->hdr.ntenants, out[XPU_MAX_TENANTS];
+    int consistent = 0;
+    for (int tries = 0; tries < 100 && !consistent; tries++) { /* seqlock on the policy */
+        uint64_t g1 = atomic_load_explicit(&p->hdr.generation, memory_order_acquire);
+        if (g1 & 1u)
+            continue;
+        for (uint32_t i = 0; i < n; i++) {
+            owner[i] = p->tenant[i].owner_key;
+            v[i].request_bp = p->tenant[i].request_bp;
+            v[i].limit_bp = p->tenant[i].limit_bp;
+            v[i].priority = p->tenant[i].priority;
+        }
+        consistent = atomic_load_explicit(&p->hdr.generation, memory_order_acquire) == g1;
+    }
+    if (!consistent || slot >= n || owner[slot] != me)
+        return 0; /* not (or no longer) our slot: no burst, no priority */
+    atomic_store_explicit(&c->mine->owner_key, me, memory_order_relaxed);
+    atomic_store_explicit(&c->mine->last_demand_ns, now, memory_order_relaxed);
+    for (uint32_t i = 0; i < n; i++) {
+        const struct xpu_tenant_state *t = c->tenant[i];
+        uint64_t ld = t ? atomic_load_explicit(&t->last_demand_ns, memory_order_relaxed) : 0;
+        v[i].active = owner[i] != 0 && t && atomic_load_explicit(&t->owner_key, memory_order_relaxed) == owner[i] &&
+                      ld <= now + m->period_ns && now - ld <= 2 * m->period_ns;
+    }
+    v[slot].active = 1;
+    xpu_lim_effective(v, n, out);
+    *eff = out[slot];
+    atomic_store_explicit(&c->mine->effective_bp, *eff, memory_order_relaxed);
+    return 1;
+}
+
 /* must hold m->lock */
 static void refresh(struct meter *m, unsigned d, uint64_t now)
 {
     struct xpu_region *r = g_xpu.region;
-    struct xpu_device_entry *e = &r->dev[d];
+    struct xpu_dev_usage *e = &r->use->dev[d];
     xpu_region_read_cfg(r, d, &m->cfg);
     m->gen = m->cfg.generation;
     m->enabled = m->cfg.request_bp != 0 || m->cfg.limit_bp != 0;
     m->period_ns = m->cfg.period_us ? (uint64_t)m->cfg.period_us * 1000ull : XPU_LIM_DEFAULT_PERIOD_NS;
     if (m->card_status == 0 && !m->card) {
-        char path[XPU_PATH_LEN];
-        memcpy(path, e->card_path, sizeof path);
-        path[sizeof path - 1] = 0;
-        m->card_status = (int)xpu_card_map(path, &m->card);
+        char dir[XPU_PATH_LEN];
+        memcpy(dir, r->cfg->dev[d].card_dir, sizeof dir);
+        dir[sizeof dir - 1] = 0;
+        m->card_status = (int)xpu_card_map(dir, m->cfg.card_slot, &m->card);
     }
     uint32_t eff;
     uint32_t req = m->cfg.request_bp, lim = m->cfg.limit_bp ? m->cfg.limit_bp : m->cfg.request_bp;
-    if (m->card && m->cfg.card_slot < m->card->hdr.ntenants) {
-        struct xpu_card *c = m->card;
-        struct xpu_card_tenant *me = &c->tenant[m->cfg.card_slot];
-        atomic_store_explicit(&me->owner_key, r->hdr.container_key ? r->hdr.container_key : 1,
-                              memory_order_relaxed);
-        atomic_store_explicit(&me->request_bp, req, memory_order_relaxed);
-        atomic_store_explicit(&me->limit_bp, lim, memory_order_relaxed);
-        atomic_store_explicit(&me->priority, m->cfg.priority, memory_order_relaxed);
-        atomic_store_explicit(&me->last_demand_ns, now, memory_order_relaxed);
-        struct xpu_tenant_view v[XPU_MAX_TENANTS];
-        uint32_t out[XPU_MAX_TENANTS];
-        uint32_t n = c->hdr.ntenants;
-        for (uint32_t i = 0; i < n; i++) {
-            struct xpu_card_tenant *t = &c->tenant[i];
-            uint64_t ld = atomic_load_explicit(&t->last_demand_ns, memory_order_relaxed);
-            v[i].request_bp = atomic_load_explicit(&t->request_bp, memory_order_relaxed);
-            v[i].limit_bp = atomic_load_explicit(&t->limit_bp, memory_order_relaxed);
-            v[i].priority = atomic_load_explicit(&t->priority, memory_order_relaxed);
-            v[i].active = atomic_load_explicit(&t->owner_key, memory_order_relaxed) != 0 && ld <= now + m->period_ns &&
-                          now - ld <= 2 * m->period_ns;
-        }
-        v[m->cfg.card_slot].active = 1;
-        xpu_lim_effective(v, n, out);
-        eff = out[m->cfg.card_slot];
-        atomic_store_explicit(&me->effective_bp, eff, memory_order_relaxed);
-    } else {
+    if (!card_share(m, now, &eff))
         eff = req ? req : lim;
-    }
     if (eff > XPU_LIM_FULL_BP)
         eff = XPU_LIM_FULL_BP;
     if (m->enabled && eff < XPU_LIM_MIN_BP)
@@ -402,7 +424,7 @@ static int ensure_events(struct meter *m, unsigned d, const struct xpu_meter_ops
     return 0;
 broken:
     m->broken = 1; /* fail open for compute; counted */
-    atomic_fetch_add(&g_xpu.region->dev[d].accounting_errors, 1);
+    atomic_fetch_add(&g_xpu.region->use->dev[d].accounting_errors, 1);
     return -1;
 }
 
@@ -488,14 +510,14 @@ static int stream_slot_slow(struct meter *m, unsigned d, void *stream, const str
 static inline void charge(struct meter *m, unsigned d, uint64_t now, int64_t ns)
 {
     if (ns)
-        xpu_lim_charge(&g_xpu.region->dev[d].lim_tat_ns, now, ns, m->eff_bp);
+        xpu_lim_charge(&g_xpu.region->use->dev[d].lim_tat_ns, now, ns, m->eff_bp);
 }
 
 /* a batch that cannot be measured keeps its provisional charge (estimate) */
 static void drop_open_batch(struct meter *m, unsigned d, struct strm *s, uint64_t now)
 {
     charge(m, d, now, (int64_t)s->batch_est);
-    atomic_fetch_add_explicit(&g_xpu.region->dev[d].gpu_time_ns, s->batch_est, memory_order_relaxed);
+    atomic_fetch_add_explicit(&g_xpu.region->use->dev[d].gpu_time_ns, s->batch_est, memory_order_relaxed);
     m->win_busy_ns += s->batch_est;
     if (s->open != NONE)
         mark_free(m, s->open);
@@ -554,7 +576,7 @@ static int64_t elapsed_signed(const struct xpu_meter_ops *ops, void *a, void *b,
 static void account_batch(struct meter *m, unsigned d, struct strm *st, struct mark *k, const struct xpu_meter_ops *ops,
                           uint64_t now)
 {
-    struct xpu_device_entry *e = &g_xpu.region->dev[d];
+    struct xpu_dev_usage *e = &g_xpu.region->use->dev[d];
     int ok1, ok2 = 1;
     int64_t span = elapsed_signed(ops, k->start, k->end, &ok1);
     uint64_t ns;
@@ -591,8 +613,8 @@ static void account_batch(struct meter *m, unsigned d, struct strm *st, struct m
     }
     charge(m, d, now, (int64_t)(ns > INT64_MAX / 2 ? INT64_MAX / 2 : ns) - (int64_t)k->est_charged);
     atomic_fetch_add_explicit(&e->gpu_time_ns, ns, memory_order_relaxed);
-    if (m->card && m->cfg.card_slot < m->card->hdr.ntenants)
-        atomic_fetch_add_explicit(&m->card->tenant[m->cfg.card_slot].gpu_time_ns, ns, memory_order_relaxed);
+    if (m->card && m->card->mine)
+        atomic_fetch_add_explicit(&m->card->mine->gpu_time_ns, ns, memory_order_relaxed);
     m->win_busy_ns += ns;
     if (k->n && measured) {
         uint64_t per = ns / k->n;
@@ -616,8 +638,8 @@ static void poll(struct meter *m, unsigned d, uint64_t now)
             if (q == 1)
                 break;
             if (q < 0) { /* error (e.g. our event got captured): keep the estimate */
-                atomic_fetch_add_explicit(&g_xpu.region->dev[d].accounting_errors, 1, memory_order_relaxed);
-                atomic_fetch_add_explicit(&g_xpu.region->dev[d].gpu_time_ns, k->est_charged, memory_order_relaxed);
+                atomic_fetch_add_explicit(&g_xpu.region->use->dev[d].accounting_errors, 1, memory_order_relaxed);
+                atomic_fetch_add_explicit(&g_xpu.region->use->dev[d].gpu_time_ns, k->est_charged, memory_order_relaxed);
             } else {
                 account_batch(m, d, s, k, s->ops, now);
             }
@@ -713,8 +735,8 @@ int xpu_limit_before(unsigned d, void *stream, const struct xpu_meter_ops *ops, 
         return 0;
     struct meter *m = &g_m[d];
     struct xpu_region *r = g_xpu.region;
-    struct xpu_device_entry *e = &r->dev[d];
-    uint64_t gen = atomic_load_explicit(&r->hdr.generation, memory_order_relaxed);
+    struct xpu_dev_usage *e = &r->use->dev[d];
+    uint64_t gen = atomic_load_explicit(&r->cfg->hdr.generation, memory_order_relaxed);
     if (XPU_LIKELY(!m->enabled && gen == m->gen))
         return 0; /* no compute limit: no clock read, no lock */
     if (XPU_UNLIKELY(stream_capturing(ops, stream)))
@@ -745,7 +767,7 @@ int xpu_limit_before(unsigned d, void *stream, const struct xpu_meter_ops *ops, 
             mlock(m);
             if (m->ev_ready)
                 poll(m, d, now);
-            if (atomic_load_explicit(&r->hdr.generation, memory_order_relaxed) != m->gen ||
+            if (atomic_load_explicit(&r->cfg->hdr.generation, memory_order_relaxed) != m->gen ||
                 now >= m->next_refresh_ns)
                 refresh(m, d, now);
             munlock(m);

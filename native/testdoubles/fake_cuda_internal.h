@@ -59,3 +59,11 @@ int fake_hostmem_is_pinned(const void *p, size_t bytes);
  * capturing stream (CUDA_ERROR_NOT_SUPPORTED) and waits for the stream's earlier work */
 CUresult fake_stream_order(CUstream s, int per_thread);
 CUresult fake_stream_flags(CUstream s, int per_thread, unsigned *flags);
+
+/* fake_libcuda.c -> remoting's CPU reference kernels (fake_cuda_kernels.c, branch remote): called
+ * for a kernel launch on a stream that is not capturing, after the capture and legacy-stream
+ * rules; returns 1 when it ran the kernel (*rc set), 0 to let the double simulate it. The double's
+ * own definition is weak and returns 0. */
+int fake_cuda_reference_kernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                               unsigned bz, CUstream stream, int per_thread, void **params, void **extra,
+                               CUresult *rc);

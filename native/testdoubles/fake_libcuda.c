@@ -64,6 +64,7 @@
 #undef cuMemAlloc
 #undef cuStreamBeginCapture
 #undef cuStreamGetCaptureInfo
+#undef cuGraphInstantiate
 #define EXPORT __attribute__((visibility("default")))
 /* start-up entry points another fake_cuda_*.c file may define fully (the real runtime's
  * bootstrap): ours are weak, so the fuller definition wins at link time */
@@ -997,6 +998,8 @@ static CUresult inst(CUgraphExec *e, CUgraph g)
 }
 EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long long f) { (void)f; COUNT(); return inst(e, g); }
 EXPORT CUresult cuGraphInstantiate_v2(CUgraphExec *e, CUgraph g, CUgraphNode *en, char *l, size_t n) { (void)en; (void)l; (void)n; COUNT(); return inst(e, g); }
+/* the legacy export (what the runtime resolves for "cuGraphInstantiate" below CUDA 12.0) */
+EXPORT CUresult cuGraphInstantiate(CUgraphExec *e, CUgraph g, CUgraphNode *en, char *l, size_t n) { (void)en; (void)l; (void)n; COUNT(); return inst(e, g); }
 EXPORT CUresult cuGraphInstantiateWithParams(CUgraphExec *e, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *p) { (void)p; COUNT(); return inst(e, g); }
 EXPORT CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *e, CUgraph g, CUDA_GRAPH_INSTANTIATE_PARAMS *p) { (void)p; COUNT(); return inst(e, g); }
 EXPORT CUresult cuGraphExecDestroy(CUgraphExec e)
@@ -1461,37 +1464,68 @@ static CUresult launch(CUstream h, int ptsz, uint64_t dur_ns)
     run_on(s, dur_ns);
     return CUDA_SUCCESS;
 }
+
+/* weak default of the remoting tests' reference-kernel hook (fake_cuda_internal.h) */
+__attribute__((weak)) int fake_cuda_reference_kernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                                                     unsigned by, unsigned bz, CUstream stream, int per_thread,
+                                                     void **params, void **extra, CUresult *rc)
+{
+    (void)f; (void)gx; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)stream; (void)per_thread;
+    (void)params; (void)extra; (void)rc;
+    return 0;
+}
+
+/* a kernel launch: capture and legacy-stream rules first, then a reference kernel if one is
+ * linked in, else the simulated timeline */
+static CUresult launch_kernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                              unsigned bz, CUstream h, int ptsz, void **p, void **x)
+{
+    struct fstream *s = stream_of(h, ptsz);
+    if (!s)
+        return CUDA_ERROR_INVALID_HANDLE;
+    uint64_t dur_ns = (uint64_t)gx * 1000ull;
+    CUresult rc;
+    if (captured(s, dur_ns, 0, &rc))
+        return rc;
+    rc = legacy_conflict(s);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (fake_cuda_reference_kernel(f, gx, gy, gz, bx, by, bz, h, ptsz, p, x, &rc))
+        return rc;
+    run_on(s, dur_ns);
+    return CUDA_SUCCESS;
+}
 #define US(x) ((uint64_t)(x) * 1000ull)
 EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
                                unsigned int by, unsigned int bz, unsigned int shm, CUstream s, void **p, void **x)
 {
-    (void)f; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)shm; (void)p; (void)x;
+    (void)shm;
     COUNT();
-    return launch(s, 0, US(gx));
+    return launch_kernel(f, gx, gy, gz, bx, by, bz, s, 0, p, x);
 }
 EXPORT CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
                                     unsigned int by, unsigned int bz, unsigned int shm, CUstream s, void **p, void **x)
 {
-    (void)f; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)shm; (void)p; (void)x;
+    (void)shm;
     COUNT();
-    return launch(s, 1, US(gx));
+    return launch_kernel(f, gx, gy, gz, bx, by, bz, s, 1, p, x);
 }
-EXPORT CUresult cuLaunchKernelEx(const CUlaunchConfig *c, CUfunction f, void **p, void **x) { (void)f; (void)p; (void)x; COUNT(); return launch(c->hStream, 0, US(c->gridDimX)); }
-EXPORT CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *c, CUfunction f, void **p, void **x) { (void)f; (void)p; (void)x; COUNT(); return launch(c->hStream, 1, US(c->gridDimX)); }
+EXPORT CUresult cuLaunchKernelEx(const CUlaunchConfig *c, CUfunction f, void **p, void **x) { COUNT(); return launch_kernel(f, c->gridDimX, c->gridDimY, c->gridDimZ, c->blockDimX, c->blockDimY, c->blockDimZ, c->hStream, 0, p, x); }
+EXPORT CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *c, CUfunction f, void **p, void **x) { COUNT(); return launch_kernel(f, c->gridDimX, c->gridDimY, c->gridDimZ, c->blockDimX, c->blockDimY, c->blockDimZ, c->hStream, 1, p, x); }
 EXPORT CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
                                           unsigned int by, unsigned int bz, unsigned int shm, CUstream s, void **p)
 {
-    (void)f; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)shm; (void)p;
+    (void)shm;
     COUNT();
-    return launch(s, 0, US(gx));
+    return launch_kernel(f, gx, gy, gz, bx, by, bz, s, 0, p, NULL);
 }
 EXPORT CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
                                                unsigned int bx, unsigned int by, unsigned int bz, unsigned int shm,
                                                CUstream s, void **p)
 {
-    (void)f; (void)gy; (void)gz; (void)bx; (void)by; (void)bz; (void)shm; (void)p;
+    (void)shm;
     COUNT();
-    return launch(s, 1, US(gx));
+    return launch_kernel(f, gx, gy, gz, bx, by, bz, s, 1, p, NULL);
 }
 EXPORT CUresult cuLaunchCooperativeKernelMultiDevice(CUDA_LAUNCH_PARAMS *l, unsigned int n, unsigned int f)
 {

@@ -26,15 +26,17 @@
         }                                                                                              \
     } while (0)
 
-static struct xpu_region *R;
+static struct xpu_usage *R; /* the container's usage file (what the shims write) */
 
 static inline void map_region(void)
 {
     const char *p = getenv("XPUSHIM_REGION");
     if (!p)
         return;
-    int fd = open(p, O_RDWR);
-    CHECK(fd >= 0, "open region");
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", p, XPU_USAGE_FILE);
+    int fd = open(path, O_RDWR);
+    CHECK(fd >= 0, "open %s", path);
     R = mmap(NULL, sizeof *R, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     close(fd);
     CHECK(R != MAP_FAILED, "map region");

@@ -14,8 +14,9 @@ scheduler's cards), calls ``Allocate`` per container and records the allocation;
 recorded IDs and then plays the container runtime: it applies the ``Allocate`` env/mounts and,
 like containerd's CRI plugin, refreshes the CDI registry and injects each CDI device
 (:func:`apply_cdi`; an unresolvable name fails the container). :meth:`remove_pod` frees the IDs.
-The PodResources ``List`` service on ``<root>/pod-resources/kubelet.sock`` answers from that
-record, with the kubelet's rate limit (burst, then ``RESOURCE_EXHAUSTED``) when ``burst`` is set.
+The PodResources service on ``<root>/pod-resources/kubelet.sock`` answers ``Get`` (and counts
+``List`` calls, which the agent must never make) from that record, with the kubelet's rate limit
+(burst, then ``RESOURCE_EXHAUSTED``) when ``burst`` is set.
 """
 
 from __future__ import annotations
@@ -73,13 +74,12 @@ class FakePodResources(pr_grpc.PodResourcesListerServicer):
     def __init__(self, kubelet: FakeKubelet) -> None:
         self._kubelet = kubelet
         self.calls = 0
+        self.list_calls = 0
         self.delay_s = 0.0  # answer time (the record is read when the call arrives, as the kubelet does)
         self.burst: int | None = None
         self._tokens: list[float] = []
 
-    async def List(
-        self, request: pr_pb2.ListPodResourcesRequest, context: grpc.aio.ServicerContext
-    ) -> pr_pb2.ListPodResourcesResponse:
+    async def _limit(self, context: grpc.aio.ServicerContext) -> None:
         self.calls += 1
         if self.burst is not None:
             now = time.monotonic()
@@ -87,28 +87,57 @@ class FakePodResources(pr_grpc.PodResourcesListerServicer):
             if len(self._tokens) >= self.burst:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "rejected by rate limit")
             self._tokens.append(now)
-        pods: dict[tuple[str, str], dict[str, list[Assignment]]] = {}
+
+    def _pod(self, namespace: str, name: str, record: list[Assignment]) -> pr_pb2.PodResources:
+        containers: dict[str, list[Assignment]] = {}
+        for a in record:
+            if (a.namespace, a.pod) == (namespace, name):
+                containers.setdefault(a.container, []).append(a)
+        return pr_pb2.PodResources(
+            name=name,
+            namespace=namespace,
+            containers=[
+                pr_pb2.ContainerResources(
+                    name=c,
+                    devices=[pr_pb2.ContainerDevices(resource_name=a.resource, device_ids=a.ids) for a in held],
+                )
+                for c, held in containers.items()
+            ],
+        )
+
+    async def List(
+        self, request: pr_pb2.ListPodResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> pr_pb2.ListPodResourcesResponse:
+        self.list_calls += 1
+        await self._limit(context)
         record = list(self._kubelet.assignments)
+        pods = sorted({(a.namespace, a.pod) for a in record})
+        return pr_pb2.ListPodResourcesResponse(pod_resources=[self._pod(ns, name, record) for ns, name in pods])
+
+    async def Get(
+        self, request: pr_pb2.GetPodResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> pr_pb2.GetPodResourcesResponse:
+        """Like the kubelet: an unknown pod is an error ("... not found")."""
+        await self._limit(context)
+        record = list(self._kubelet.assignments)  # read when the call arrives, as the kubelet does
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        for a in record:
-            pods.setdefault((a.namespace, a.pod), {}).setdefault(a.container, []).append(a)
-        answer = []
-        for (ns, name), containers in pods.items():
-            answer.append(
-                pr_pb2.PodResources(
-                    name=name,
-                    namespace=ns,
-                    containers=[
-                        pr_pb2.ContainerResources(
-                            name=c,
-                            devices=[pr_pb2.ContainerDevices(resource_name=a.resource, device_ids=a.ids) for a in held],
-                        )
-                        for c, held in containers.items()
-                    ],
-                )
+        key = (request.pod_namespace, request.pod_name)
+        if key not in {(a.namespace, a.pod) for a in record} and key not in self._kubelet.known_pods:
+            await context.abort(
+                grpc.StatusCode.UNKNOWN, f"pod {request.pod_name} in namespace {request.pod_namespace} not found"
             )
-        return pr_pb2.ListPodResourcesResponse(pod_resources=answer)
+        return pr_pb2.GetPodResourcesResponse(pod_resources=self._pod(*key, record))
+
+    async def GetAllocatableResources(
+        self, request: pr_pb2.AllocatableResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> pr_pb2.AllocatableResourcesResponse:
+        """Healthy devices of the connected plugin (none before it registers after a restart)."""
+        await self._limit(context)
+        ids = sorted(self._kubelet.allocatable_ids)
+        return pr_pb2.AllocatableResourcesResponse(
+            devices=[pr_pb2.ContainerDevices(resource_name=RES_VXPU, device_ids=ids)] if ids else []
+        )
 
 
 class FakeKubelet(api_pb2_grpc.RegistrationServicer):
@@ -122,6 +151,8 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer):
         self.list_event = asyncio.Event()
         self.registered = asyncio.Event()
         self.assignments: list[Assignment] = []
+        self.allocatable_ids: set[str] = set()  # healthy IDs the connected plugin listed
+        self.known_pods: set[tuple[str, str]] = set()  # given to this kubelet (admitted or not)
         self.podresources = FakePodResources(self)
         self.rng = random.Random(seed)
         self._server: grpc.aio.Server | None = None
@@ -150,6 +181,7 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer):
         await self._pr_server.start()
 
     async def stop(self) -> None:
+        self.allocatable_ids = set()
         for task in self._watchers:
             task.cancel()
         for task in self._watchers:
@@ -197,6 +229,7 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer):
         with contextlib.suppress(grpc.aio.AioRpcError):
             async for response in stub.ListAndWatch(api_pb2.Empty()):
                 self.lists.append(response)
+                self.allocatable_ids = {d.ID for d in response.devices if d.health == "Healthy"}
                 self.list_event.set()
 
     async def next_list(self, count_before: int, timeout_s: float = 5.0) -> api_pb2.ListAndWatchResponse:
@@ -217,12 +250,14 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer):
         return [d.ID for d in latest.devices if d.health == "Healthy" and d.ID not in taken]
 
     def hold(self, namespace: str, pod: str, container: str, resource: str, ids: Sequence[str]) -> None:
-        """Record devices of another plugin (e.g. ``nvidia.com/gpu``) for a container."""
+        """Record devices (of any plugin, e.g. ``nvidia.com/gpu``) for a container."""
+        self.known_pods.add((namespace, pod))
         self.assignments.append(Assignment(namespace, pod, container, resource, list(ids)))
 
     async def admit(self, pod: dict[str, Any]) -> list[Assignment]:
         """Admission: IDs by count for every vXPU container, one ``Allocate`` each, recorded."""
         meta, spec = pod["metadata"], pod["spec"]
+        self.known_pods.add((meta["namespace"], meta["name"]))
         ordered = [c for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
         ordered += spec.get("containers") or []
         stub = self.plugin_stub(self._endpoint)
@@ -268,6 +303,7 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer):
     def remove_pod(self, namespace: str, pod: str) -> None:
         """The pod ended: its devices are free again (UpdateAllocatedDevices)."""
         self.assignments = [a for a in self.assignments if (a.namespace, a.pod) != (namespace, pod)]
+        self.known_pods.discard((namespace, pod))
 
 
 def apply_cdi(container: Container, qualified: str, spec_dir: Path) -> None:

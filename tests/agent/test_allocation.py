@@ -94,26 +94,27 @@ def asks(name: str, cards: int, **extra: object) -> dict[str, object]:
 
 
 def test_each_vxpu_container_takes_its_cards_in_container_order() -> None:
-    """Sidecars (restartable init containers) first, then app containers; containers that ask for
-    no vXPU take none; the counts must add up to the allocation's cards."""
+    """App containers in spec order; containers that ask for no vXPU take none; init containers
+    take none (refused); the counts must add up to the allocation's cards."""
     allocation = json.dumps(
         {"v": 1, "node": "n1", "deviceNode": "n1", "cards": [4, 2, 7], "shareMilli": 300, "memoryMiB": [10, 20, 30]}
     )
     pod = pod_json(
         [
             asks("logger", 0),
+            asks("first", 1),
             asks("app", 2),
             {"name": "plain"},
             asks("sidecar", 1, init=True, restartPolicy="Always"),
-            {"name": "setup", "init": True},
         ],
         allocation,
     )
-    sidecar = container_slice(pod, container="sidecar", node="n1").slice
+    first = container_slice(pod, container="first", node="n1").slice
     app = container_slice(pod, container="app", node="n1").slice
-    assert sidecar is not None and app is not None
-    assert (sidecar.allocation.cards, sidecar.allocation.device_memory_mib) == ((4,), (10,))
+    assert first is not None and app is not None
+    assert (first.allocation.cards, first.allocation.device_memory_mib) == ((4,), (10,))
     assert (app.allocation.cards, app.allocation.device_memory_mib) == ((2, 7), (20, 30))
+    assert "init container 'sidecar' cannot use vXPUs" in container_slice(pod, container="sidecar", node="n1").errors[0]
     assert app.allocation.share_milli == 300
     assert (app.key, app.uid, app.container) == ("ns/p", "u1", "app")
     plain = container_slice(pod, container="plain", node="n1")

@@ -24,7 +24,8 @@ from xpupool.agent.discovery import DeviceInfo
 from xpupool.agent.kubeapi import KubeApi
 from xpupool.agent.nvidia import NvmlSample, device_from_sample
 from xpupool.agent.pairing import Pairing
-from xpupool.agent.podresources import KubeletPodResources
+from xpupool.agent.podresources import HolderIndex, KubeletPodResources
+from xpupool.agent.regions import ShimRegionWriter
 from xpupool.core.model import Allocation
 from xpupool.core.status import Status
 from xpupool.kube.objects import encode_allocation
@@ -71,15 +72,16 @@ def allocation(cards: list[int], share_milli: int, memory: list[int], node: str 
 
 
 class RecordingRegionWriter:
-    """A RegionWriter that records calls (the real one lives with the shim region layout)."""
+    """The real region writer, recording its calls; ``status`` set to an error makes it refuse."""
 
-    def __init__(self, status: Status) -> None:
-        self.status = status
+    def __init__(self, root: Path, status: Status | None = None) -> None:
+        self.real = ShimRegionWriter(region_root=root / "regions", card_host_dir=root / "cards")
+        self.status = status or Status.success()
         self.calls: list[tuple[Path, str, list[str]]] = []
 
     def write(self, *, path: Path, pod: PodSlice, cards: Sequence[DeviceInfo]) -> Status:
         self.calls.append((path, pod.key, [c.uuid for c in cards]))
-        return self.status
+        return self.real.write(path=path, pod=pod, cards=cards) if self.status.ok else self.status
 
 
 class Harness:
@@ -91,9 +93,10 @@ class Harness:
         self.dir.mkdir()
         self.regions = short_dir / "regions"
         self.cdi = short_dir / "cdi"
+        self.writer = writer or RecordingRegionWriter(short_dir)
         self.kubelet = FakeKubelet(self.dir, cdi_dir=self.cdi)
-        self.holders = KubeletPodResources(self.kubelet.podresources_socket)
-        paths = RuntimePaths(region_host_root=str(self.regions))
+        self.holders = HolderIndex(KubeletPodResources(self.kubelet.podresources_socket), kube, node=NODE)
+        paths = RuntimePaths(region_host_root=str(self.regions), card_host_dir=str(short_dir / "cards"))
         self.pairing = Pairing(
             node=NODE,
             holders=self.holders,
@@ -101,7 +104,7 @@ class Harness:
             specs=CdiSpecDir(self.cdi),
             devices=lambda: self.plugin.cards(),
             paths=paths,
-            region_writer=writer,
+            region_writer=self.writer,
         )
         self.plugin = VxpuDevicePlugin(node=NODE, slots_per_card=4, pre_start=self.pairing, paths=paths)
         self.server = DevicePluginServer(self.plugin, plugin_dir=self.dir, poll_s=0.02, retry_s=0.05)
@@ -208,7 +211,6 @@ async def test_allocate_answers_from_the_device_ids_alone(harness: Harness, apis
     assert dict(answer.envs) == {
         "LD_PRELOAD": "/usr/local/xpupool/lib/libxpushim.so",
         "XPUSHIM_REGION": "/run/xpupool/shim/region",
-        "XPUPOOL_SHIM_REGION": "/run/xpupool/shim/region",
         "NVIDIA_VISIBLE_DEVICES": "void",
     }
     assert [(m.container_path, m.host_path, m.read_only) for m in answer.mounts] == [
@@ -245,8 +247,10 @@ async def test_container_gets_the_slice_of_the_pod_holding_its_ids(harness: Harn
         assert made.devices[f"/dev/nvidia{card}"] == f"/dev/nvidia{card}"
         assert f"/dev/nvidia{1 - card}" not in made.devices and "/dev/nvidiactl" in made.devices
         assert made.mounts["/usr/local/xpupool/lib"] == ("/var/lib/xpupool/shim", True)
+        # The agent-owned region is read-only; only the container's own usage file is writable.
         region_host, read_only = made.mounts["/run/xpupool/shim"]
-        assert not read_only and Path(region_host).is_dir()
+        assert read_only and Path(region_host).is_dir()
+        assert made.mounts["/run/xpupool/shim/region/usage"] == (f"{region_host}/region/usage", False)
         assert Path(region_host).parent == harness.regions and Path(region_host).name.startswith(f"uid-{name}-")
 
 
@@ -271,7 +275,7 @@ async def test_refusals_reach_the_kubelet_with_the_reason(harness: Harness, apis
             api_pb2.PreStartContainerRequest(devices_ids=[slot_id(UUIDS[0], 3)]), timeout=5
         )
     assert rpc.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "the kubelet lists no container holding" in (rpc.value.details() or "")
+    assert "no container of the pods on this node holds" in (rpc.value.details() or "")
     assert not list(harness.cdi.glob("*.json"))
 
 
@@ -325,7 +329,7 @@ async def test_region_is_written_before_the_container_starts_and_failure_is_fata
         annotations={ANN_ALLOCATION: allocation([1, 0], 1000, [81920, 81920])},
         containers=[vxpu_container("main", 2)],
     )
-    writer = RecordingRegionWriter(Status.success())
+    writer = RecordingRegionWriter(short_dir)
     h = Harness(short_dir, kube, writer)
     await h.start(h100s())
     try:

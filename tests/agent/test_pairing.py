@@ -30,7 +30,7 @@ from xpupool.agent.discovery import DeviceInfo
 from xpupool.agent.inventory import ANN_INVENTORY, parse_inventory
 from xpupool.agent.kubeapi import KubeApi
 from xpupool.agent.pairing import Pairing, SliceIndex, foreign_held_cards
-from xpupool.agent.podresources import ContainerDevices, HolderSnapshot, KubeletPodResources
+from xpupool.agent.podresources import ContainerDevices, HolderIndex, HolderSnapshot, KubeletPodResources
 from xpupool.agent.regions import ShimRegionWriter
 from xpupool.agent.shim_region import ShimRegion
 from xpupool.core.model import Allocation, Vendor
@@ -91,7 +91,7 @@ class Node:
         self.kubelet = FakeKubelet(root / "dp", cdi_dir=root / "cdi")
         self.now = time.time()
         self.paths = RuntimePaths(region_host_root=str(root / "regions"), card_host_dir=str(root / "cards"))
-        self.holders = KubeletPodResources(self.kubelet.podresources_socket)
+        self.holders = HolderIndex(KubeletPodResources(self.kubelet.podresources_socket), kube, node=NODE)
         self.pairing = self.new_pairing()
         self.plugin = VxpuDevicePlugin(node=NODE, slots_per_card=slots, pre_start=self.pairing, paths=self.paths)
         self.server = DevicePluginServer(self.plugin, plugin_dir=root / "dp", poll_s=0.02, retry_s=0.05)
@@ -144,7 +144,7 @@ async def node_factory(short_dir: Path, kube: KubeApi) -> AsyncIterator[Callable
 def region_limits(mounts: dict[str, tuple[str, bool]]) -> list[tuple[str, int, int]]:
     """(card uuid, memory limit MiB, share bp) per device, as the C shim reads the region."""
     with ShimRegion.open(Path(mounts["/run/xpupool/shim"][0]) / "region") as region:
-        view = region.view
+        view = region.config  # the agent-owned, read-only part
         return [
             (view.dev[i].uuid.decode(), view.dev[i].mem_limit // MIB, view.dev[i].share_request_bp)
             for i in range(view.hdr.ndevices)
@@ -174,31 +174,58 @@ async def test_twenty_pods_started_at_once_each_get_their_own_slice(
         assert made.env["CUDA_VISIBLE_DEVICES"] == f"GPU-{card:04d}"
         assert made.env["XPUPOOL_MEMORY_LIMIT_MIB"] == str(memory)
         assert region_limits(made.mounts) == [(f"GPU-{card:04d}", memory, share * 10)]
-    assert node.kubelet.podresources.calls < 10
+    assert node.kubelet.podresources.list_calls == 0
+    assert node.kubelet.podresources.calls < 3 * 20
     assert len(list((node.root / "cdi").glob("*.json"))) == 20
 
 
-async def test_a_list_that_started_before_the_caller_is_never_shared(node_factory: Callable[..., Node]) -> None:
+async def test_a_query_that_started_before_the_caller_is_never_shared(
+    node_factory: Callable[..., Node], apiserver: FakeApiServer
+) -> None:
     """Coalescing never hands a caller an answer older than its own call."""
     node = node_factory(slots=4)
     await node.start()
+    late = bind(apiserver, "late", [(0, 1024)], 100)
+    node.kubelet.known_pods.add(("ns", "late"))
     node.kubelet.podresources.delay_s = 0.1
     first = asyncio.create_task(node.holders.snapshot())
-    await asyncio.sleep(0.03)  # the first List is in flight
+    while node.kubelet.podresources.calls < 1:  # the first query's Get reached the kubelet
+        await asyncio.sleep(0.005)
     node.kubelet.hold("ns", "late", "main", "xpupool.io/vxpu", [slot_id("GPU-0000", 1)])
     second, third = asyncio.create_task(node.holders.snapshot()), asyncio.create_task(node.holders.snapshot())
     results: list[HolderSnapshot] = await asyncio.gather(first, second, third)
     assert [len(r.entries) for r in results] == [0, 1, 1]
-    assert node.kubelet.podresources.calls == 2
+    assert node.kubelet.podresources.calls == 2  # one Get per query; the second query was shared
+    assert late["metadata"]["uid"] == results[1].entries[0].pod_uid
 
 
-async def test_rate_limited_lists_are_retried(node_factory: Callable[..., Node]) -> None:
+async def test_rate_limited_queries_are_retried(node_factory: Callable[..., Node], apiserver: FakeApiServer) -> None:
     node = node_factory(slots=4)
     await node.start()
+    for i in range(3):
+        await node.kubelet.admit(bind(apiserver, f"r{i}", [(0, 512)], 100))
     node.kubelet.podresources.burst = 1
-    for _ in range(3):
-        assert (await node.holders.snapshot()).entries == ()
+    assert len((await node.holders.snapshot()).entries) == 3
     assert node.kubelet.podresources.calls > 3  # RESOURCE_EXHAUSTED answers were retried
+
+
+async def test_one_id_recorded_for_two_pods_is_refused_not_guessed(
+    node_factory: Callable[..., Node], apiserver: FakeApiServer
+) -> None:
+    """The kubelet race of kubernetes/kubernetes#137534 (a List during admissions) can record one
+    device ID for two pods. The IDs then cannot tell the containers apart: neither is served
+    (each start fails with the reason) rather than one getting the other's slice."""
+    node = node_factory(slots=4)
+    await node.start()
+    for name in ("a", "b"):
+        bind(apiserver, name, [(0, 1024)], 100)
+        node.kubelet.known_pods.add(("ns", name))
+        node.kubelet.hold("ns", name, "main", "xpupool.io/vxpu", [slot_id("GPU-0000", 2)])
+    prepared = await node.pairing.prepare([slot_id("GPU-0000", 2)])
+    assert not prepared.status.ok
+    assert "for more than one pod (ns/a, ns/b)" in prepared.status.message()
+    assert "kubernetes/kubernetes#137534" in prepared.status.message()
+    assert not list((node.root / "cdi").glob("*.json"))
 
 
 async def test_multi_container_pod_gets_one_card_per_vxpu_container(
@@ -262,6 +289,7 @@ async def test_garbage_collection_removes_only_specs_nobody_holds(
     specs = CdiSpecDir(node.root / "cdi")
     ended = device_name(next(a.ids for a in node.kubelet.assignments if a.pod == "ends"))
     node.kubelet.remove_pod("ns", "ends")
+    apiserver.pods[("ns", "ends")]["status"]["phase"] = "Succeeded"
     assert await node.pairing.collect_garbage(grace_s=60) == []  # too young
     node.now += 3600
     assert await node.pairing.collect_garbage(grace_s=60) == [ended]
@@ -301,19 +329,15 @@ async def test_restarted_agent_and_kubelet_lose_no_pairing(
     assert (await node.kubelet.start_container("ns", "new", "main")).env["XPUPOOL_POD"] == "ns/new"
 
 
-async def test_a_pod_not_on_this_node_or_gone_is_refused(
+async def test_a_pod_gone_from_the_apiserver_is_refused(
     node_factory: Callable[..., Node], apiserver: FakeApiServer
 ) -> None:
     node = node_factory(slots=4)
     await node.start()
-    pod = bind(apiserver, "moved", [(0, 1024)], 100)
-    await node.kubelet.admit(pod)
-    apiserver.pods[("ns", "moved")]["spec"]["nodeName"] = "gpu-9"
-    with pytest.raises(ContainerStartError, match="is bound to 'gpu-9', not to this node gpu-7"):
-        await node.kubelet.start_container("ns", "moved", "main")
-    del apiserver.pods[("ns", "moved")]
-    with pytest.raises(ContainerStartError, match="cannot read pod ns/moved from the apiserver: 404"):
-        await node.kubelet.start_container("ns", "moved", "main")
+    await node.kubelet.admit(bind(apiserver, "gone", [(0, 1024)], 100))
+    del apiserver.pods[("ns", "gone")]
+    with pytest.raises(ContainerStartError, match="no container of the pods on this node holds"):
+        await node.kubelet.start_container("ns", "gone", "main")
 
 
 def test_cdi_spec_is_valid_for_the_oldest_runtime_we_accept() -> None:
@@ -438,8 +462,10 @@ async def test_cards_held_by_another_device_plugin_are_published(
     (short_dir / "dp").mkdir()
     kubelet = FakeKubelet(short_dir / "dp")
     await kubelet.start()
-    kubelet.hold("ml", "train-0", "main", "nvidia.com/gpu", [f"EMU-{NODE}-1"])
-    kubelet.hold("ml", "mig-job", "main", "nvidia.com/gpu", ["MIG-5e1f"])
+    whole_gpu = {"name": "main", "image": "cuda", "resources": {"limits": {"nvidia.com/gpu": "1"}}}
+    for name, device in (("train-0", f"EMU-{NODE}-1"), ("mig-job", "MIG-5e1f")):
+        apiserver.add_pod("ml", name, node=NODE, uid=f"uid-{name}", created="t", annotations={}, containers=[whole_gpu])
+        kubelet.hold("ml", name, "main", "nvidia.com/gpu", [device])
     s = settings(short_dir, XPUPOOL_DEVICE_PLUGIN="false")
     agent = Agent(s, node_api=kube, pod_api=kube, backends=s.make_backends())
     try:
@@ -450,12 +476,14 @@ async def test_cards_held_by_another_device_plugin_are_published(
         assert "nvidia.com/gpu device MIG-5e1f held by ml/mig-job matches no card" in inventory.errors
         generation = inventory.generation
         kubelet.remove_pod("ml", "train-0")
+        apiserver.pods[("ml", "train-0")]["status"]["phase"] = "Succeeded"
         await agent.tick()
         inventory = parse_inventory(apiserver.nodes[NODE]["metadata"]["annotations"][ANN_INVENTORY]).inventory
         assert inventory is not None and inventory.generation == generation + 1
         assert all(d.held_by == () for d in inventory.devices)
+        assert kubelet.podresources.list_calls == 0
     finally:
-        if isinstance(agent.holders, KubeletPodResources):
+        if isinstance(agent.holders, HolderIndex):
             await agent.holders.close()
         await kubelet.stop()
 
@@ -469,3 +497,14 @@ def test_time_sliced_replicas_of_a_card_count_as_holding_it() -> None:
     )
     held, unmatched = foreign_held_cards(snapshot, cards())
     assert [(h.index, h.holders) for h in held] == [(0, ("a/p (nvidia.com/gpu)",))] and unmatched == []
+
+
+def test_slots_per_card_never_exceed_the_shims_tenant_table(short_dir: Path) -> None:
+    """The kubelet must never admit a container the shim could not seat on its card."""
+    from pydantic import ValidationError
+
+    from xpupool.agent.shim_region import MAX_TENANTS
+
+    assert settings(short_dir, XPUPOOL_SLOTS_PER_CARD=str(MAX_TENANTS)).slots_per_card == MAX_TENANTS
+    with pytest.raises(ValidationError, match=f"less than or equal to {MAX_TENANTS}"):
+        settings(short_dir, XPUPOOL_SLOTS_PER_CARD=str(MAX_TENANTS + 1))

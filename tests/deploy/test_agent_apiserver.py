@@ -63,6 +63,7 @@ async def test_agent_rbac_and_policy_confine_it_to_its_node(
         "agent.backends={emulated}",
         "scheduler.enabled=false",
         "webhook.enabled=false",
+        "view.enabled=false",
         namespace=e2e_namespace,
         release=release,
     )

@@ -55,6 +55,7 @@ def test_default_render_has_every_component() -> None:
     assert kinds == [
         "ClusterRole",
         "ClusterRoleBinding",
+        "ConfigMap",  # the Grafana dashboards
         "DaemonSet",
         "Deployment",
         "MutatingWebhookConfiguration",
@@ -66,7 +67,7 @@ def test_default_render_has_every_component() -> None:
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
     ]
-    assert set(by_kind(docs, "Deployment")) == {"rel-xpupool-scheduler", "rel-xpupool-webhook"}
+    assert set(by_kind(docs, "Deployment")) == {"rel-xpupool-scheduler", "rel-xpupool-webhook", "rel-xpupool-view"}
     for doc in docs:
         if doc["kind"] not in (
             "ClusterRole",
@@ -130,6 +131,12 @@ def test_rbac_is_least_privilege() -> None:
         ("", "secrets", "create", ""),
         ("", "secrets", "get", "rel-xpupool-webhook-tls"),
         ("", "secrets", "update", "rel-xpupool-webhook-tls"),
+    }
+    # the view service only reads
+    assert rules(cluster_roles["rel-xpupool-view"]) == {
+        (group, resource, verb, "")
+        for group, resource in (("", "pods"), ("", "nodes"), ("xpupool.io", "xpuqueues"))
+        for verb in ("get", "list", "watch")
     }
     no_preemption = by_kind(render("scheduler.preemption=false", "webhook.poolCheck=off"), "ClusterRole")
     assert ("", "pods", "delete", "") not in rules(no_preemption["rel-xpupool-scheduler"])
@@ -235,7 +242,11 @@ def test_every_container_has_resources_and_no_privilege_escalation() -> None:
 def test_service_monitor_is_optional() -> None:
     assert not [d for d in render() if d["kind"] == "ServiceMonitor"]
     monitors = [d for d in render("serviceMonitor.enabled=true") if d["kind"] == "ServiceMonitor"]
-    assert {m["metadata"]["name"] for m in monitors} == {"rel-xpupool-agent", "rel-xpupool-scheduler"}
+    assert {m["metadata"]["name"] for m in monitors} == {
+        "rel-xpupool-agent", "rel-xpupool-scheduler", "rel-xpupool-webhook", "rel-xpupool-view"}
+    # the agent's slice series carry the workload's namespace/pod labels: they must win
+    agent = next(m for m in monitors if m["metadata"]["name"] == "rel-xpupool-agent")
+    assert agent["spec"]["endpoints"][0]["honorLabels"] is True
 
 
 @pytest.mark.parametrize(

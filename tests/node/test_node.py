@@ -59,8 +59,7 @@ async def test_pod_reaches_apiserver_through_kubernetes_service(
 ) -> None:
     """In-cluster clients use KUBERNETES_SERVICE_HOST (10.0.0.1): kube-proxy must route it."""
     script = (
-        'echo "$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"; '
-        'nc -w 5 "$KUBERNETES_SERVICE_HOST" 443 </dev/null'
+        'echo "$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"; nc -w 5 "$KUBERNETES_SERVICE_HOST" 443 </dev/null'
     )
     await node_transport.create(PODS, busybox_pod("svc", node_cluster, busybox_image, script), namespace=node_namespace)
     done = await wait_pod(node_transport, node_namespace, "svc", ("Succeeded", "Failed"))

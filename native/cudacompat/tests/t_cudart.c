@@ -4,7 +4,7 @@
  * runtime starts on cudacompat (export tables, handshake, cuGetProcAddress) and that data moves
  * through the double's host-backed device memory; proves nothing about a GPU.
  *
- * usage: t_cudart LIBCUDART [QUOTA_MIB]
+ * usage: t_cudart LIBCUDART [QUOTA_MIB [DEVICES]]  (DEVICES: 2 for the double, 1 through remoting)
  *   QUOTA_MIB: the slice's memory quota when run under libxpushim (checks the virtualised total
  *   and that an allocation beyond it is cudaErrorMemoryAllocation).
  * Output: "ok <check>" / "FAIL <check>: ..." lines, "stat <name> <value>" lines, and a summary;
@@ -155,12 +155,13 @@ static size_t first_mismatch(const unsigned char *a, const unsigned char *b, siz
 }
 
 static int g_runtime_version;
+static int g_devices = 2; /* hook (remote): a remote vXPU session exposes one card (argv[3]) */
 
 static void check_devices(size_t quota_mib)
 {
     int n = -1, rtv = 0, drv = 0;
     CUDA_OK(rt.GetDeviceCount(&n), "cudaGetDeviceCount");
-    CHECK(n == 2, "the double's two devices are visible (count %d)", n);
+    CHECK(n == g_devices, "the double's %d devices are visible (count %d)", g_devices, n);
     CUDA_OK(rt.RuntimeGetVersion(&rtv), "cudaRuntimeGetVersion");
     CUDA_OK(rt.DriverGetVersion(&drv), "cudaDriverGetVersion");
     printf("stat runtime_version %d\nstat driver_version %d\n", rtv, drv);
@@ -171,7 +172,7 @@ static void check_devices(size_t quota_mib)
     CUDA_OK(rt.DeviceGetAttribute(&sms, ATTR_SM_COUNT, 0), "cudaDeviceGetAttribute(SM count)");
     CHECK(major == 8 && minor == 0 && sms == 108, "compute capability %d.%d, %d SMs", major, minor, sms);
     static unsigned char prop[8192]; /* larger than cudaDeviceProp of 12.x and 13.x */
-    CUDA_OK(rt.GetDeviceProperties(prop, 1), "cudaGetDeviceProperties(1)");
+    CUDA_OK(rt.GetDeviceProperties(prop, g_devices - 1), "cudaGetDeviceProperties(last device)");
     size_t total;
     memcpy(&total, prop + 288, sizeof total); /* name[256], uuid[16], luid[8], mask, pad */
     CHECK(strstr((const char *)prop, "test double") != NULL, "device name '%s'", (const char *)prop);
@@ -392,10 +393,12 @@ static void report_interception(int runtime_version)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s LIBCUDART [QUOTA_MIB]\n", argv[0]);
+        fprintf(stderr, "usage: %s LIBCUDART [QUOTA_MIB [DEVICES]]\n", argv[0]);
         return 2;
     }
     size_t quota_mib = argc > 2 ? (size_t)strtoull(argv[2], NULL, 10) : 0;
+    if (argc > 3) /* hook (remote) */
+        g_devices = atoi(argv[3]) > 0 ? atoi(argv[3]) : 2;
     load(argv[1]);
     check_devices(quota_mib);
     check_copies();

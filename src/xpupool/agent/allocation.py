@@ -11,25 +11,25 @@ inventory's ``index``), ``memoryMiB`` is one entry per card.
 
 Which container gets what (see :mod:`xpupool.agent.pairing` for how the container is known): the
 kubelet's device IDs are only capacity accounting (``"<card uuid>::<slot>"``); the wiring always
-follows the *scheduler's* cards. A pod's containers that request ``xpupool.io/vxpu`` take the
-allocation's cards in container order (restartable init containers first, then app containers, as
-in ``spec``), as many as each requests (:func:`container_cards`): one container per card of an
-allocation, so a fractional pod with two vXPU containers gets two cards. A non-restartable init
-container shares the cards of the app container that reuses its device IDs.
+follows the *scheduler's* cards. A pod's app containers that request ``xpupool.io/vxpu`` take the
+allocation's cards in ``spec.containers`` order, as many as each requests
+(:func:`container_cards`): one container per card of an allocation. (A share below 100 % is for
+one card, so a fractional pod has one vXPU container.) Init containers cannot use vXPUs.
 
 Wiring of one container for its cards C (:func:`container_wiring`), applied by the runtime through
 the container's CDI spec (:mod:`xpupool.agent.cdi`):
 
-* ``XPUPOOL_SHIM_REGION`` / ``XPUSHIM_REGION`` (the name the C shim reads) = the per-container
-  shared region (``/run/xpupool/shim/region``, the shim's default path, in a per-container host
-  directory), ``LD_PRELOAD`` = the shim, ``XPUPOOL_MEMORY_LIMIT_MIB`` / ``XPUPOOL_CORE_LIMIT_PCT``
-  (informational: the shim takes its limits from the agent-written region, never from env);
+* ``XPUPOOL_MEMORY_LIMIT_MIB`` / ``XPUPOOL_CORE_LIMIT_PCT`` (informational: the shim takes its
+  limits from the agent-written region, never from env), ``XPUPOOL_POD`` / ``XPUPOOL_CONTAINER``;
+  ``LD_PRELOAD`` and ``XPUSHIM_REGION`` (the region directory ``/run/xpupool/shim/region``) and
+  the mounts come from :func:`xpupool.agent.regions.container_shim_wiring` once the region is
+  written (agent-owned files read-only, only the container's own ``usage`` and ``tenant-NN``
+  files writable);
 * NVIDIA: ``CUDA_VISIBLE_DEVICES`` and ``NVIDIA_VISIBLE_DEVICES`` = card UUIDs (never positions);
   Ascend: ``ASCEND_VISIBLE_DEVICES`` = logical device ids; AMD: ``HIP_VISIBLE_DEVICES`` = 0..n-1
   (only the allocated render nodes are in the container, so HIP numbers them from 0);
   emulated: ``XPUPOOL_EMULATED_VISIBLE_DEVICES`` = card indexes;
-* device nodes of the allocated cards plus the vendor's control nodes;
-* mounts: the shim library (read-only), the container's region directory, the card regions.
+* device nodes of the allocated cards plus the vendor's control nodes.
 
 :func:`allocate_defaults` is what ``Allocate`` itself returns besides the CDI device name: no
 pod-specific value, only a fail-closed baseline that the CDI edits override (a runtime that
@@ -164,12 +164,12 @@ def vxpu_request(container: Mapping[str, Any]) -> int:
 
 
 def vxpu_containers(pod: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """(container name, cards requested) in card-assignment order: restartable init containers
-    (sidecars), then app containers; containers that request no vXPU are left out."""
+    """(container name, cards requested) of the app containers, in ``spec.containers`` order (the
+    order their cards are taken in); containers that request no vXPU are left out. Init
+    containers are not counted (the scheduler does not count them either; the webhook refuses
+    vXPUs there)."""
     spec = pod.get("spec") or {}
-    ordered = [c for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
-    ordered += list(spec.get("containers") or [])
-    return [(str(c.get("name", "")), n) for c in ordered if (n := vxpu_request(c)) > 0]
+    return [(str(c.get("name", "")), n) for c in spec.get("containers") or [] if (n := vxpu_request(c)) > 0]
 
 
 def container_cards(allocation: Allocation, pod: Mapping[str, Any], container: str) -> tuple[Allocation | None, str]:
@@ -188,6 +188,8 @@ def container_cards(allocation: Allocation, pod: Mapping[str, Any], container: s
             memory = allocation.device_memory_mib[start : start + count]
             return dataclasses.replace(allocation, cards=cards, device_memory_mib=memory), ""
         start += count
+    if any(c.get("name") == container for c in (pod.get("spec") or {}).get("initContainers") or []):
+        return None, f"{allocation.pod}: init container {container!r} cannot use vXPUs; request them in a container"
     return None, f"{allocation.pod}: container {container!r} requests no {RES_VXPU}"
 
 
@@ -232,7 +234,8 @@ class RuntimePaths:
 
 @dataclass(frozen=True, slots=True)
 class Wiring:
-    """What the runtime gives one container (becomes its CDI spec, see :meth:`edits`)."""
+    """What the runtime gives one container (becomes its CDI spec, see :meth:`edits`); ``mounts``
+    are added once the region is written (:func:`xpupool.agent.regions.container_shim_wiring`)."""
 
     envs: dict[str, str] = field(default_factory=dict)
     mounts: list[tuple[str, str, bool]] = field(default_factory=list)  # container, host, read-only
@@ -262,11 +265,9 @@ def region_dir_name(pod_uid: str, device_ids: Sequence[str]) -> str:
 def allocate_defaults(paths: RuntimePaths) -> tuple[dict[str, str], list[tuple[str, str, bool]]]:
     """Env and mounts ``Allocate`` returns for every container, whatever pod it serves: the
     fail-closed baseline the container's CDI edits override (see the module docstring)."""
-    region = str(PurePosixPath(paths.region_container_dir) / paths.region_file)
     envs = {
         "LD_PRELOAD": str(PurePosixPath(paths.shim_container_dir) / paths.shim_library),
-        "XPUSHIM_REGION": region,
-        "XPUPOOL_SHIM_REGION": region,
+        "XPUSHIM_REGION": str(PurePosixPath(paths.region_container_dir) / paths.region_file),
         "NVIDIA_VISIBLE_DEVICES": "void",
     }
     return envs, [(paths.shim_container_dir, paths.shim_host_dir, True)]
@@ -310,9 +311,6 @@ def container_wiring(
     vendor = cards[0].vendor
     region_dir = str(PurePosixPath(paths.region_host_root) / region_dir_name(pod.uid, device_ids))
     envs = {
-        "LD_PRELOAD": str(PurePosixPath(paths.shim_container_dir) / paths.shim_library),
-        "XPUPOOL_SHIM_REGION": str(PurePosixPath(paths.region_container_dir) / paths.region_file),
-        "XPUSHIM_REGION": str(PurePosixPath(paths.region_container_dir) / paths.region_file),
         "XPUPOOL_MEMORY_LIMIT_MIB": ",".join(str(m) for m in alloc.device_memory_mib),
         "XPUPOOL_CORE_LIMIT_PCT": str(-(-alloc.share_milli // 10)),
         "XPUPOOL_VENDOR": vendor.value,
@@ -335,9 +333,4 @@ def container_wiring(
             if path not in seen:
                 seen.add(path)
                 device_nodes.append((path, path, "rw"))
-    mounts = [
-        (paths.shim_container_dir, paths.shim_host_dir, True),
-        (paths.region_container_dir, region_dir, False),
-        (paths.card_container_dir, paths.card_host_dir, False),
-    ]
-    return WiringResult(Wiring(envs=envs, mounts=mounts, devices=device_nodes, region_host_dir=region_dir))
+    return WiringResult(Wiring(envs=envs, devices=device_nodes, region_host_dir=region_dir))

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -54,6 +54,7 @@ API_VERSION = "v1beta1"
 DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
 KUBELET_SOCKET = "kubelet.sock"
 DEFAULT_SOCKET = "xpupool-vxpu.sock"
+REMOTE_SLOT_CARD = "remote"  # hook (remote): slot IDs "remote::<n>"
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 
@@ -78,9 +79,13 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
         pre_start: PreStartHandler,
         slots_per_card: int = 10,
         paths: RuntimePaths | None = None,
+        remote_slots: int = 0,
     ) -> None:
         if slots_per_card < 1:
             raise ValueError("slots_per_card must be >= 1")
+        # hook (remote): containers of this node that may use a vXPU on another node, so the kubelet
+        # admits pods placed remote (a CPU-only node advertises only these)
+        self._remote_slots = tuple(slot_id(REMOTE_SLOT_CARD, s) for s in range(max(0, remote_slots)))
         self._node = node
         self._pre_start = pre_start
         self._slots = slots_per_card
@@ -91,6 +96,8 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
         self._version = 0
         self._closed = False
         self._changed = asyncio.Condition()
+        self.watchers = 0  # open ListAndWatch streams: 0 means no kubelet is connected
+        self.on_watch_change: Callable[[], None] | None = None
 
     def cards(self) -> Mapping[int, DeviceInfo]:
         """The node's cards by index, as last discovered."""
@@ -116,7 +123,7 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
             (slot_id(d.uuid, s), HEALTHY if d.healthy else UNHEALTHY, d.numa_node)
             for d in sorted(devices, key=lambda d: d.index)
             for s in range(self._slots)
-        )
+        ) + tuple((ident, HEALTHY, None) for ident in self._remote_slots)
         if advertised == self._advertised:
             return False
         async with self._changed:
@@ -155,14 +162,23 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
         self, request: api_pb2.Empty, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.ListAndWatchResponse]:
         sent = -1
-        while True:
-            async with self._changed:
-                await self._changed.wait_for(functools.partial(self._changed_since, sent))
-                if self._closed:
-                    return
-                sent = self._version
-                response = self._response()
-            yield response
+        self._watching(+1)
+        try:
+            while True:
+                async with self._changed:
+                    await self._changed.wait_for(functools.partial(self._changed_since, sent))
+                    if self._closed:
+                        return
+                    sent = self._version
+                    response = self._response()
+                yield response
+        finally:
+            self._watching(-1)  # the kubelet went away (restart) or the server stops
+
+    def _watching(self, delta: int) -> None:
+        self.watchers += delta
+        if self.on_watch_change is not None:
+            self.on_watch_change()
 
     async def Allocate(
         self, request: api_pb2.AllocateRequest, context: grpc.aio.ServicerContext
@@ -172,7 +188,7 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
         responses = []
         for creq in request.container_requests:
             ids = list(creq.devices_ids)
-            unknown = [i for i in ids if card_of_slot(i) not in self._by_uuid]
+            unknown = [i for i in ids if card_of_slot(i) not in self._by_uuid and i not in self._remote_slots]
             if unknown or not ids:
                 await context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION,
@@ -235,6 +251,21 @@ class DevicePluginServer:
         self._registered_identity: tuple[int, int, int] | None = None
         self.registrations = 0
         self.last_status: Status = Status.error("not registered yet")
+        self.on_change: Callable[[], None] | None = None
+
+    @property
+    def registered(self) -> bool:
+        """Registered with the kubelet now serving ``kubelet.sock`` and connected back by it."""
+        return (
+            self._server is not None
+            and self._registered_identity is not None
+            and self._registered_identity == _identity(self.kubelet_socket)
+            and self.plugin.watchers > 0
+        )
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     @property
     def socket_path(self) -> Path:
@@ -292,6 +323,7 @@ class DevicePluginServer:
                         )
                     await self.start_server()
                     self._registered_identity = None
+                    self._changed()
                 identity = _identity(self.kubelet_socket)
                 if identity is not None and identity != self._registered_identity:
                     status = await self.register()
@@ -299,6 +331,7 @@ class DevicePluginServer:
                     if status.ok:
                         self._registered_identity = identity
                         self.registrations += 1
+                        self._changed()
                         log.info("registered %s with the kubelet (%d)", self._resource, self.registrations)
                     else:
                         log.warning("%s; retrying in %.1f s", status.message(), self._retry_s)

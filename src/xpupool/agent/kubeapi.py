@@ -82,6 +82,17 @@ class KubeApi:
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> KubeApi:
+        """In-cluster (service account) unless ``XPUPOOL_KUBE_URL`` is set: then that URL with the
+        token in ``XPUPOOL_KUBE_TOKEN_FILE`` (re-read per request) and the CA in
+        ``XPUPOOL_KUBE_CA_FILE`` (an agent run as a host service rather than a DaemonSet pod)."""
+        env = os.environ if env is None else env
+        url = env.get("XPUPOOL_KUBE_URL")
+        if not url:
+            return cls.in_cluster()
+        return cls(url, token_path=env.get("XPUPOOL_KUBE_TOKEN_FILE"), ca_path=env.get("XPUPOOL_KUBE_CA_FILE"))
+
+    @classmethod
     def in_cluster(cls) -> KubeApi:
         host = os.environ["KUBERNETES_SERVICE_HOST"]
         port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
@@ -154,3 +165,12 @@ class KubeApi:
 
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
         return await self._request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+
+    async def review(self, token: str, *, audience: str) -> dict[str, Any]:
+        """Hook (remote): the ``status`` of a TokenReview (who presents ``token`` for ``audience``)."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token, "audiences": [audience]}}
+        result = await self._request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body=body,
+                                     content_type="application/json")
+        status: dict[str, Any] = result.get("status") or {}
+        return status

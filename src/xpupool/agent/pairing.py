@@ -6,11 +6,13 @@ The kubelet calls ``PreStartContainer(device IDs)`` before creating each contain
 recorded the allocation; :meth:`Pairing.prepare` then:
 
 1. asks the kubelet which container holds exactly those IDs (:mod:`xpupool.agent.podresources`:
-   the kubelet's own record, no guessing, no timing assumptions);
+   the kubelet's own record through per-pod ``Get``, no guessing, no timing assumptions; IDs the
+   kubelet recorded for two pods are refused, never guessed);
 2. reads that pod from the apiserver (its UID, ``spec`` and ``xpupool.io/allocation``; one GET per
    container start, so never stale, whatever happened to an earlier pod of the same name);
 3. computes the container's part of the allocation and its wiring (:mod:`xpupool.agent.allocation`);
-4. writes the container's shim region (limits written by the agent, read-only for the tenant);
+4. writes the container's shim region (limits written by the agent, read-only for the tenant) and
+   takes the mounts that expose it from :func:`xpupool.agent.regions.container_shim_wiring`;
 5. writes the CDI spec of the device name (:mod:`xpupool.agent.cdi`), which the runtime resolves
    when the kubelet creates the container right after ``PreStartContainer`` returns;
 6. records the slice's owner in the :class:`SliceIndex` (pod and namespace labels for metrics).
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -43,6 +46,7 @@ import aiohttp
 from xpupool.agent.allocation import (
     PodSlice,
     RuntimePaths,
+    Wiring,
     card_of_slot,
     container_slice,
     container_wiring,
@@ -52,6 +56,7 @@ from xpupool.agent.cdi import CdiSpecDir, device_name
 from xpupool.agent.discovery import DeviceInfo
 from xpupool.agent.kubeapi import ApiError
 from xpupool.agent.podresources import DeviceHolders, HolderSnapshot, PodResourcesError
+from xpupool.agent.regions import container_shim_wiring
 from xpupool.core.request import RES_VXPU, WHOLE_CARD_RESOURCES
 from xpupool.core.status import Status
 
@@ -63,10 +68,6 @@ class PodLookup(Protocol):
         """The Pod as JSON; :class:`~xpupool.agent.kubeapi.ApiError` 404 when absent."""
         ...
 
-    async def list_pods_on_node(self, node: str) -> list[dict[str, Any]]:
-        """All pods with ``spec.nodeName == node``."""
-        ...
-
 
 class RegionWriter(Protocol):
     """Writes the per-container shared region the shim reads (layout: native/include/xpushim_region.h,
@@ -75,6 +76,13 @@ class RegionWriter(Protocol):
     (fail closed: a managed container never starts without its limits)."""
 
     def write(self, *, path: Path, pod: PodSlice, cards: Sequence[DeviceInfo]) -> Status: ...
+
+
+class RemoteWiring(Protocol):
+    """Hook (remote): the wiring of a container whose cards are on another node
+    (:class:`xpupool.remote.client_wiring.RemoteClientWiring`)."""
+
+    async def prepare(self, part: PodSlice, region_dir: str) -> tuple[Wiring | None, Status]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +143,7 @@ class Pairing:
         index: SliceIndex | None = None,
         resource: str = RES_VXPU,
         wall_clock: Callable[[], float] = time.time,
+        remote: RemoteWiring | None = None,
     ) -> None:
         self._node = node
         self._holders = holders
@@ -147,6 +156,7 @@ class Pairing:
         self.index = index or SliceIndex()
         self._resource = resource
         self._now = wall_clock
+        self._remote = remote
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _lock(self, name: str) -> asyncio.Lock:
@@ -171,6 +181,8 @@ class Pairing:
         if result.slice is None:
             return Prepared(Status.error("; ".join(result.errors)))
         part = result.slice
+        if part.allocation.is_remote and self._remote is not None:  # hook (remote)
+            return await self._prepare_remote(part, device_ids, name)
         devices = self._devices()
         wiring_result = container_wiring(
             pod=part, node=self._node, device_ids=device_ids, devices_by_index=devices, paths=self._paths
@@ -184,25 +196,49 @@ class Pairing:
                     os.makedirs(wiring.region_host_dir, exist_ok=True)
                 except OSError as exc:
                     return Prepared(Status.error(f"cannot create {wiring.region_host_dir}: {exc}"), part)
+            region = Path(wiring.region_host_dir) / self._paths.region_file
             if self._region_writer is not None:
-                region = Path(wiring.region_host_dir) / self._paths.region_file
                 written = self._region_writer.write(
                     path=region, pod=part, cards=[devices[i] for i in part.allocation.cards]
                 )
                 if not written.ok:
                     return Prepared(written, part)
+                shim = container_shim_wiring(region_dir=region, paths=self._paths)
+                if not shim.status.ok:
+                    return Prepared(shim.status, part)
+                wiring = dataclasses.replace(
+                    wiring,
+                    envs={**wiring.envs, **shim.envs},
+                    mounts=[(m.container_path, m.host_path, m.read_only) for m in shim.mounts],
+                )
             status = self.specs.write(name, wiring.edits())
             if not status.ok:
                 return Prepared(status, part)
         region_dir = Path(wiring.region_host_dir).name
         self.index.record(region_dir, SliceOwner(part.namespace, part.name, part.container, part.uid, name))
         log.info(
-            "%s container %s: cards %s, CDI device %s",
+            "%s container %s (kubelet IDs %s): cards %s, CDI device %s, region %s",
             part.key,
             part.container,
+            sorted(device_ids),
             list(part.allocation.cards),
             name,
+            region_dir,
         )
+        return Prepared(Status.success(), part, name, region_dir)
+
+    async def _prepare_remote(self, part: PodSlice, device_ids: Sequence[str], name: str) -> Prepared:
+        """Hook (remote): a container whose cards are on another node gets the remoting client."""
+        assert self._remote is not None
+        region_dir = region_dir_name(part.uid, sorted(device_ids))
+        wiring, status = await self._remote.prepare(part, region_dir)
+        if wiring is None:
+            return Prepared(status, part)
+        async with self._lock(name):
+            status = self.specs.write(name, wiring.edits())
+        if not status.ok:
+            return Prepared(status, part)
+        self.index.record(region_dir, SliceOwner(part.namespace, part.name, part.container, part.uid, name))
         return Prepared(Status.success(), part, name, region_dir)
 
     async def collect_garbage(self, *, grace_s: float = 120.0) -> list[str]:
@@ -221,25 +257,17 @@ class Pairing:
                 if self.specs.remove(name):
                     removed.append(name)
             self._locks.pop(name, None)
-        await self._rebuild_index(snapshot)
+        self._rebuild_index(snapshot)
         return removed
 
-    async def _rebuild_index(self, snapshot: HolderSnapshot) -> None:
-        pods = await self._pods.list_pods_on_node(self._node)
-        uids = {
-            ((p.get("metadata") or {}).get("namespace"), (p.get("metadata") or {}).get("name")): str(
-                (p.get("metadata") or {}).get("uid", "")
-            )
-            for p in pods
-        }
+    def _rebuild_index(self, snapshot: HolderSnapshot) -> None:
         owners: dict[str, SliceOwner] = {}
         for entry in snapshot.of_resource(self._resource):
-            uid = uids.get((entry.namespace, entry.pod))
-            if not uid:
+            if not entry.pod_uid:
                 continue
             ids = sorted(entry.device_ids)
-            owners[region_dir_name(uid, ids)] = SliceOwner(
-                entry.namespace, entry.pod, entry.container, uid, device_name(ids)
+            owners[region_dir_name(entry.pod_uid, ids)] = SliceOwner(
+                entry.namespace, entry.pod, entry.container, entry.pod_uid, device_name(ids)
             )
         self.index.replace(owners)
 

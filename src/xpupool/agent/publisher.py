@@ -75,6 +75,8 @@ class InventoryPublisher:
         devices: Sequence[DeviceInfo],
         errors: Sequence[str],
         held: Mapping[str, Sequence[str]] | None = None,
+        *,
+        serving: bool = True,
     ) -> PublishOutcome:
         try:
             if not self._known:
@@ -86,6 +88,7 @@ class InventoryPublisher:
                 slots_per_card=self._slots,
                 published=self._published,
                 held=held,
+                serving=serving,
             )
             text = inventory.to_json()
             patch: dict[str, str | None] = {}

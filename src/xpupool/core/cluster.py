@@ -28,6 +28,7 @@ BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
 
 VENDORS: tuple[Vendor, ...] = tuple(Vendor)
+NO_LIMIT = 2**62
 _STATE_IDS = itertools.count(1)  # identity of ledgers for plugin caches (never reused, unlike id())
 
 
@@ -67,10 +68,22 @@ class ClusterState:
         self.card_group: IntArray = np.zeros((n, g), dtype=np.int64)
         self.card_memory_capacity: IntArray = np.zeros((n, g), dtype=np.int64)
         self.card_index: IntArray = np.full((n, g), -1, dtype=np.int64)
+        #: slices a card may hold (the node's kubelet slots per card / the shim's tenant table)
+        self.card_tenant_limit: IntArray = np.full((n, g), NO_LIMIT, dtype=np.int64)
+        #: held whole through another device plugin (never sliced, never placed on)
+        self.card_held: BoolArray = np.zeros((n, g), dtype=bool)
+        #: the node's kubelet admits xpupool.io/vxpu at all / how many are still free
+        self.vxpu_served: BoolArray = np.array([x.vxpu_slots is None or x.vxpu_slots > 0 for x in self.nodes],
+                                               dtype=bool)
+        self.vxpu_slots_free: IntArray = np.array(
+            [NO_LIMIT if x.vxpu_slots is None else x.vxpu_slots for x in self.nodes], dtype=np.int64
+        )
         for i, node in enumerate(self.nodes):
             for j, dev in enumerate(node.devices):
                 self.card_exists[i, j] = True
                 self.card_healthy[i, j] = dev.healthy
+                self.card_tenant_limit[i, j] = dev.max_tenants or NO_LIMIT
+                self.card_held[i, j] = bool(dev.held_by)
                 self.card_model[i, j] = model_id[dev.model]
                 self.card_vendor[i, j] = VENDORS.index(dev.vendor)
                 self.card_group[i, j] = dev.topology_group
@@ -133,8 +146,9 @@ class ClusterState:
         return clone
 
     def model_mask(self, request: Request) -> BoolArray:
-        """Cards whose vendor/model/health match the request (capacity not considered)."""
-        mask = self.card_exists & self.card_healthy
+        """Cards whose vendor/model/health match the request and that no other device plugin
+        holds (capacity not considered)."""
+        mask = self.card_exists & self.card_healthy & ~self.card_held
         if request.vendor is not None:
             mask = mask & (self.card_vendor == VENDORS.index(request.vendor))
         if request.models:
@@ -164,6 +178,7 @@ class ClusterState:
             & ~self.card_exclusive
             & (self.card_free_milli >= request.share_milli)
             & (self.card_memory_free >= need_mem)
+            & (self.card_tenants < self.card_tenant_limit)
         )
 
     def host_fit(self, request: Request) -> BoolArray:
@@ -246,6 +261,8 @@ class ClusterState:
         self.memory_free[host] -= sign * request.memory_mib
         if allocation.is_remote:
             self.bandwidth_free[dev] -= sign * allocation.remote_mbps
+        else:
+            self.vxpu_slots_free[host] -= sign * request.vxpu_slots
         exclusive = request.takes_whole_cards
         for slot, mem in zip(slots, allocation.device_memory_mib, strict=True):
             self.card_free_milli[dev, slot] -= sign * allocation.share_milli

@@ -286,8 +286,13 @@ class Scheduler:
         if request.count > 0:
             cut(state.has_cards, "have no accelerator")
             cut(ctx.model_ok, "have no card of the requested vendor/model")
-            cut(ctx.cards_ok, f"lack {request.count} card(s) with {request.share_milli / 10:g}% compute and "
-                              "the memory free")
+            cut(ctx.cards_ok, f"lack {request.count} card(s) with {request.share_milli / 10:g}% compute, "
+                              "the memory and a tenant slot free")
+        if request.vxpu_slots > 0:
+            cut(state.vxpu_served, "are not served by the xpupool node agent (their kubelet advertises no "
+                                   "xpupool.io/vxpu: no agent, not registered yet, or a runtime without CDI)")
+            cut(state.vxpu_slots_free >= request.vxpu_slots, "have no xpupool.io/vxpu slot left (their kubelet "
+                                                             "would refuse the pod)")
         cut(state.cpu_free >= request.cpu_milli, "lack cpu")
         cut(state.memory_free >= request.memory_mib, "lack memory")
         for mask, why in constraint_cuts(state, request):

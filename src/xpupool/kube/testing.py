@@ -479,9 +479,11 @@ def fake_node(
     """A Node as an emulated cluster has it: Ready, capacity == allocatable, no kubelet behind.
 
     ``inventory="annotation"``: cards in the ``xpupool.io/inventory`` annotation (the format our
-    node agent publishes); ``"extended-resource"``: ``nvidia.com/gpu`` in allocatable plus the GPU
-    feature discovery labels (what the NVIDIA device plugin + GFD publish; kube-scheduler can
-    place whole-GPU pods on these).
+    node agent publishes) and ``xpupool.io/vxpu`` in allocatable (10 slots per card: what the
+    kubelet advertises once the agent's device plugin registered); ``"extended-resource"``:
+    ``nvidia.com/gpu`` in allocatable plus the GPU feature discovery labels (what the NVIDIA device
+    plugin + GFD publish; kube-scheduler can place whole-GPU pods on these; our scheduler models
+    them only with ``guess_whole_cards``).
     """
     import json
 
@@ -511,6 +513,8 @@ def fake_node(
             "errors": [],
         }
         meta["annotations"] = {"xpupool.io/inventory": json.dumps(doc)}
+        if cards:
+            resources["xpupool.io/vxpu"] = str(10 * cards)
     else:
         resources["nvidia.com/gpu"] = str(cards)
         meta["labels"].update({"nvidia.com/gpu.product": model, "nvidia.com/gpu.memory": str(card_memory_mib)})

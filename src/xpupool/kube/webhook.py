@@ -11,9 +11,9 @@ Data flow::
 What :func:`admit_pod` does for a Pod CREATE that asks for vXPUs (``xpupool.io/vxpu*``, or a
 vendor's whole-card resource when ``adopt_whole_card`` is on):
 
-* refuses, with every problem in one message: a request the syntax rejects; vXPUs in more than
-  one container or in an init container (one vXPU container per pod: the device plugin binds
-  one slice per pod); a privileged container (it could bypass the in-container shim);
+* refuses, with every problem in one message: a request the syntax rejects; vXPUs in an init
+  container (several app containers may ask: each takes its own cards of the pod's allocation,
+  in container order); a privileged container (it could bypass the in-container shim);
   ``spec.nodeName`` set (it would bypass the scheduler's device ledger); a ``schedulerName`` of
   another scheduler; and, with ``pool_check="deny"``, a request no node of the pool can ever hold
   (``pool_check="warn"``, the default, returns the same text as admission warnings instead, so
@@ -54,6 +54,7 @@ import datetime as dt
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -76,6 +77,7 @@ from xpupool.kube import certs
 from xpupool.kube.objects import SCHEDULER_NAME, node_model, pod_request
 from xpupool.kube.queues import OPEN_CATALOGUE, XPUQUEUES, QueueCatalogue
 from xpupool.kube.transport import NAMESPACES, NODES, ApiError, JsonDict, Resource, Transport
+from xpupool.kube.webhook_metrics import LatencyHistogram, WebhookCollector, metrics_app
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,9 @@ class WebhookSettings:
     adopt_whole_card: bool = False
     pool_check: PoolCheck = "warn"
     excluded_namespaces: frozenset[str] = frozenset({"kube-system"})
+    #: model nodes without an xpupool inventory from nvidia.com/gpu-style resources (the
+    #: scheduler's --model-nodes-without-inventory; the pool check must see the same cards)
+    guess_whole_cards: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,10 +206,6 @@ def admit_pod(
     problems: list[str] = []
     if init_wanting:
         problems.append(f"init containers cannot use vXPUs ({', '.join(init_wanting)}); request them in a container")
-    if len(wanting) > 1:
-        problems.append(
-            "only one container per pod may request vXPUs, found " + ", ".join(c.get("name", "?") for _, c in wanting)
-        )
     privileged = [
         c.get("name", "?")
         for c in containers + list(spec.get("initContainers") or [])
@@ -335,6 +336,8 @@ class WebhookState:
     queues: Callable[[], QueueCatalogue | None] = lambda: OPEN_CATALOGUE
     stats: WebhookStats = field(default_factory=WebhookStats)
     ready: Callable[[], bool] = lambda: True
+    #: time to answer each review (exported by :mod:`xpupool.kube.webhook_metrics`)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 STATE_KEY: web.AppKey[WebhookState] = web.AppKey("xpupool_webhook_state", WebhookState)
@@ -342,6 +345,14 @@ STATE_KEY: web.AppKey[WebhookState] = web.AppKey("xpupool_webhook_state", Webhoo
 
 async def _mutate(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
+    start = time.perf_counter()
+    try:
+        return await _answer(request, state)
+    finally:
+        state.latency.observe(time.perf_counter() - start)
+
+
+async def _answer(request: web.Request, state: WebhookState) -> web.Response:
     try:
         review = await request.json()
         review_request = review["request"]
@@ -380,9 +391,10 @@ class PoolCache:
     """The pool's nodes as core values, re-listed every ``interval_s`` (cached reads only on the
     admission path). ``nodes()`` is ``None`` until the first successful list."""
 
-    def __init__(self, transport: Transport, *, interval_s: float = 30.0) -> None:
+    def __init__(self, transport: Transport, *, interval_s: float = 30.0, guess_whole_cards: bool = False) -> None:
         self._transport = transport
         self._interval_s = interval_s
+        self._guess = guess_whole_cards  # as the scheduler's --model-nodes-without-inventory
         self._nodes: list[Node] | None = None
 
     def nodes(self) -> list[Node] | None:
@@ -397,7 +409,7 @@ class PoolCache:
             token = page.continue_token or None
             if token is None:
                 break
-        self._nodes = [node_model(n) for n in items]
+        self._nodes = [node_model(n, guess_whole_cards=self._guess) for n in items]
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -581,6 +593,7 @@ async def serve(
     host: str = "0.0.0.0",
     stop: asyncio.Event | None = None,
     state: WebhookState | None = None,
+    metrics_port: int = 0,
 ) -> None:
     """Run the webhook until ``stop`` is set (default: until SIGTERM/SIGINT): certificates first
     (Secret + caBundle), then the pool cache, then HTTPS. Closes ``transport`` on the way out."""
@@ -596,7 +609,7 @@ async def serve(
         )
         await keeper.sync()
         assert keeper.context is not None
-        pool = PoolCache(transport)
+        pool = PoolCache(transport, guess_whole_cards=settings.guess_whole_cards)
         queues = QueueCache(transport)
         if stop is None:
             stop = asyncio.Event()
@@ -608,12 +621,19 @@ async def serve(
         runner = web.AppRunner(make_app(state))
         await runner.setup()
         await web.TCPSite(runner, host, port, ssl_context=keeper.context.context).start()
+        metrics_runner = None
+        if metrics_port:  # plain HTTP, see xpupool.kube.webhook_metrics
+            metrics_runner = web.AppRunner(metrics_app(WebhookCollector(state.stats, state.latency, pool.nodes)))
+            await metrics_runner.setup()
+            await web.TCPSite(metrics_runner, host, metrics_port).start()
         tasks = [asyncio.create_task(c.run(stop)) for c in (pool, queues, keeper)]
         try:
             await stop.wait()
         finally:
             await asyncio.gather(*tasks, return_exceptions=True)
             await runner.cleanup()
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
     finally:
         await transport.close()
 
@@ -633,6 +653,7 @@ def main() -> None:
     settings = WebhookSettings(
         scheduler_name=env.get("XPUPOOL_SCHEDULER_NAME", SCHEDULER_NAME),
         adopt_whole_card=env.get("XPUPOOL_WEBHOOK_ADOPT_WHOLE_CARD", "false").lower() == "true",
+        guess_whole_cards=env.get("XPUPOOL_MODEL_NODES_WITHOUT_INVENTORY", "false").lower() == "true",
         pool_check=pool_check,  # type: ignore[arg-type]
         excluded_namespaces=frozenset(
             {"kube-system", namespace, *filter(None, env.get("XPUPOOL_WEBHOOK_EXCLUDED_NAMESPACES", "").split(","))}
@@ -647,6 +668,7 @@ def main() -> None:
             secret_name=env.get("XPUPOOL_WEBHOOK_SECRET", "xpupool-webhook-tls"),
             webhook_configuration=env.get("XPUPOOL_WEBHOOK_CONFIGURATION", "xpupool"),
             port=int(env.get("XPUPOOL_WEBHOOK_PORT", "8443")),
+            metrics_port=int(env.get("XPUPOOL_WEBHOOK_METRICS_PORT", "0")),
         )
     )
 
