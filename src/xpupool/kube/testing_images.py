@@ -134,7 +134,11 @@ def input_files(paths: tuple[str, ...]) -> list[str]:
 
 
 def image_key(recipe: ImageRecipe) -> str:
+    """Content key of an image: recipe, base, build inputs and the name it is tagged with (the
+    archive carries its tag, so a renamed image must not be served from an old archive)."""
+    reference = chart_image_reference() if recipe.key == "xpupool" else WORKLOAD_REPOSITORY
     parts = [recipe.containerfile.encode(), (REPO_ROOT / recipe.containerfile).read_bytes(), base_key().encode()]
+    parts.append(reference.encode())
     for name in input_files(recipe.inputs):
         parts += [name.encode(), (REPO_ROOT / name).read_bytes()]
     return _sha256(*parts)[:16]
