@@ -117,8 +117,8 @@ class Cycle:
         self.bindings.expire(now)
         requests, groups = self._pending_requests(now)
         if requests and self.runtime.may_write():
-            running = cache.running()
-            book = self.queues.book(cache.state, running, requests)
+            running = cache.running()  # preemption candidates
+            book = self.queues.book(cache.state, cache.charged(), requests)
             by_name = {r.name: r for r in requests}
             # Preemptors whose victims are gone go first, on the node they were nominated to, so
             # the room they evicted for is not taken by a pod that happens to sort earlier.
