@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xpupool.core.model import Allocation, Request
-from xpupool.core.queues import CycleResult, PodGroup, QueueBook, run_cycle
+from xpupool.core.queues import CycleResult, PodGroup, QueueBook, order_pending, run_cycle
 from xpupool.core.request import LABEL_POD_GROUP
 from xpupool.core.status import Code
 from xpupool.kube.metrics import METRICS
@@ -119,6 +119,9 @@ class Cycle:
         if requests and self.runtime.may_write():
             running = cache.running()  # preemption candidates
             book = self.queues.book(cache.state, cache.charged(), requests)
+            if 0 < config.max_pods_per_cycle < len(requests):
+                requests = self._first(requests, book, config.max_pods_per_cycle)
+                self.runtime.wake()  # the rest in the next cycle, once these binds are on their way
             by_name = {r.name: r for r in requests}
             # Preemptors whose victims are gone go first, on the node they were nominated to, so
             # the room they evicted for is not taken by a pod that happens to sort earlier.
@@ -190,6 +193,17 @@ class Cycle:
         METRICS.cycle_latency.observe(time.perf_counter() - start)
         self.count += 1
         return out
+
+    def _first(self, requests: list[Request], book: QueueBook, limit: int) -> list[Request]:
+        """The first ``limit`` requests in the core's queue order, completed with every pending
+        member of a gang that made the cut (gangs are decided whole)."""
+        ordered = order_pending(requests, book, self.cache.arrival)
+        chosen = ordered[:limit]
+        gangs = {r.pod_group for r in chosen if r.pod_group}
+        if gangs:
+            names = {r.name for r in chosen}
+            chosen += [r for r in ordered[limit:] if r.pod_group in gangs and r.name not in names]
+        return chosen
 
     def _place_nominated(self, pod: JsonDict, request: Request, book: QueueBook) -> Allocation | None:
         """Reserve ``request`` on its nominated node when it fits there now (quota permitting)."""

@@ -144,8 +144,8 @@ class KubeScheduler:
                     await runtime.elector.acquire()
                     renew = asyncio.create_task(runtime.elector.keep_renewing())
                     self.cache.nodes_dirty = True  # start from the apiserver's truth
+                runtime.wake_event.clear()  # before: the cycle itself may ask for another one
                 self.cycle()
-                runtime.wake_event.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(
                         runtime.wake_event.wait(), timeout=self.cache.next_wait_s(runtime.config.idle_cycle_s)
