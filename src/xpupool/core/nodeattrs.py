@@ -95,8 +95,6 @@ class NodeAttributes:
                 self.taint_matrix[i, taints[taint]] = True
         self._hard = np.array([t.effect in _HARD_EFFECTS for t in self.taints], dtype=bool)
         self._soft = np.array([t.effect is Effect.PREFER_NO_SCHEDULE for t in self.taints], dtype=bool)
-        #: no taint and no cordon anywhere: the taint filter is the identity
-        self.untainted = not self.unschedulable.any() and not self._hard.any()
         self.has_soft_taints = bool(self._soft.any())
         self._cache: dict[object, object] = {}
 
@@ -212,14 +210,6 @@ class NodeAttributes:
             hit = self._cache[key] = ~self.taint_matrix[:, bad].any(axis=1)
         assert isinstance(hit, np.ndarray)
         return hit
-
-    def untolerated_taint(self, tolerations: tuple[Toleration, ...], node: int) -> Taint | None:
-        """The first hard taint of ``node`` the tolerations do not cover (for messages)."""
-        for j in np.nonzero(self.taint_matrix[node])[0]:
-            taint = self.taints[int(j)]
-            if taint.effect in _HARD_EFFECTS and not tolerated(tolerations, taint):
-                return taint
-        return None
 
     def schedulable(self, tolerations: tuple[Toleration, ...]) -> BoolArray:
         """Not cordoned, or the pod tolerates ``node.kubernetes.io/unschedulable:NoSchedule``."""
