@@ -131,6 +131,13 @@ def _domain_totals(col: Column, counts: IntArray | FloatArray, eligible: BoolArr
     return np.asarray(totals, dtype=np.float64)
 
 
+def _domain_counts(col: Column, counts: IntArray) -> FloatArray | IntArray:
+    """Per node: the pods counted in its domain (0 where the node lacks the key)."""
+    if col.per_node:  # hostname-like keys: the domain is the node itself
+        return np.where(col.present, counts, 0)
+    return _per_node(col, _domain_totals(col, counts))
+
+
 def _per_node(col: Column, per_domain: FloatArray) -> FloatArray:
     """A per-domain value looked up for every node (0 where the node lacks the key)."""
     if not len(per_domain):
@@ -167,7 +174,7 @@ def _pod_anti_affinity(state: ClusterState, attrs: NodeAttributes, request: Requ
             continue  # matches no pod
         col = attrs.column(term.topology_key)
         counts = state.pod_index.counts(_query_of(term, request.namespace))
-        ok &= ~(_per_node(col, _domain_totals(col, counts)) > 0)
+        ok &= ~(_domain_counts(col, counts) > 0)
     return ok
 
 
@@ -176,7 +183,7 @@ def _existing_anti_affinity(state: ClusterState, attrs: NodeAttributes, request:
     ok: BoolArray | None = None
     for term, counts in state.pod_index.anti_terms_matching(request.namespace, request.labels):
         col = attrs.column(term.topology_key)
-        blocked = _per_node(col, _domain_totals(col, counts)) > 0
+        blocked = _domain_counts(col, counts) > 0
         ok = ~blocked if ok is None else ok & ~blocked
     return ok
 
@@ -213,7 +220,9 @@ def _spread(state: ClusterState, attrs: NodeAttributes, request: Request, labels
         eligible = _spread_eligible(attrs, request, constraint, has_keys)
         counts = _spread_counts(state, constraint, request.namespace)
         totals = _domain_totals(col, counts, eligible)
-        domains = np.bincount(col.ids[eligible & col.present], minlength=len(col.vocab)) > 0
+        c = request.constraints  # everything ``eligible`` was derived from
+        domains = attrs.domains(constraint.topology_key, eligible,
+                                (constraint, c.spread, c.node_selector, c.required_terms, c.tolerations))
         count = int(domains.sum())
         minimum = float(totals[domains].min()) if count and count >= constraint.min_domains else 0.0
         self_match = 1.0 if constraint.selector is not None and constraint.selector.matches(labels) else 0.0

@@ -52,6 +52,8 @@ class Column:
                 ids[i] = self.vocab.setdefault(value, len(self.vocab))
         self.ids: IntArray = ids
         self.present: BoolArray = ids >= 0
+        #: every node with the key has its own value (hostname): a domain is a node
+        self.per_node = len(self.vocab) == int(self.present.sum())
         self._ints: tuple[IntArray, BoolArray] | None = None
 
     def isin(self, values: Sequence[str]) -> BoolArray:
@@ -158,6 +160,17 @@ class NodeAttributes:
                     either |= self.term(term)
                 mask &= either
             hit = self._cache[key] = mask
+        assert isinstance(hit, np.ndarray)
+        return hit
+
+    def domains(self, key: str, eligible: BoolArray, cache_key: object) -> BoolArray:
+        """Which values of label ``key`` occur on ``eligible`` nodes, cached by ``cache_key``
+        (the caller's statement of everything ``eligible`` was derived from)."""
+        full = ("domains", key, cache_key)
+        hit = self._cache.get(full)
+        if hit is None:
+            col = self.column(key)
+            hit = self._cache[full] = np.bincount(col.ids[eligible & col.present], minlength=len(col.vocab)) > 0
         assert isinstance(hit, np.ndarray)
         return hit
 
