@@ -138,7 +138,8 @@ async def run_one(bin_dir: Path, name: str, args: argparse.Namespace) -> Result:
             profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
             proc = subprocess.Popen(
                 [sys.executable, *profile, "-m", "xpupool.kube.scheduler", "--kubeconfig", str(cp.kubeconfig),
-                 "--log-level", "WARNING", "--bind-concurrency", str(args.bind_concurrency)],
+                 "--log-level", "WARNING", "--bind-concurrency", str(args.bind_concurrency),
+                 "--model-nodes-without-inventory"],  # nvidia.com/gpu nodes, as kube-scheduler sees them
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,

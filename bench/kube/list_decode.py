@@ -1,6 +1,7 @@
 """Transport choice: list 2,000 pods from a real apiserver with our aiohttp transport (raw dicts)
 vs lightkube 1.0's ``AsyncClient`` (typed models). A benchmark, not a test.
 
+    .venv/bin/pip install -e '.[bench]'    # lightkube is not a dependency of xpupool any more
     .venv/bin/python bench/kube/list_decode.py [--pods 2000]
 """
 
@@ -10,9 +11,12 @@ import argparse
 import asyncio
 import time
 
-from lightkube import AsyncClient
-from lightkube import KubeConfig as LkConfig
-from lightkube.resources.core_v1 import Pod
+try:
+    from lightkube import AsyncClient
+    from lightkube import KubeConfig as LkConfig
+    from lightkube.resources.core_v1 import Pod
+except ImportError as exc:  # the comparison needs the bench extra
+    raise SystemExit(f"{exc}: install the bench extra (pip install -e '.[bench]')") from exc
 
 from xpupool.kube.testing import ControlPlane, create_all, fake_pod, find_bin_dir
 from xpupool.kube.transport import NAMESPACES, PODS, AiohttpTransport, KubeConfig

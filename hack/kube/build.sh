@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds the upstream binaries xpupool's real-control-plane tests need (kube-apiserver,
-# kube-scheduler, etcd) from the Go module proxy, through the pinned wrapper modules in
-# hack/kube/k8s and hack/kube/etcd. Test tooling only: none of this is product code.
+# kube-scheduler, etcd; with arguments also the node's kubelet, kube-controller-manager and
+# kube-proxy) from the Go module proxy, through the pinned wrapper modules in hack/kube/k8s and
+# hack/kube/etcd. Test tooling only: none of this is product code.
+#
+# Usage: build.sh [BINARY...]   (default: etcd kube-apiserver kube-scheduler)
 #
 # Contract:
 #   * idempotent: builds only the binaries missing from the cache dir, never rebuilds others;
@@ -90,9 +93,20 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   k8s_ldflags+=" -X $pkg.gitTreeState=clean"
 done
 
-build "$here/etcd" etcd go.etcd.io/etcd/server/v3
-build "$here/k8s" kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$k8s_ldflags"
-build "$here/k8s" kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$k8s_ldflags"
+wanted=("$@")
+if [[ ${#wanted[@]} -eq 0 ]]; then
+  wanted=(etcd kube-apiserver kube-scheduler)
+fi
+for name in "${wanted[@]}"; do
+  case "$name" in
+    etcd) build "$here/etcd" etcd go.etcd.io/etcd/server/v3 ;;
+    # The node's binaries (kubelet, kube-controller-manager, kube-proxy) come from the same
+    # pinned module as the apiserver, so node and control plane are always the same release.
+    kube-apiserver | kube-scheduler | kubelet | kube-controller-manager | kube-proxy)
+      build "$here/k8s" "$name" "k8s.io/kubernetes/cmd/$name" "$k8s_ldflags" ;;
+    *) echo "hack/kube/build.sh: unknown binary $name" >&2; exit 2 ;;
+  esac
+done
 
 echo "$pin" > "$bin_dir/VERSION"
 echo "$bin_dir"

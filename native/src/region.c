@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -96,9 +97,9 @@ uint64_t xpu_now_fast_ns(void)
 void xpu_now_fast_fork_child(void) {}
 #endif
 
-static void *map_file(const char *path, size_t min_size, size_t *out_size)
+static void *map_file(const char *path, size_t min_size, int writable, size_t *out_size)
 {
-    int fd = open(path, O_RDWR | O_CLOEXEC);
+    int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     if (fd < 0)
         return NULL;
     struct stat st;
@@ -106,7 +107,7 @@ static void *map_file(const char *path, size_t min_size, size_t *out_size)
         close(fd);
         return NULL;
     }
-    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *p = mmap(NULL, (size_t)st.st_size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
     close(fd);
     if (p == MAP_FAILED)
         return NULL;
@@ -114,43 +115,96 @@ static void *map_file(const char *path, size_t min_size, size_t *out_size)
     return p;
 }
 
-enum xpu_region_status xpu_region_map(const char *path, struct xpu_region **out)
+static int join(char *out, size_t n, const char *dir, const char *name)
 {
+    int w = snprintf(out, n, "%s/%s", dir, name);
+    return w > 0 && (size_t)w < n ? 0 : -1;
+}
+
+enum xpu_region_status xpu_region_map(const char *dir, struct xpu_region **out)
+{
+    static struct xpu_region g_handle; /* one region per process */
     *out = NULL;
-    if (!path || !path[0])
+    if (!dir || !dir[0])
         return XPU_REGION_NONE;
-    size_t size = 0;
-    struct xpu_region *r = map_file(path, sizeof(struct xpu_region_header), &size);
-    if (!r)
-        return XPU_REGION_BROKEN;
-    const struct xpu_region_header *h = &r->hdr;
-    if (h->magic != XPU_REGION_MAGIC || h->version != XPU_REGION_VERSION ||
-        h->header_size < sizeof(struct xpu_region_header) || size < sizeof(struct xpu_region) ||
-        h->total_size > size || h->ndevices > XPU_MAX_DEVICES || h->nslots > XPU_MAX_SLOTS ||
-        h->device_offset != offsetof(struct xpu_region, dev) ||
-        h->device_stride != sizeof(struct xpu_device_entry) ||
-        h->slot_offset != offsetof(struct xpu_region, slot) ||
-        h->slot_stride != sizeof(struct xpu_slot)) {
-        munmap(r, size);
+    char path[512];
+    size_t csize = 0, usize = 0;
+    const struct xpu_config *c = NULL;
+    struct xpu_usage *u = NULL;
+    if (join(path, sizeof path, dir, XPU_CONFIG_FILE) == 0)
+        c = map_file(path, sizeof(struct xpu_config_header), 0, &csize); /* agent-owned: read-only */
+    if (c && join(path, sizeof path, dir, XPU_USAGE_FILE) == 0)
+        u = map_file(path, sizeof(struct xpu_usage_header), 1, &usize);
+    int ok = c && u;
+    if (ok) {
+        const struct xpu_config_header *h = &c->hdr;
+        const struct xpu_usage_header *uh = &u->hdr;
+        ok = h->magic == XPU_CONFIG_MAGIC && h->version == XPU_LAYOUT_VERSION &&
+             h->header_size >= sizeof(struct xpu_config_header) && csize >= sizeof(struct xpu_config) &&
+             h->total_size <= csize && h->ndevices <= XPU_MAX_DEVICES &&
+             h->device_offset == offsetof(struct xpu_config, dev) && h->device_stride == sizeof(struct xpu_dev_config) &&
+             h->pid_offset == offsetof(struct xpu_config, pid) && h->pid_stride == sizeof(struct xpu_pid_entry) &&
+             uh->magic == XPU_USAGE_MAGIC && uh->version == XPU_LAYOUT_VERSION && usize >= sizeof(struct xpu_usage) &&
+             uh->total_size <= usize && uh->nslots <= XPU_MAX_SLOTS &&
+             uh->device_offset == offsetof(struct xpu_usage, dev) && uh->device_stride == sizeof(struct xpu_dev_usage) &&
+             uh->slot_offset == offsetof(struct xpu_usage, slot) && uh->slot_stride == sizeof(struct xpu_slot);
+    }
+    if (!ok) {
+        if (c)
+            munmap((void *)c, csize);
+        if (u)
+            munmap(u, usize);
         return XPU_REGION_BROKEN;
     }
-    *out = r;
+    g_handle.cfg = c;
+    g_handle.use = u;
+    *out = &g_handle;
     return XPU_REGION_OK;
 }
 
-enum xpu_region_status xpu_card_map(const char *path, struct xpu_card **out)
+static int tenant_ok(const struct xpu_tenant_state *t) { return t->magic == XPU_TENANT_MAGIC && t->version == XPU_LAYOUT_VERSION; }
+
+enum xpu_region_status xpu_card_map(const char *dir, uint32_t slot, struct xpu_card **out)
 {
     *out = NULL;
-    if (!path || !path[0])
+    if (!dir || !dir[0])
         return XPU_REGION_NONE;
+    char path[512];
     size_t size = 0;
-    struct xpu_card *c = map_file(path, sizeof(struct xpu_card), &size);
-    if (!c)
+    const struct xpu_card_policy *p = NULL;
+    if (slot >= XPU_MAX_TENANTS || join(path, sizeof path, dir, XPU_POLICY_FILE) != 0 ||
+        !(p = map_file(path, sizeof(struct xpu_card_policy), 0, &size)))
         return XPU_REGION_BROKEN;
-    if (c->hdr.magic != XPU_CARD_MAGIC || c->hdr.version != XPU_CARD_VERSION ||
-        c->hdr.ntenants > XPU_MAX_TENANTS || c->hdr.tenant_offset != offsetof(struct xpu_card, tenant) ||
-        c->hdr.tenant_stride != sizeof(struct xpu_card_tenant)) {
-        munmap(c, size);
+    if (p->hdr.magic != XPU_CARD_MAGIC || p->hdr.version != XPU_LAYOUT_VERSION || p->hdr.ntenants > XPU_MAX_TENANTS ||
+        p->hdr.tenant_offset != offsetof(struct xpu_card_policy, tenant) ||
+        p->hdr.tenant_stride != sizeof(struct xpu_policy_tenant)) {
+        munmap((void *)p, size);
+        return XPU_REGION_BROKEN;
+    }
+    struct xpu_card *c = calloc(1, sizeof *c); /* once per device and process, at the first launch */
+    if (!c) {
+        munmap((void *)p, size);
+        return XPU_REGION_BROKEN;
+    }
+    c->policy = p;
+    c->slot = slot;
+    for (uint32_t i = 0; i < p->hdr.ntenants; i++) {
+        char name[32];
+        size_t tsize = 0;
+        snprintf(name, sizeof name, "%s%02u", XPU_TENANT_FILE_PREFIX, (unsigned)i);
+        if (join(path, sizeof path, dir, name) != 0)
+            continue;
+        void *t = map_file(path, sizeof(struct xpu_tenant_state), i == slot, &tsize);
+        if (t && !tenant_ok(t)) {
+            munmap(t, tsize);
+            t = NULL;
+        }
+        c->tenant[i] = t;
+        if (i == slot)
+            c->mine = t;
+    }
+    if (!c->mine) { /* our own file must be writable: without it there is no card coordination */
+        *out = c;
         return XPU_REGION_BROKEN;
     }
     *out = c;
@@ -161,12 +215,12 @@ enum xpu_region_status xpu_card_map(const char *path, struct xpu_card **out)
 
 static pthread_mutex_t *region_lock(struct xpu_region *r)
 {
-    return (pthread_mutex_t *)(void *)r->hdr.lock;
+    return (pthread_mutex_t *)(void *)r->use->hdr.lock;
 }
 
 static int lock_ready(struct xpu_region *r)
 {
-    _Atomic uint32_t *st = &r->hdr.lock_init;
+    _Atomic uint32_t *st = &r->use->hdr.lock_init;
     for (int spin = 0; spin < 20000; spin++) {
         uint32_t v = atomic_load_explicit(st, memory_order_acquire);
         if (v == 2)
@@ -178,7 +232,7 @@ static int lock_ready(struct xpu_region *r)
                 pthread_mutexattr_init(&a);
                 pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
                 pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-                memset(r->hdr.lock, 0, sizeof r->hdr.lock);
+                memset(r->use->hdr.lock, 0, sizeof r->use->hdr.lock);
                 int rc = pthread_mutex_init(region_lock(r), &a);
                 pthread_mutexattr_destroy(&a);
                 atomic_store_explicit(st, rc == 0 ? 2u : 0u, memory_order_release);
@@ -200,9 +254,9 @@ static void recompute_totals(struct xpu_region *r)
     for (unsigned d = 0; d < XPU_MAX_DEVICES; d++) {
         uint64_t sum = 0;
         for (unsigned s = 0; s < XPU_MAX_SLOTS; s++)
-            if (atomic_load_explicit(&r->slot[s].state, memory_order_relaxed) != XPU_SLOT_FREE)
-                sum += r->slot[s].mem_used[d];
-        atomic_store(&r->dev[d].mem_used, sum);
+            if (atomic_load_explicit(&r->use->slot[s].state, memory_order_relaxed) != XPU_SLOT_FREE)
+                sum += r->use->slot[s].mem_used[d];
+        atomic_store(&r->use->dev[d].mem_used, sum);
     }
 }
 
@@ -263,7 +317,7 @@ static uint64_t reap_locked(struct xpu_region *r)
 {
     uint64_t released = 0;
     for (unsigned s = 0; s < XPU_MAX_SLOTS; s++) {
-        struct xpu_slot *sl = &r->slot[s];
+        struct xpu_slot *sl = &r->use->slot[s];
         if (atomic_load(&sl->state) != XPU_SLOT_ACTIVE)
             continue;
         if ((int)s == g_slot && g_slot_pid == getpid())
@@ -276,17 +330,17 @@ static uint64_t reap_locked(struct xpu_region *r)
             uint64_t b = sl->mem_used[d];
             if (!b)
                 continue;
-            uint64_t cur = atomic_load(&r->dev[d].mem_used);
-            atomic_store(&r->dev[d].mem_used, cur >= b ? cur - b : 0);
+            uint64_t cur = atomic_load(&r->use->dev[d].mem_used);
+            atomic_store(&r->use->dev[d].mem_used, cur >= b ? cur - b : 0);
             if (cur < b)
-                atomic_fetch_add(&r->dev[d].accounting_errors, 1);
-            atomic_fetch_add(&r->dev[d].reaped_bytes, b);
+                atomic_fetch_add(&r->use->dev[d].accounting_errors, 1);
+            atomic_fetch_add(&r->use->dev[d].reaped_bytes, b);
             released += b;
             sl->mem_used[d] = 0;
         }
         sl->pid = 0;
         sl->start_time = 0;
-        sl->host_pid = 0;
+        sl->reserve_mask = 0;
         atomic_store(&sl->state, XPU_SLOT_FREE);
     }
     return released;
@@ -322,12 +376,12 @@ int xpu_region_register(struct xpu_region *r)
     reap_locked(r);
     int found = -1;
     for (unsigned s = 0; s < XPU_MAX_SLOTS && found < 0; s++) {
-        struct xpu_slot *sl = &r->slot[s];
+        struct xpu_slot *sl = &r->use->slot[s];
         if (atomic_load(&sl->state) == XPU_SLOT_FREE) {
             memset(sl->mem_used, 0, sizeof sl->mem_used);
             sl->pid = self;
             sl->start_time = st;
-            sl->host_pid = 0;
+            sl->reserve_mask = 0;
             atomic_store(&sl->state, XPU_SLOT_ACTIVE);
             found = (int)s;
         }
@@ -348,28 +402,41 @@ void xpu_region_unregister(struct xpu_region *r)
         return;
     if (lock_region(r) != 0)
         return;
-    struct xpu_slot *sl = &r->slot[g_slot];
+    struct xpu_slot *sl = &r->use->slot[g_slot];
     for (unsigned d = 0; d < XPU_MAX_DEVICES; d++) {
         uint64_t b = sl->mem_used[d];
-        uint64_t cur = atomic_load(&r->dev[d].mem_used);
-        atomic_store(&r->dev[d].mem_used, cur >= b ? cur - b : 0);
+        uint64_t cur = atomic_load(&r->use->dev[d].mem_used);
+        atomic_store(&r->use->dev[d].mem_used, cur >= b ? cur - b : 0);
         sl->mem_used[d] = 0;
     }
     sl->pid = 0;
+    sl->reserve_mask = 0;
     atomic_store(&sl->state, XPU_SLOT_FREE);
     unlock_region(r);
     g_slot = -1;
 }
 
-static int try_reserve_locked(struct xpu_region *r, unsigned d, uint64_t bytes, uint64_t limit)
+/* bytes plus, on the process's first charge on d, the device's per-process reserve */
+static int try_reserve_locked(struct xpu_region *r, unsigned d, uint64_t bytes, const struct xpu_dev_cfg *cfg)
 {
-    struct xpu_device_entry *e = &r->dev[d];
+    struct xpu_dev_usage *e = &r->use->dev[d];
+    struct xpu_slot *sl = &r->use->slot[g_slot];
+    uint64_t need = bytes;
+    int first = !(sl->reserve_mask & (1u << d));
+    if (first) {
+        if (cfg->process_reserve > UINT64_MAX - need)
+            return -1;
+        need += cfg->process_reserve;
+    }
     uint64_t used = atomic_load(&e->mem_used);
-    if (limit && (bytes > limit || used > limit - bytes))
+    uint64_t limit = cfg->mem_limit;
+    if (limit && (need > limit || used > limit - need))
         return -1;
-    uint64_t nu = used + bytes;
+    uint64_t nu = used + need;
     atomic_store(&e->mem_used, nu);
-    r->slot[g_slot].mem_used[d] += bytes;
+    sl->mem_used[d] += need;
+    if (first)
+        sl->reserve_mask |= 1u << d;
     uint64_t peak = atomic_load(&e->mem_peak);
     if (nu > peak)
         atomic_store(&e->mem_peak, nu);
@@ -386,12 +453,12 @@ int xpu_mem_reserve(struct xpu_region *r, unsigned d, uint64_t bytes)
     xpu_region_read_cfg(r, d, &cfg);
     if (lock_region(r) != 0)
         return -2;
-    int rc = try_reserve_locked(r, d, bytes, cfg.mem_limit);
+    int rc = try_reserve_locked(r, d, bytes, &cfg);
     if (rc != 0 && reap_locked(r) > 0)
-        rc = try_reserve_locked(r, d, bytes, cfg.mem_limit);
+        rc = try_reserve_locked(r, d, bytes, &cfg);
     unlock_region(r);
     if (rc != 0)
-        atomic_fetch_add(&r->dev[d].oom_events, 1);
+        atomic_fetch_add(&r->use->dev[d].oom_events, 1);
     return rc;
 }
 
@@ -403,8 +470,8 @@ void xpu_mem_adjust(struct xpu_region *r, unsigned d, int64_t delta)
         return;
     if (lock_region(r) != 0)
         return;
-    struct xpu_device_entry *e = &r->dev[d];
-    uint64_t *mine = &r->slot[g_slot].mem_used[d];
+    struct xpu_dev_usage *e = &r->use->dev[d];
+    uint64_t *mine = &r->use->slot[g_slot].mem_used[d];
     uint64_t cur = atomic_load(&e->mem_used);
     if (delta > 0) {
         atomic_store(&e->mem_used, cur + (uint64_t)delta);
@@ -430,23 +497,24 @@ void xpu_mem_release(struct xpu_region *r, unsigned d, uint64_t bytes)
 
 void xpu_region_read_cfg(struct xpu_region *r, unsigned d, struct xpu_dev_cfg *out)
 {
-    const struct xpu_device_entry *e = &r->dev[d];
+    const struct xpu_dev_config *e = &r->cfg->dev[d];
     for (int tries = 0; tries < 1000; tries++) {
-        uint64_t g1 = atomic_load_explicit(&r->hdr.generation, memory_order_acquire);
+        uint64_t g1 = atomic_load_explicit(&r->cfg->hdr.generation, memory_order_acquire);
         if (g1 & 1u)
             continue;
         out->mem_limit = e->mem_limit;
+        out->process_reserve = e->process_reserve;
         out->request_bp = e->share_request_bp;
         out->limit_bp = e->share_limit_bp;
         out->priority = e->priority;
         out->period_us = e->period_us;
         out->card_slot = e->card_slot;
         atomic_thread_fence(memory_order_acquire);
-        uint64_t g2 = atomic_load_explicit(&r->hdr.generation, memory_order_relaxed);
+        uint64_t g2 = atomic_load_explicit(&r->cfg->hdr.generation, memory_order_relaxed);
         if (g1 == g2) {
             out->generation = g1;
             return;
         }
     }
-    out->generation = atomic_load(&r->hdr.generation); /* writer stuck: use last read */
+    out->generation = atomic_load(&r->cfg->hdr.generation); /* writer stuck: use last read */
 }

@@ -76,7 +76,7 @@ static int acl_dev(void)
     struct xpu_core *c = xpu_core();
     if (c->status != XPU_REGION_OK)
         return c->status == XPU_REGION_BROKEN && !c->fail_open_on_broken ? -2 : -1;
-    if (c->region->hdr.ndevices == 1)
+    if (c->region->cfg->hdr.ndevices == 1)
         return 0;
     int32_t dev = 0;
     __typeof__(&aclrtGetDevice) f = AREAL(aclrtGetDevice);
@@ -145,7 +145,7 @@ XPU_EXPORT aclError aclrtGetMemInfo(aclrtMemAttr attr, size_t *free_b, size_t *t
     if (!cfg.mem_limit)
         return rc;
     uint64_t total = cfg.mem_limit < *total_b ? cfg.mem_limit : *total_b;
-    uint64_t used = atomic_load(&g_xpu.region->dev[d].mem_used);
+    uint64_t used = atomic_load(&g_xpu.region->use->dev[d].mem_used);
     uint64_t fr = used < total ? total - used : 0;
     *total_b = (size_t)total;
     *free_b = (size_t)(fr < *free_b ? fr : *free_b);
@@ -175,16 +175,16 @@ static int a_sync(void *ev)
     __typeof__(&aclrtSynchronizeEvent) f = AREAL(aclrtSynchronizeEvent);
     return f && f(ev) == ACL_SUCCESS ? 0 : -1;
 }
-static int a_elapsed(void *a, void *b, uint64_t *ns)
+static int a_elapsed(void *a, void *b, int64_t *ns)
 {
     float ms = 0;
     __typeof__(&aclrtEventElapsedTime) f = AREAL(aclrtEventElapsedTime);
     if (!f || f(&ms, a, b) != ACL_SUCCESS)
         return -1;
-    *ns = ms <= 0.0f ? 0 : (uint64_t)((double)ms * 1e6);
+    *ns = (int64_t)((double)ms * 1e6);
     return 0;
 }
-static const struct xpu_meter_ops ACL_OPS = {a_create, a_record, a_query, a_sync, a_elapsed};
+static const struct xpu_meter_ops ACL_OPS = {a_create, a_record, a_query, a_sync, a_elapsed, NULL, NULL, 0};
 
 XPU_EXPORT aclError aclrtLaunchKernel(aclrtFuncHandle fn, uint32_t blockDim, const void *args, size_t argsSize,
                                       aclrtStream stream)

@@ -151,8 +151,10 @@ void xpu_log_once(unsigned key, const char *msg, const char *arg)
 struct track_ent {
     uint64_t key;
     uint64_t bytes;
+    uint64_t aux;  /* kind-specific (VMM mapping: its allocation handle) */
     int32_t dev;
     uint32_t kind; /* 0 empty, UINT32_MAX tombstone */
+    int32_t refs, maps; /* VMM allocation: handle references and mappings alive */
 };
 
 static pthread_mutex_t g_track_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -214,7 +216,7 @@ static int grow(void)
 void xpu_track_lock(void) { pthread_mutex_lock(&g_track_mu); }
 void xpu_track_unlock(void) { pthread_mutex_unlock(&g_track_mu); }
 
-int xpu_track_put(unsigned kind, uint64_t key, uint64_t bytes, int dev)
+int xpu_track_put_aux(unsigned kind, uint64_t key, uint64_t bytes, int dev, uint64_t aux, int refs)
 {
     pthread_mutex_lock(&g_track_mu);
     if ((g_used + 1) * 2 > g_cap && grow() != 0) {
@@ -228,8 +230,75 @@ int xpu_track_put(unsigned kind, uint64_t key, uint64_t bytes, int dev)
     e->key = key;
     e->bytes = bytes;
     e->dev = dev;
+    e->aux = aux;
+    e->refs = refs;
+    e->maps = 0;
     pthread_mutex_unlock(&g_track_mu);
     return 0;
+}
+
+int xpu_track_put(unsigned kind, uint64_t key, uint64_t bytes, int dev)
+{
+    return xpu_track_put_aux(kind, key, bytes, dev, 0, 1);
+}
+
+int xpu_track_ref(unsigned kind, uint64_t key, int drefs, int dmaps, uint64_t *bytes, int *dev)
+{
+    pthread_mutex_lock(&g_track_mu);
+    struct track_ent *e = find_slot(kind, key, 0);
+    int rc = -1;
+    if (e) {
+        e->refs += drefs;
+        e->maps += dmaps;
+        if (e->refs < 0)
+            e->refs = 0;
+        if (e->maps < 0)
+            e->maps = 0;
+        rc = 0;
+        if (e->refs == 0 && e->maps == 0) { /* the memory is gone: hand back the charge */
+            if (bytes)
+                *bytes = e->bytes;
+            if (dev)
+                *dev = e->dev;
+            e->kind = UINT32_MAX;
+            rc = 1;
+        }
+    }
+    pthread_mutex_unlock(&g_track_mu);
+    return rc;
+}
+
+size_t xpu_track_take_range(unsigned kind, uint64_t lo, uint64_t hi, struct xpu_track_item *out, size_t cap)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&g_track_mu);
+    for (size_t i = 0; i < g_cap && n < cap; i++) {
+        struct track_ent *e = &g_tab[i];
+        if (e->kind == kind && e->key >= lo && e->key < hi) {
+            out[n].key = e->key;
+            out[n].bytes = e->bytes;
+            out[n].aux = e->aux;
+            out[n].dev = e->dev;
+            n++;
+            e->kind = UINT32_MAX;
+        }
+    }
+    pthread_mutex_unlock(&g_track_mu);
+    return n;
+}
+
+size_t xpu_track_keys(unsigned kind, uint64_t *keys, int *devs, size_t cap)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&g_track_mu);
+    for (size_t i = 0; i < g_cap && n < cap; i++)
+        if (g_tab[i].kind == kind) {
+            keys[n] = g_tab[i].key;
+            devs[n] = g_tab[i].dev;
+            n++;
+        }
+    pthread_mutex_unlock(&g_track_mu);
+    return n;
 }
 
 int xpu_track_take(unsigned kind, uint64_t key, uint64_t *bytes, int *dev)
@@ -304,9 +373,9 @@ int xpu_dev_index_by_uuid(const char *uuid)
     struct xpu_core *c = xpu_core();
     if (c->status != XPU_REGION_OK || !uuid)
         return -1;
-    uint32_t n = c->region->hdr.ndevices;
+    uint32_t n = c->region->cfg->hdr.ndevices;
     for (uint32_t d = 0; d < n && d < XPU_MAX_DEVICES; d++) {
-        const char *u = c->region->dev[d].uuid;
+        const char *u = c->region->cfg->dev[d].uuid;
         if (u[0] && strncmp(u, uuid, XPU_UUID_LEN) == 0)
             return (int)d;
     }
@@ -318,9 +387,9 @@ int xpu_dev_index_by_ordinal(int ordinal)
     struct xpu_core *c = xpu_core();
     if (c->status != XPU_REGION_OK)
         return -1;
-    uint32_t n = c->region->hdr.ndevices;
+    uint32_t n = c->region->cfg->hdr.ndevices;
     for (uint32_t d = 0; d < n && d < XPU_MAX_DEVICES; d++)
-        if (!c->region->dev[d].uuid[0] && (int)c->region->dev[d].ordinal == ordinal)
+        if (!c->region->cfg->dev[d].uuid[0] && (int)c->region->cfg->dev[d].ordinal == ordinal)
             return (int)d;
     return -1;
 }
@@ -356,7 +425,7 @@ static void init_once(void)
     }
     g_xpu.status = xpu_region_map(path, &g_xpu.region);
     if (g_xpu.status == XPU_REGION_OK) {
-        g_xpu.fail_open_on_broken = (g_xpu.region->hdr.policy & XPU_POLICY_FAIL_OPEN_ON_BROKEN) != 0;
+        g_xpu.fail_open_on_broken = (g_xpu.region->cfg->hdr.policy & XPU_POLICY_FAIL_OPEN_ON_BROKEN) != 0;
         atexit(at_exit);
     } else if (g_xpu.status == XPU_REGION_BROKEN) {
         xpu_log_once(0, "region unusable, failing closed for allocations:", path);

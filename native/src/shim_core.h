@@ -40,8 +40,19 @@ void *xpu_real_dlsym(void *handle, const char *name);
 enum xpu_kind {
     XPU_K_PTR = 1, XPU_K_VMM, XPU_K_ARRAY, XPU_K_MIPMAP, XPU_K_POOL, XPU_K_GRAPH, XPU_K_GEXEC,
     XPU_K_ACL, XPU_K_HIP,
+    XPU_K_VMAP, /* a VMM mapping: key = address, bytes = size, aux = allocation handle */
 };
 int xpu_track_put(unsigned kind, uint64_t key, uint64_t bytes, int dev);
+/* put with an aux value and an initial reference count (VMM handles start at 1) */
+int xpu_track_put_aux(unsigned kind, uint64_t key, uint64_t bytes, int dev, uint64_t aux, int refs);
+/* adjust references / mappings of an entry: -1 unknown, 0 still alive, 1 none left (the
+ * entry is removed and its bytes/dev returned) */
+int xpu_track_ref(unsigned kind, uint64_t key, int drefs, int dmaps, uint64_t *bytes, int *dev);
+/* remove every entry of kind with lo <= key < hi, returning them (up to cap) */
+struct xpu_track_item { uint64_t key, bytes, aux; int dev; };
+size_t xpu_track_take_range(unsigned kind, uint64_t lo, uint64_t hi, struct xpu_track_item *out, size_t cap);
+/* keys and devices of the entries of kind (up to cap) */
+size_t xpu_track_keys(unsigned kind, uint64_t *keys, int *devs, size_t cap);
 /* removes; returns 1 and fills bytes/dev if it was present */
 int xpu_track_take(unsigned kind, uint64_t key, uint64_t *bytes, int *dev);
 int xpu_track_get(unsigned kind, uint64_t key, uint64_t *bytes, int *dev);
@@ -80,18 +91,29 @@ struct xpu_meter_ops {
     /* all return 0 on success */
     int (*create)(void **ev);
     int (*record)(void *ev, void *stream);
-    int (*query)(void *ev);               /* 0 done, 1 not ready, <0 error */
+    int (*query)(void *ev);               /* 0 done, 1 not ready, -2 recorded in a capture, <0 error */
     int (*sync)(void *ev);
-    int (*elapsed_ns)(void *start, void *end, uint64_t *ns);
+    int (*elapsed_ns)(void *start, void *end, int64_t *ns); /* end - start, may be negative */
+    int (*capturing)(void *stream);       /* 1 if stream capture is in progress; NULL: no capture */
+    void (*exchange_mode)(int relaxed, int *saved); /* capture interaction mode; NULL: none */
+    int per_thread_null;                  /* the NULL stream is the calling thread's default stream */
 };
 /* Called before a launch on region device d. May sleep (bounded). Returns 1 if the
- * launch should be measured; then call xpu_limit_after with the same *now. */
+ * launch should be measured; then call xpu_limit_after with the same *now. Launches on a
+ * capturing stream return 0 (not executed, not charged). */
 int xpu_limit_before(unsigned d, void *stream, const struct xpu_meter_ops *ops, uint64_t *now);
 void xpu_limit_after(unsigned d, void *stream, const struct xpu_meter_ops *ops, int ok, int force_close,
                      uint64_t now);
 void xpu_limit_fork_child(void);
-/* host synchronisation point on stream (NULL = whole context): closes the open batch */
-void xpu_limit_sync_point(unsigned d, void *stream, const struct xpu_meter_ops *ops);
+/* host synchronisation point on stream (whole_context: every stream): closes open batches */
+void xpu_limit_sync_point(unsigned d, void *stream, const struct xpu_meter_ops *ops, int whole_context);
+/* capture is about to begin on stream: its open batch ends first */
+void xpu_limit_stream_capture_begins(unsigned d, void *stream, const struct xpu_meter_ops *ops);
+/* a stream capture begins / ended (called around the real driver calls) */
+void xpu_capture_begin(void);
+void xpu_capture_end(void);
+/* a stream capture may be in progress in this process (cheap) */
+int xpu_captures_possible(void);
 /* is compute limiting configured for device d (relaxed, cheap) */
 int xpu_limit_enabled(unsigned d);
 

@@ -85,7 +85,7 @@ static int hip_dev(void)
     struct xpu_core *c = xpu_core();
     if (c->status != XPU_REGION_OK)
         return c->status == XPU_REGION_BROKEN && !c->fail_open_on_broken ? -2 : -1;
-    if (c->region->hdr.ndevices == 1)
+    if (c->region->cfg->hdr.ndevices == 1)
         return 0;
     int dev = 0;
     __typeof__(&hipGetDevice) f = HREAL(hipGetDevice);
@@ -202,7 +202,7 @@ XPU_EXPORT hipError_t hipMemGetInfo(size_t *free_b, size_t *total_b)
     if (!cfg.mem_limit)
         return rc;
     uint64_t total = cfg.mem_limit < *total_b ? cfg.mem_limit : *total_b;
-    uint64_t used = atomic_load(&g_xpu.region->dev[d].mem_used);
+    uint64_t used = atomic_load(&g_xpu.region->use->dev[d].mem_used);
     uint64_t fr = used < total ? total - used : 0;
     *total_b = (size_t)total;
     *free_b = (size_t)(fr < *free_b ? fr : *free_b);
@@ -215,7 +215,7 @@ XPU_EXPORT hipError_t hipDeviceTotalMem(size_t *bytes, int dev)
         return hipErrorNotSupported;
     hipError_t rc = f(bytes, dev);
     struct xpu_core *c = xpu_core();
-    int d = c->status == XPU_REGION_OK ? (c->region->hdr.ndevices == 1 ? 0 : xpu_dev_index_by_ordinal(dev)) : -1;
+    int d = c->status == XPU_REGION_OK ? (c->region->cfg->hdr.ndevices == 1 ? 0 : xpu_dev_index_by_ordinal(dev)) : -1;
     if (rc == hipSuccess && d >= 0 && bytes) {
         struct xpu_dev_cfg cfg;
         xpu_region_read_cfg(c->region, (unsigned)d, &cfg);
@@ -248,16 +248,16 @@ static int h_sync(void *ev)
     __typeof__(&hipEventSynchronize) f = HREAL(hipEventSynchronize);
     return f && f(ev) == hipSuccess ? 0 : -1;
 }
-static int h_elapsed(void *a, void *b, uint64_t *ns)
+static int h_elapsed(void *a, void *b, int64_t *ns)
 {
     float ms = 0;
     __typeof__(&hipEventElapsedTime) f = HREAL(hipEventElapsedTime);
     if (!f || f(&ms, a, b) != hipSuccess)
         return -1;
-    *ns = ms <= 0.0f ? 0 : (uint64_t)((double)ms * 1e6);
+    *ns = (int64_t)((double)ms * 1e6);
     return 0;
 }
-static const struct xpu_meter_ops HIP_OPS = {h_create, h_record, h_query, h_sync, h_elapsed};
+static const struct xpu_meter_ops HIP_OPS = {h_create, h_record, h_query, h_sync, h_elapsed, NULL, NULL, 0};
 
 static _Thread_local uint64_t t_now; /* launch time handed from hpre to hpost */
 static inline int hpre(hipStream_t s)

@@ -10,6 +10,8 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef int nvmlReturn_t;
@@ -29,11 +31,40 @@ typedef struct {
     unsigned int gpuInstanceId, computeInstanceId;
 } nvmlProcessInfo_v2_t;
 typedef struct { unsigned int gpu, memory; } nvmlUtilization_t;
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId, computeInstanceId;
+    unsigned long long usedGpuCcProtectedMemory;
+} nvmlProcessDetail_v1_t;
+typedef struct {
+    unsigned int version, mode, numProcArrayEntries;
+    nvmlProcessDetail_v1_t *procArray;
+} nvmlProcessDetailList_v1_t;
+typedef struct {
+    unsigned int pid;
+    unsigned long long timeStamp;
+    unsigned int smUtil, memUtil, encUtil, decUtil;
+} nvmlProcessUtilizationSample_t;
+typedef struct {
+    unsigned long long timeStamp;
+    unsigned int pid, smUtil, memUtil, encUtil, decUtil, jpgUtil, ofaUtil;
+} nvmlProcessUtilizationInfo_v1_t;
+typedef struct {
+    unsigned int version, processSamplesCount;
+    unsigned long long lastSeenTimeStamp;
+    nvmlProcessUtilizationInfo_v1_t *procUtilArray;
+} nvmlProcessesUtilizationInfo_v1_t;
+#define NVML_PROCESS_MODE_COMPUTE 0u
 
 #define NVML_HOOKED(X)                                                                                 \
     X(nvmlDeviceGetMemoryInfo) X(nvmlDeviceGetMemoryInfo_v2) X(nvmlDeviceGetComputeRunningProcesses)   \
     X(nvmlDeviceGetComputeRunningProcesses_v2) X(nvmlDeviceGetComputeRunningProcesses_v3)              \
-    X(nvmlDeviceGetUtilizationRates)
+    X(nvmlDeviceGetGraphicsRunningProcesses) X(nvmlDeviceGetGraphicsRunningProcesses_v2)               \
+    X(nvmlDeviceGetGraphicsRunningProcesses_v3) X(nvmlDeviceGetMPSComputeRunningProcesses)             \
+    X(nvmlDeviceGetMPSComputeRunningProcesses_v2) X(nvmlDeviceGetMPSComputeRunningProcesses_v3)        \
+    X(nvmlDeviceGetRunningProcessDetailList) X(nvmlDeviceGetProcessUtilization)                        \
+    X(nvmlDeviceGetProcessesUtilizationInfo) X(nvmlDeviceGetUtilizationRates)
 
 #define NVML_INTERNAL(X) X(nvmlDeviceGetUUID) X(nvmlDeviceGetIndex)
 
@@ -46,6 +77,22 @@ XPU_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t dev
 XPU_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t dev, unsigned int *count,
                                                                  nvmlProcessInfo_v2_t *infos);
 XPU_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t dev, nvmlUtilization_t *u);
+XPU_EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses(nvmlDevice_t dev, unsigned int *count,
+                                                               nvmlProcessInfo_v1_t *infos);
+XPU_EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v2(nvmlDevice_t dev, unsigned int *count,
+                                                                  nvmlProcessInfo_v2_t *infos);
+XPU_EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t dev, unsigned int *count,
+                                                                  nvmlProcessInfo_v2_t *infos);
+XPU_EXPORT nvmlReturn_t nvmlDeviceGetMPSComputeRunningProcesses(nvmlDevice_t dev, unsigned int *count,
+                                                                 nvmlProcessInfo_v1_t *infos);
+XPU_EXPORT nvmlReturn_t nvmlDeviceGetMPSComputeRunningProcesses_v2(nvmlDevice_t dev, unsigned int *count,
+                                                                    nvmlProcessInfo_v2_t *infos);
+XPU_EXPORT nvmlReturn_t nvmlDeviceGetMPSComputeRunningProcesses_v3(nvmlDevice_t dev, unsigned int *count,
+                                                                    nvmlProcessInfo_v2_t *infos);
+XPU_EXPORT nvmlReturn_t nvmlDeviceGetRunningProcessDetailList(nvmlDevice_t dev, nvmlProcessDetailList_v1_t *list);
+XPU_EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t dev, nvmlProcessUtilizationSample_t *u,
+                                                         unsigned int *n, unsigned long long since);
+XPU_EXPORT nvmlReturn_t nvmlDeviceGetProcessesUtilizationInfo(nvmlDevice_t dev, nvmlProcessesUtilizationInfo_v1_t *info);
 nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t dev, char *uuid, unsigned int len);
 nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t dev, unsigned int *index);
 
@@ -126,7 +173,7 @@ static void virt_mem(int d, unsigned long long *total, unsigned long long *fr, u
     if (!cfg.mem_limit)
         return;
     unsigned long long t = cfg.mem_limit < *total ? cfg.mem_limit : *total;
-    unsigned long long u = atomic_load(&g_xpu.region->dev[d].mem_used);
+    unsigned long long u = atomic_load(&g_xpu.region->use->dev[d].mem_used);
     *total = t;
     *used = u;
     *fr = u < t ? t - u : 0;
@@ -164,7 +211,7 @@ static unsigned list_procs(int d, unsigned int *pids, unsigned long long *mem, u
     struct xpu_region *r = g_xpu.region;
     unsigned n = 0;
     for (unsigned s = 0; s < XPU_MAX_SLOTS; s++) {
-        struct xpu_slot *sl = &r->slot[s];
+        struct xpu_slot *sl = &r->use->slot[s];
         if (atomic_load_explicit(&sl->state, memory_order_acquire) != XPU_SLOT_ACTIVE)
             continue;
         if (!sl->mem_used[d])
@@ -236,6 +283,235 @@ XPU_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t dev
                             &R_nvmlDeviceGetComputeRunningProcesses_v3));
 }
 
+/* ---- lists that pass through NVML: only the container's processes, with container pids.
+ * The real lists hold HOST pids; the agent-owned config maps them to container pids (a tenant
+ * cannot write that table). Entries without a mapping belong to other tenants: dropped. */
+
+static int container_pid_of(unsigned host_pid, unsigned *pid)
+{
+    const struct xpu_config *c = g_xpu.region->cfg;
+    for (unsigned i = 0; i < XPU_MAX_SLOTS; i++)
+        if (c->pid[i].pid > 0 && (unsigned)c->pid[i].host_pid == host_pid && host_pid) {
+            *pid = (unsigned)c->pid[i].pid;
+            return 1;
+        }
+    return 0;
+}
+
+typedef nvmlReturn_t (*list_fn)(void *ctx, unsigned int *count, void *buf);
+
+/* the whole real list (grown until it fits); *out is malloc'ed (NVML is not a hot path) */
+static nvmlReturn_t real_list(list_fn call, void *ctx, size_t esz, void **out, unsigned *n)
+{
+    unsigned cap = 0;
+    void *buf = NULL;
+    for (int tries = 0; tries < 8; tries++) {
+        unsigned want = cap;
+        nvmlReturn_t rc = call(ctx, &want, buf);
+        if (rc == NVML_SUCCESS) {
+            *out = buf;
+            *n = want;
+            return rc;
+        }
+        if (rc != NVML_ERROR_INSUFFICIENT_SIZE) {
+            free(buf);
+            return rc;
+        }
+        free(buf);
+        cap = want + 8; /* processes may start between the calls */
+        buf = calloc(cap, esz);
+        if (!buf)
+            return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    free(buf);
+    return NVML_ERROR_INSUFFICIENT_SIZE;
+}
+
+/* keeps the entries (esz bytes, pid at pid_off) of the container's processes, pids translated;
+ * returns how many */
+static unsigned keep_own(void *list, unsigned n, size_t esz, size_t pid_off)
+{
+    unsigned kept = 0;
+    for (unsigned i = 0; i < n; i++) {
+        char *e = (char *)list + i * esz;
+        unsigned host, pid;
+        memcpy(&host, e + pid_off, sizeof host);
+        if (!container_pid_of(host, &pid))
+            continue;
+        memcpy(e + pid_off, &pid, sizeof pid);
+        if (kept != i)
+            memmove((char *)list + kept * esz, e, esz);
+        kept++;
+    }
+    return kept;
+}
+
+/* NVML's size-probe protocol over the filtered list */
+static nvmlReturn_t hand_out(const void *list, unsigned n, size_t esz, unsigned int *count, void *infos)
+{
+    if (*count < n || (!infos && n)) {
+        *count = n;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    if (n)
+        memcpy(infos, list, n * esz);
+    *count = n;
+    return NVML_SUCCESS;
+}
+
+struct plain_ctx { nvmlReturn_t (*f)(nvmlDevice_t, unsigned int *, void *); nvmlDevice_t dev; };
+static nvmlReturn_t call_plain(void *ctx, unsigned int *count, void *buf)
+{
+    struct plain_ctx *c = ctx;
+    return c->f(c->dev, count, buf);
+}
+
+static nvmlReturn_t filtered(nvmlDevice_t dev, unsigned int *count, void *infos, size_t esz,
+                             nvmlReturn_t (*realf)(nvmlDevice_t, unsigned int *, void *))
+{
+    if (!realf)
+        return NVML_ERROR_FUNCTION_NOT_FOUND;
+    if (dev_index(dev) < 0)
+        return realf(dev, count, infos); /* a card this container does not manage */
+    if (!count)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    struct plain_ctx ctx = {realf, dev};
+    void *list = NULL;
+    unsigned n = 0;
+    nvmlReturn_t rc = real_list(call_plain, &ctx, esz, &list, &n);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    n = keep_own(list, n, esz, 0); /* pid is the first field of every process info */
+    rc = hand_out(list, n, esz, count, infos);
+    free(list);
+    return rc;
+}
+
+#define FILTERED(name, type)                                                                           \
+    XPU_EXPORT nvmlReturn_t name(nvmlDevice_t dev, unsigned int *count, type *infos)                   \
+    {                                                                                                  \
+        return filtered(dev, count, infos, sizeof(type),                                               \
+                        (nvmlReturn_t(*)(nvmlDevice_t, unsigned int *, void *))nreal(&R_##name));       \
+    }
+FILTERED(nvmlDeviceGetGraphicsRunningProcesses, nvmlProcessInfo_v1_t)
+FILTERED(nvmlDeviceGetGraphicsRunningProcesses_v2, nvmlProcessInfo_v2_t)
+FILTERED(nvmlDeviceGetGraphicsRunningProcesses_v3, nvmlProcessInfo_v2_t)
+FILTERED(nvmlDeviceGetMPSComputeRunningProcesses, nvmlProcessInfo_v1_t)
+FILTERED(nvmlDeviceGetMPSComputeRunningProcesses_v2, nvmlProcessInfo_v2_t)
+FILTERED(nvmlDeviceGetMPSComputeRunningProcesses_v3, nvmlProcessInfo_v2_t)
+
+struct detail_ctx { __typeof__(&nvmlDeviceGetRunningProcessDetailList) f; nvmlDevice_t dev; unsigned version, mode; };
+static nvmlReturn_t call_detail(void *ctx, unsigned int *count, void *buf)
+{
+    struct detail_ctx *c = ctx;
+    nvmlProcessDetailList_v1_t l = {c->version, c->mode, *count, buf};
+    nvmlReturn_t rc = c->f(c->dev, &l);
+    *count = l.numProcArrayEntries;
+    return rc;
+}
+
+XPU_EXPORT nvmlReturn_t nvmlDeviceGetRunningProcessDetailList(nvmlDevice_t dev, nvmlProcessDetailList_v1_t *list)
+{
+    __typeof__(&nvmlDeviceGetRunningProcessDetailList) f = NREAL(nvmlDeviceGetRunningProcessDetailList);
+    if (!f)
+        return NVML_ERROR_FUNCTION_NOT_FOUND;
+    int d = dev_index(dev);
+    if (d < 0 || !list)
+        return f(dev, list);
+    /* the driver checks the version and the mode */
+    struct detail_ctx ctx = {f, dev, list->version, list->mode};
+    void *all = NULL;
+    unsigned n = 0;
+    nvmlReturn_t rc = real_list(call_detail, &ctx, sizeof(nvmlProcessDetail_v1_t), &all, &n);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (list->mode == NVML_PROCESS_MODE_COMPUTE) { /* compute: the slots, like the compute lists */
+        free(all);
+        unsigned int pids[XPU_MAX_SLOTS];
+        unsigned long long mem[XPU_MAX_SLOTS];
+        n = list_procs(d, pids, mem, XPU_MAX_SLOTS);
+        all = calloc(n ? n : 1, sizeof(nvmlProcessDetail_v1_t));
+        if (!all)
+            return NVML_ERROR_INSUFFICIENT_SIZE;
+        for (unsigned i = 0; i < n; i++) {
+            nvmlProcessDetail_v1_t *p = &((nvmlProcessDetail_v1_t *)all)[i];
+            p->pid = pids[i];
+            p->usedGpuMemory = mem[i];
+            p->gpuInstanceId = p->computeInstanceId = 0xFFFFFFFFu;
+        }
+    } else {
+        n = keep_own(all, n, sizeof(nvmlProcessDetail_v1_t), 0);
+    }
+    rc = hand_out(all, n, sizeof(nvmlProcessDetail_v1_t), &list->numProcArrayEntries, list->procArray);
+    free(all);
+    return rc;
+}
+
+struct util_ctx { __typeof__(&nvmlDeviceGetProcessUtilization) f; nvmlDevice_t dev; unsigned long long since; };
+static nvmlReturn_t call_util(void *ctx, unsigned int *count, void *buf)
+{
+    struct util_ctx *c = ctx;
+    return c->f(c->dev, buf, count, c->since);
+}
+
+XPU_EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t dev, nvmlProcessUtilizationSample_t *u,
+                                                         unsigned int *n, unsigned long long since)
+{
+    __typeof__(&nvmlDeviceGetProcessUtilization) f = NREAL(nvmlDeviceGetProcessUtilization);
+    if (!f)
+        return NVML_ERROR_FUNCTION_NOT_FOUND;
+    if (dev_index(dev) < 0 || !n)
+        return f(dev, u, n, since);
+    struct util_ctx ctx = {f, dev, since};
+    void *all = NULL;
+    unsigned cnt = 0;
+    nvmlReturn_t rc = real_list(call_util, &ctx, sizeof(nvmlProcessUtilizationSample_t), &all, &cnt);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    cnt = keep_own(all, cnt, sizeof(nvmlProcessUtilizationSample_t), offsetof(nvmlProcessUtilizationSample_t, pid));
+    rc = cnt ? hand_out(all, cnt, sizeof(nvmlProcessUtilizationSample_t), n, u) : NVML_ERROR_NOT_FOUND;
+    free(all);
+    return rc;
+}
+
+struct util_info_ctx { __typeof__(&nvmlDeviceGetProcessesUtilizationInfo) f; nvmlDevice_t dev; nvmlProcessesUtilizationInfo_v1_t in; };
+static nvmlReturn_t call_util_info(void *ctx, unsigned int *count, void *buf)
+{
+    struct util_info_ctx *c = ctx;
+    nvmlProcessesUtilizationInfo_v1_t info = c->in;
+    info.processSamplesCount = *count;
+    info.procUtilArray = buf;
+    nvmlReturn_t rc = c->f(c->dev, &info);
+    *count = info.processSamplesCount;
+    c->in.lastSeenTimeStamp = rc == NVML_SUCCESS ? info.lastSeenTimeStamp : c->in.lastSeenTimeStamp;
+    return rc;
+}
+
+XPU_EXPORT nvmlReturn_t nvmlDeviceGetProcessesUtilizationInfo(nvmlDevice_t dev, nvmlProcessesUtilizationInfo_v1_t *info)
+{
+    __typeof__(&nvmlDeviceGetProcessesUtilizationInfo) f = NREAL(nvmlDeviceGetProcessesUtilizationInfo);
+    if (!f)
+        return NVML_ERROR_FUNCTION_NOT_FOUND;
+    if (dev_index(dev) < 0 || !info)
+        return f(dev, info);
+    struct util_info_ctx ctx = {f, dev, *info};
+    void *all = NULL;
+    unsigned cnt = 0;
+    nvmlReturn_t rc = real_list(call_util_info, &ctx, sizeof(nvmlProcessUtilizationInfo_v1_t), &all, &cnt);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    cnt = keep_own(all, cnt, sizeof(nvmlProcessUtilizationInfo_v1_t), offsetof(nvmlProcessUtilizationInfo_v1_t, pid));
+    if (!cnt) {
+        free(all);
+        return NVML_ERROR_NOT_FOUND;
+    }
+    rc = hand_out(all, cnt, sizeof(nvmlProcessUtilizationInfo_v1_t), &info->processSamplesCount, info->procUtilArray);
+    if (rc == NVML_SUCCESS)
+        info->lastSeenTimeStamp = ctx.in.lastSeenTimeStamp;
+    free(all);
+    return rc;
+}
+
 XPU_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t dev, nvmlUtilization_t *u)
 {
     __typeof__(&nvmlDeviceGetUtilizationRates) f = NREAL(nvmlDeviceGetUtilizationRates);
@@ -244,9 +520,9 @@ XPU_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t dev, nvmlUtil
     nvmlReturn_t rc = f(dev, u);
     int d;
     if (rc == NVML_SUCCESS && u && (d = dev_index(dev)) >= 0 &&
-        (g_xpu.region->dev[d].share_request_bp || g_xpu.region->dev[d].share_limit_bp)) {
+        (g_xpu.region->cfg->dev[d].share_request_bp || g_xpu.region->cfg->dev[d].share_limit_bp)) {
         /* the container's measured share of the card, in percent of the card */
-        u->gpu = atomic_load(&g_xpu.region->dev[d].measured_share_bp) / 100u;
+        u->gpu = atomic_load(&g_xpu.region->use->dev[d].measured_share_bp) / 100u;
     }
     return rc;
 }

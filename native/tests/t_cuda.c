@@ -35,7 +35,7 @@ long fake_cuda_last_gpa_flags(void);
 uint64_t fake_cuda_busy_ns(void);
 
 #define MIB (1024ull * 1024ull)
-static struct xpu_region *R;
+static struct xpu_usage *R; /* the container's usage file */
 
 #define CHECK(c, ...)                                                                                  \
     do {                                                                                               \
@@ -55,8 +55,10 @@ static void map_region(void)
     const char *p = getenv("XPUSHIM_REGION");
     if (!p)
         return;
-    int fd = open(p, O_RDWR);
-    CHECK(fd >= 0, "open region");
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", p, XPU_USAGE_FILE);
+    int fd = open(path, O_RDWR);
+    CHECK(fd >= 0, "open region usage");
     R = mmap(NULL, sizeof *R, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     close(fd);
     CHECK(R != MAP_FAILED, "map region");
@@ -237,6 +239,11 @@ static void mode_procaddr(void)
         void *a = NULL;
         CHECK(gpa(plain[i], &a, 12090, 0, &st) == CUDA_SUCCESS && in_shim(a), "%s substituted", plain[i]);
     }
+    /* what the real runtimes resolve (found with libcudart 12.9 / 13.x on the double): the legacy
+     * cuGraphInstantiate below 12.0 and cuCtxSynchronize_v2 from 13.0 are wrappers too */
+    void *gi = NULL, *cs13 = NULL;
+    CHECK(gpa("cuGraphInstantiate", &gi, 10000, 0, &st) == CUDA_SUCCESS && in_shim(gi), "cuGraphInstantiate@10000");
+    CHECK(gpa("cuCtxSynchronize", &cs13, 13000, 0, &st) == CUDA_SUCCESS && in_shim(cs13), "cuCtxSynchronize@13000");
     /* not hooked: identity passes through; unknown symbols keep the driver's status */
     CHECK(gpa("cuInit", &fn, 12000, 0, &st) == CUDA_SUCCESS && !in_shim(fn), "cuInit passes through");
     CHECK(gpa("cuDoesNotExist", &fn, 12000, 0, &st) == CUDA_ERROR_NOT_FOUND && fn == NULL &&
@@ -249,6 +256,12 @@ static void mode_procaddr(void)
     /* RTLD_NEXT from the program resolves past the program, not past the shim */
     void *nx = dlsym(RTLD_NEXT, "cuMemAlloc_v2");
     CHECK(nx != NULL, "RTLD_NEXT finds a definition");
+    uint64_t swaps = 0, misses = 0;
+    void (*stats)(uint64_t *, uint64_t *) = (void (*)(uint64_t *, uint64_t *))dlsym(RTLD_DEFAULT, "xpushim_resolver_stats");
+    CHECK(stats, "resolver statistics");
+    stats(&swaps, &misses);
+    CHECK(swaps > 0 && misses == 0, "every hooked lookup swapped, the legacy pass-through is no miss (swaps %llu, misses %llu)",
+          (unsigned long long)swaps, (unsigned long long)misses);
     printf("procaddr ok\n");
 }
 
@@ -265,7 +278,7 @@ static CUresult do_launch(const char *kind, unsigned us)
         return ptsz(NULL, us, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
     }
     if (!strcmp(kind, "graph"))
-        return cuGraphLaunch(g_exec, NULL); /* the fake's graph = one 100 us kernel */
+        return cuGraphLaunch(g_exec, NULL); /* one 100 us kernel node */
     if (!strcmp(kind, "syncidle")) { /* kernel, wait for it, then 300 us of host-only work */
         CUresult rc = cuLaunchKernel(NULL, us, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
         cuStreamSynchronize(NULL);
@@ -286,7 +299,10 @@ static CUresult do_launch(const char *kind, unsigned us)
 static void mode_launch(double secs, unsigned us, const char *kind)
 {
     if (!strcmp(kind, "graph")) {
-        CHECK(cuGraphCreate(&g_graph, 0) == CUDA_SUCCESS &&
+        CUgraphNode node;
+        CUDA_KERNEL_NODE_PARAMS kp = {.gridDimX = 100, .gridDimY = 1, .gridDimZ = 1, .blockDimX = 1, .blockDimY = 1,
+                                      .blockDimZ = 1};
+        CHECK(cuGraphCreate(&g_graph, 0) == CUDA_SUCCESS && cuGraphAddKernelNode(&node, g_graph, NULL, 0, &kp) == CUDA_SUCCESS &&
                   cuGraphInstantiateWithFlags(&g_exec, g_graph, 0) == CUDA_SUCCESS, "graph");
     }
     struct timespec t0, t1;
@@ -355,6 +371,41 @@ static void mode_fork(void)
     CUdeviceptr c;
     CHECK(cuMemAlloc(&c, 1024 * MIB - 100 * MIB) == CUDA_SUCCESS, "dead child's charge reclaimed");
     printf("fork ok\n");
+}
+
+/* quota 1024 MiB, per-process reserve 300 MiB: contexts cost the reserve, once per process */
+static void mode_ctx(void)
+{
+    CHECK(used() == 0, "nothing charged before a context exists");
+    CUcontext c;
+    CHECK(cuDevicePrimaryCtxRetain(&c, 0) == CUDA_SUCCESS, "primary context");
+    CHECK(used() == 300 * MIB, "the context is charged the process reserve: %llu MiB", (unsigned long long)(used() / MIB));
+    CHECK(cuDevicePrimaryCtxRetain(&c, 0) == CUDA_SUCCESS && used() == 300 * MIB, "once per process and device");
+    CUdeviceptr a, b;
+    CHECK(cuMemAlloc(&a, 700 * MIB) == CUDA_SUCCESS, "700 MiB fits next to the reserve");
+    CHECK(cuMemAlloc(&b, 100 * MIB) == CUDA_ERROR_OUT_OF_MEMORY, "300 reserve + 700 + 100 > 1024");
+    CHECK(cuMemFree(a) == CUDA_SUCCESS && used() == 300 * MIB, "a free leaves the reserve");
+    CHECK(cuMemAlloc(&a, 500 * MIB) == CUDA_SUCCESS, "500");
+    pid_t pid = fork();
+    if (pid == 0) { /* a second process of the container pays its own reserve */
+        CUcontext cc;
+        CUresult rc = cuCtxCreate(&cc, 0, 0);
+        _exit(rc == CUDA_ERROR_OUT_OF_MEMORY ? 0 : 3); /* 800 + 300 > 1024 */
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "second process's context refused (status %d)", WEXITSTATUS(st));
+    CHECK(cuMemFree(a) == CUDA_SUCCESS, "free");
+    pid = fork();
+    if (pid == 0) {
+        CUcontext cc;
+        if (cuCtxCreate(&cc, 0, 0) != CUDA_SUCCESS)
+            _exit(3);
+        _exit(used() == 600 * MIB ? 0 : 4); /* two reserves */
+    }
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "second context fits after the free (status %d)", WEXITSTATUS(st));
+    printf("ctx ok\n");
 }
 
 static void *thread_body(void *arg)
@@ -444,6 +495,8 @@ int main(int argc, char **argv)
         mode_launch(atof(argv[2]), (unsigned)atoi(argv[3]), argc >= 5 ? argv[4] : "kernel");
     } else if (!strcmp(m, "fork")) {
         mode_fork();
+    } else if (!strcmp(m, "ctx")) {
+        mode_ctx();
     } else if (!strcmp(m, "threads")) {
         mode_threads();
     } else {

@@ -7,6 +7,7 @@ Layout (see docs/ARCHITECTURE.md):
 * ``xpupool.sim``     trace loaders and the replay simulator (same placement code as production).
 * ``xpupool.kube``    Kubernetes adapters: scheduler daemon, webhook, CRDs.
 * ``xpupool.agent``   node agent: vendor backends, device plugin, shim metrics.
+* ``xpupool.view``    the pool snapshot shared by the live CLI, the web page and the pool metrics.
 * ``xpupool.cli``     the ``xpupool`` command.
 """
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from rich import box
 from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from xpupool.core.cluster import ClusterState
 from xpupool.core.frag import TargetWorkload
@@ -117,9 +120,11 @@ def run_demo(console: Console, *, pods: int = 60, seed: int = 7) -> dict[str, fl
     for allocation in second.placed:
         running[allocation.pod] = Running(urgent, allocation)
 
-    table = Table(title="Placements (gang, remote, preemptor and Ascend first; then the first 20 others)")
+    table = Table(title="Placements (gang, remote, preemptor and Ascend first; then the first 20 others)",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("pod", "queue", "ask", "node", "cards", "note"):
-        table.add_column(col)
+        # names and card lists fold onto a second line rather than end in "…" on 80 columns
+        table.add_column(col, overflow="fold", no_wrap=col in ("ask", "queue"))
     special = [n for n, run in running.items()
                if run.request.pod_group or run.allocation.is_remote or n == "urgent-serving" or n.startswith("ascend")]
     others = [n for n in running if n not in special][:20]
@@ -131,9 +136,12 @@ def run_demo(console: Console, *, pods: int = 60, seed: int = 7) -> dict[str, fl
         table.add_row(name, r.queue, ask, a.node, ",".join(map(str, a.cards)), note)
     console.print(table)
 
-    slices = Table(title="Per-card slices (compute % · memory GiB)")
-    slices.add_column("node")
-    slices.add_column("cards")
+    # one column per card index: compute allocated on the first line, memory GiB / slices below
+    widest = max((int(state.card_count[i]) for i, node in enumerate(state.nodes) if node.devices), default=0)
+    slices = Table(title="Per-card slices (compute % · memory GiB/slices)", box=box.SIMPLE_HEAD, pad_edge=False)
+    slices.add_column("node", no_wrap=True)
+    for s in range(widest):
+        slices.add_column(f"#{s}", justify="right", no_wrap=True)
     for i, node in enumerate(state.nodes):
         if not node.devices:
             continue
@@ -142,9 +150,9 @@ def run_demo(console: Console, *, pods: int = 60, seed: int = 7) -> dict[str, fl
             used = 1000 - int(state.card_free_milli[i, s])
             mem = (int(state.card_memory_capacity[i, s]) - int(state.card_memory_free[i, s])) / 1024
             tenants = int(state.card_tenants[i, s])
-            cells.append(f"[{'green' if used == 0 else 'yellow' if used < 1000 else 'red'}]"
-                         f"{used / 10:>3.0f}%·{mem:>4.0f}G/{tenants}[/]")
-        slices.add_row(node.name, " ".join(cells))
+            colour = "green" if used == 0 else "yellow" if used < 1000 else "red"
+            cells.append(f"[{colour}]{used / 10:.0f}%[/]\n{mem:.0f}G/{tenants}")
+        slices.add_row(node.name, *cells, *([""] * (widest - len(cells))), end_section=True)
     console.print(slices)
 
     usage = state.usage()
@@ -170,5 +178,5 @@ def run_demo(console: Console, *, pods: int = 60, seed: int = 7) -> dict[str, fl
         f"({whole_cards - usage.cards_in_use:+d} cards; compute allocated {summary['compute_allocated_pct']:.0f} %).")
     reasons = {**result.pending, **second.pending}
     for name, status in list(reasons.items())[:5]:
-        console.print(f"  pending [cyan]{name}[/]: {status.message()}")
+        console.print(Padding(Text.assemble(("pending ", ""), (name, "cyan"), f": {status.message()}"), (0, 0, 0, 2)))
     return summary

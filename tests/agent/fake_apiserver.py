@@ -1,9 +1,9 @@
 """A small fake Kubernetes API server (aiohttp on loopback) for the agent's four calls.
 
 Implements: ``GET/PATCH /api/v1/nodes/{name}`` (merge patch of annotations), ``GET /api/v1/pods``
-with ``fieldSelector=spec.nodeName=<node>``, ``PATCH /api/v1/namespaces/{ns}/pods/{name}`` with
-optimistic concurrency (``metadata.resourceVersion`` in the patch must match, else 409). Every
+with ``fieldSelector=spec.nodeName=<node>``, ``GET /api/v1/namespaces/{ns}/pods/{name}``. Every
 write bumps a global resourceVersion. ``requests`` records ``(method, path)`` for assertions.
+Nodes report a container runtime (``status.nodeInfo.containerRuntimeVersion``) like a kubelet does.
 """
 
 from __future__ import annotations
@@ -30,11 +30,14 @@ class FakeApiServer:
         self._rv += 1
         obj.setdefault("metadata", {})["resourceVersion"] = str(self._rv)
 
-    def add_node(self, name: str, annotations: dict[str, str] | None = None) -> None:
+    def add_node(
+        self, name: str, annotations: dict[str, str] | None = None, *, runtime: str = "containerd://2.2.9"
+    ) -> None:
         node = {
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {"name": name, "annotations": annotations or {}},
+            "status": {"nodeInfo": {"containerRuntimeVersion": runtime}},
         }
         self._bump(node)
         self.nodes[name] = node
@@ -49,7 +52,8 @@ class FakeApiServer:
         uid: str,
         created: str,
         phase: str = "Pending",
-    ) -> None:
+        containers: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -60,11 +64,12 @@ class FakeApiServer:
                 "creationTimestamp": created,
                 "annotations": annotations,
             },
-            "spec": {"nodeName": node},
+            "spec": {"nodeName": node, "containers": containers or [vxpu_container("main", 1)]},
             "status": {"phase": phase},
         }
         self._bump(pod)
         self.pods[(namespace, name)] = pod
+        return pod
 
     @property
     def url(self) -> str:
@@ -76,7 +81,7 @@ class FakeApiServer:
         app.router.add_get("/api/v1/nodes/{name}", self._get_node)
         app.router.add_patch("/api/v1/nodes/{name}", self._patch_node)
         app.router.add_get("/api/v1/pods", self._list_pods)
-        app.router.add_patch("/api/v1/namespaces/{ns}/pods/{name}", self._patch_pod)
+        app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._get_pod)
         self._server = TestServer(app, host="127.0.0.1")
         await self._server.start_server()
 
@@ -119,17 +124,14 @@ class FakeApiServer:
             {"kind": "PodList", "metadata": {"resourceVersion": str(self._rv)}, "items": copy.deepcopy(items)}
         )
 
-    async def _patch_pod(self, request: web.Request) -> web.Response:
+    async def _get_pod(self, request: web.Request) -> web.Response:
         pod = self.pods.get((request.match_info["ns"], request.match_info["name"]))
-        if pod is None:
-            return _status(404, "pod not found")
-        patch = json.loads(await request.text())
-        wanted_rv = patch.get("metadata", {}).pop("resourceVersion", None)
-        if wanted_rv is not None and wanted_rv != pod["metadata"]["resourceVersion"]:
-            return _status(409, "the object has been modified; please apply your changes to the latest version")
-        _merge(pod, patch)
-        self._bump(pod)
-        return web.json_response(pod)
+        return web.json_response(copy.deepcopy(pod)) if pod else _status(404, "pod not found")
+
+
+def vxpu_container(name: str, cards: int) -> dict[str, Any]:
+    """A container spec asking for ``cards`` vXPUs."""
+    return {"name": name, "image": "workload", "resources": {"limits": {"xpupool.io/vxpu": str(cards)}}}
 
 
 def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Allocation decoding, pod choice and per-vendor wiring (pure functions of the device plugin)."""
+"""Allocation decoding, the container's part of a pod's allocation, per-vendor wiring (pure)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import dataclasses
 import json
 
 from xpupool.agent.allocation import (
-    PendingPod,
+    PodSlice,
     RuntimePaths,
-    choose_pod,
+    container_slice,
     container_wiring,
     parse_allocation,
-    pending_pods,
 )
 from xpupool.agent.discovery import DeviceInfo
 from xpupool.core.model import Allocation, Vendor
@@ -58,13 +57,11 @@ def test_bad_allocations_explain_themselves() -> None:
     ]
 
 
-def pending(name: str, cards: tuple[int, ...], created: str, claimed: frozenset[str] = frozenset()) -> PendingPod:
-    return PendingPod(
+def pending(name: str, cards: tuple[int, ...]) -> PodSlice:
+    return PodSlice(
         namespace="ns",
         name=name,
         uid=f"uid-{name}",
-        resource_version="1",
-        created=created,
         allocation=Allocation(
             pod=f"ns/{name}",
             node="n1",
@@ -73,43 +70,66 @@ def pending(name: str, cards: tuple[int, ...], created: str, claimed: frozenset[
             share_milli=500,
             device_memory_mib=(1024,) * len(cards),
         ),
-        claimed_ids=claimed,
+        container="main",
     )
 
 
-def test_choose_pod_prefers_claims_then_matching_cards_then_age() -> None:
-    old = pending("old", (0,), "2026-01-01T00:00:00Z")
-    match = pending("match", (3,), "2026-01-02T00:00:00Z")
-    two = pending("two", (0, 1), "2025-01-01T00:00:00Z")
-    done = pending("done", (3,), "2020-01-01T00:00:00Z", claimed=frozenset({"c3::1"}))
-    pods = [old, match, two, done]
-    assert choose_pod(pods, device_ids=["c3::1"], cards_of_ids=frozenset({3})) is done  # idempotent
-    assert choose_pod(pods, device_ids=["c3::2"], cards_of_ids=frozenset({3})) is match
-    assert choose_pod(pods, device_ids=["c5::0"], cards_of_ids=frozenset({5})) is old
-    assert choose_pod(pods, device_ids=["a::0", "b::0"], cards_of_ids=frozenset({7, 8})) is two
-    assert choose_pod(pods, device_ids=["a::0", "b::0", "c::0"], cards_of_ids=frozenset()) is None
+def pod_json(containers: list[dict[str, object]], annotation: str | None, node: str = "n1") -> dict[str, object]:
+    annotations = {"xpupool.io/allocation": annotation} if annotation is not None else {}
+    return {
+        "metadata": {"namespace": "ns", "name": "p", "uid": "u1", "annotations": annotations},
+        "spec": {"nodeName": node, **containers_spec(containers)},
+    }
 
 
-def test_pending_pods_skips_finished_foreign_and_reports_broken() -> None:
-    def pod(name: str, node: str, phase: str, annotation: str) -> dict[str, object]:
-        return {
-            "metadata": {"namespace": "ns", "name": name, "annotations": {"xpupool.io/allocation": annotation}},
-            "spec": {"nodeName": node},
-            "status": {"phase": phase},
-        }
+def containers_spec(containers: list[dict[str, object]]) -> dict[str, object]:
+    init = [c for c in containers if c.get("init")]
+    app = [c for c in containers if not c.get("init")]
+    strip = [{k: v for k, v in c.items() if k != "init"} for c in init]
+    return {"initContainers": strip, "containers": app}
 
-    good = json.dumps({"node": "n1", "cards": [0], "share_milli": 100, "device_memory_mib": [10]})
-    pods, problems = pending_pods(
+
+def asks(name: str, cards: int, **extra: object) -> dict[str, object]:
+    return {"name": name, "resources": {"limits": {"xpupool.io/vxpu": str(cards)}}, **extra}
+
+
+def test_each_vxpu_container_takes_its_cards_in_container_order() -> None:
+    """App containers in spec order; containers that ask for no vXPU take none; init containers
+    take none (refused); the counts must add up to the allocation's cards."""
+    allocation = json.dumps(
+        {"v": 1, "node": "n1", "deviceNode": "n1", "cards": [4, 2, 7], "shareMilli": 300, "memoryMiB": [10, 20, 30]}
+    )
+    pod = pod_json(
         [
-            pod("a", "n1", "Pending", good),
-            pod("b", "n2", "Pending", good),
-            pod("c", "n1", "Succeeded", good),
-            pod("d", "n1", "Pending", "[]"),
+            asks("logger", 0),
+            asks("first", 1),
+            asks("app", 2),
+            {"name": "plain"},
+            asks("sidecar", 1, init=True, restartPolicy="Always"),
         ],
-        node="n1",
+        allocation,
     )
-    assert [p.name for p in pods] == ["a"]
-    assert problems == ["xpupool.io/allocation of ns/d is not a JSON object"]
+    first = container_slice(pod, container="first", node="n1").slice
+    app = container_slice(pod, container="app", node="n1").slice
+    assert first is not None and app is not None
+    assert (first.allocation.cards, first.allocation.device_memory_mib) == ((4,), (10,))
+    assert (app.allocation.cards, app.allocation.device_memory_mib) == ((2, 7), (20, 30))
+    assert "init container 'sidecar' cannot use vXPUs" in container_slice(pod, container="sidecar", node="n1").errors[0]
+    assert app.allocation.share_milli == 300
+    assert (app.key, app.uid, app.container) == ("ns/p", "u1", "app")
+    plain = container_slice(pod, container="plain", node="n1")
+    assert plain.errors == ("ns/p: container 'plain' requests no xpupool.io/vxpu",)
+
+    too_few = pod_json([asks("app", 1)], allocation)
+    assert "its containers request 1 vXPU(s) but the allocation has 3 card(s)" in container_slice(
+        too_few, container="app", node="n1"
+    ).errors[0]
+    elsewhere = container_slice(pod_json([asks("app", 3)], allocation, node="n2"), container="app", node="n1")
+    assert elsewhere.errors == ("ns/p is bound to 'n2', not to this node n1",)
+    unscheduled = container_slice(pod_json([asks("app", 1)], None), container="app", node="n1")
+    assert "no xpupool.io/allocation annotation" in unscheduled.errors[0]
+    assert "schedulerName: xpupool" in unscheduled.errors[0]
+    assert "is not a JSON object" in container_slice(pod_json([asks("a", 1)], "[]"), container="a", node="n1").errors[0]
 
 
 def card(vendor: Vendor, index: int, paths: tuple[str, ...], healthy: bool = True) -> DeviceInfo:
@@ -125,7 +145,7 @@ def card(vendor: Vendor, index: int, paths: tuple[str, ...], healthy: bool = Tru
 
 
 def test_wiring_per_vendor() -> None:
-    pod = pending("p", (2, 3), "t")
+    pod = pending("p", (2, 3))
     ascend = {i: card(Vendor.ASCEND, i, (f"/dev/davinci{i}", "/dev/davinci_manager")) for i in range(4)}
     wiring = container_wiring(
         pod=pod, node="n1", device_ids=["x::0", "y::0"], devices_by_index=ascend, paths=RuntimePaths()
@@ -148,12 +168,10 @@ def test_wiring_per_vendor() -> None:
     ).wiring
     assert wiring is not None and wiring.envs["XPUPOOL_EMULATED_VISIBLE_DEVICES"] == "2,3" and wiring.devices == []
 
-    remote = PendingPod(
+    remote = PodSlice(
         namespace="ns",
         name="r",
         uid="u",
-        resource_version="1",
-        created="t",
         allocation=Allocation(
             pod="ns/r", node="n1", device_node="gpu-9", cards=(0,), share_milli=1000, device_memory_mib=(1,)
         ),
@@ -163,7 +181,7 @@ def test_wiring_per_vendor() -> None:
     ).errors
     assert "remote vXPUs are wired by the remoting client" in errors[0]
     too_much = dataclasses.replace(
-        pending("big", (0,), "t"),
+        pending("big", (0,)),
         allocation=Allocation(
             pod="ns/big", node="n1", device_node="n1", cards=(0,), share_milli=1000, device_memory_mib=(70000,)
         ),

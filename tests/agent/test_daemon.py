@@ -4,16 +4,17 @@ Prometheus exporter (scraped over HTTP)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from xpupool._generated.deviceplugin.v1beta1 import api_pb2
 from xpupool.agent.allocation import ANN_ALLOCATION
 from xpupool.agent.daemon import Agent, AgentSettings, merge_discoveries
 from xpupool.agent.discovery import DeviceInfo, Discovery
-from xpupool.agent.inventory import ANN_INVENTORY, parse_inventory
+from xpupool.agent.inventory import ANN_INVENTORY, Inventory, parse_inventory
 from xpupool.agent.kubeapi import KubeApi
 from xpupool.agent.metrics import metrics_app
 from xpupool.agent.shim_region import ShimRegion
@@ -22,6 +23,17 @@ from xpupool.kube.objects import encode_allocation
 
 from .fake_apiserver import FakeApiServer
 from .fake_kubelet import FakeKubelet
+
+
+async def published(apiserver: FakeApiServer, wanted: Callable[[Inventory], bool]) -> Inventory:
+    """The node's inventory once it satisfies ``wanted``."""
+    for _ in range(500):
+        raw = apiserver.nodes["kw-1"]["metadata"]["annotations"].get(ANN_INVENTORY)
+        inventory = parse_inventory(raw).inventory
+        if inventory is not None and wanted(inventory):
+            return inventory
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"inventory never became as wanted: {raw}")
 
 
 def settings(short_dir: Path, config: Path) -> AgentSettings:
@@ -37,6 +49,8 @@ def settings(short_dir: Path, config: Path) -> AgentSettings:
             "XPUPOOL_METRICS_PORT": "0",
             "XPUPOOL_REGION_HOST_ROOT": str(short_dir / "regions"),
             "XPUPOOL_CARD_HOST_DIR": str(short_dir / "cards"),
+            "XPUPOOL_PODRESOURCES_SOCKET": str(short_dir / "pod-resources" / "kubelet.sock"),
+            "XPUPOOL_CDI_SPEC_DIR": str(short_dir / "cdi"),
         }
     )
 
@@ -47,7 +61,7 @@ async def test_agent_publishes_serves_and_restarts_without_rewriting(
     config = short_dir / "emulated.yaml"
     config.write_text("cards:\n  - {model: EMU-40G, memory_mib: 40960, count: 2, utilization_pct: 12}\n")
     apiserver.add_node("kw-1")
-    kubelet = FakeKubelet(short_dir)
+    kubelet = FakeKubelet(short_dir, cdi_dir=short_dir / "cdi")
     await kubelet.start()
     s = settings(short_dir, config)
     assert (s.shim_host_dir, s.slots_per_card, s.backends) == ("/var/lib/xpupool/shim", 3, ["emulated"])
@@ -57,9 +71,10 @@ async def test_agent_publishes_serves_and_restarts_without_rewriting(
     try:
         listed = await kubelet.next_list(0)
         assert len(listed.devices) == 6 and {d.health for d in listed.devices} == {"Healthy"}
+        assert agent.runtime is not None and agent.runtime.supported
 
-        # A pod the scheduler placed on card 1 at 25 %: Allocate writes its shim region.
-        apiserver.add_pod(
+        # A pod the scheduler placed on card 1 at 25 %: its container start writes its shim region.
+        pod = apiserver.add_pod(
             "ns",
             "job",
             node="kw-1",
@@ -78,36 +93,29 @@ async def test_agent_publishes_serves_and_restarts_without_rewriting(
                 )
             },
         )
-        stub = kubelet.plugin_stub(s.plugin_socket)
-        response = await stub.Allocate(
-            api_pb2.AllocateRequest(
-                container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=["EMU-kw-1-0::2"])]
-            )
-        )
-        wiring = response.container_responses[0]
-        assert wiring.envs["XPUPOOL_EMULATED_VISIBLE_DEVICES"] == "1"
-        host_dir = {m.container_path: m.host_path for m in wiring.mounts}["/run/xpupool/shim"]
+        await kubelet.admit(pod)
+        made = await kubelet.start_container("ns", "job", "main")
+        assert made.env["XPUPOOL_EMULATED_VISIBLE_DEVICES"] == "1"
+        host_dir = made.mounts["/run/xpupool/shim"][0]
         with ShimRegion.open(Path(host_dir) / "region") as region:
-            entry = region.view.dev[0]
+            entry = region.config.dev[0]
             assert (entry.uuid.decode(), entry.mem_limit, entry.share_request_bp) == ("EMU-kw-1-1", 10240 << 20, 2500)
-        assert (short_dir / "cards" / "EMU-kw-1-1").is_file()
-        for _ in range(200):
-            if ANN_INVENTORY in apiserver.nodes["kw-1"]["metadata"]["annotations"]:
-                break
-            await asyncio.sleep(0.01)
-        inv = parse_inventory(apiserver.nodes["kw-1"]["metadata"]["annotations"][ANN_INVENTORY]).inventory
-        assert inv is not None and inv.generation == 1 and [d.uuid for d in inv.devices] == ["EMU-kw-1-0", "EMU-kw-1-1"]
+        assert (short_dir / "cards" / "EMU-kw-1-1" / "policy").is_file()
+        owner = agent.slices.owner(Path(host_dir).name)
+        assert owner is not None and (owner.namespace, owner.pod, owner.container) == ("ns", "job", "main")
+        inv = await published(apiserver, lambda i: i.serving)
+        assert [d.uuid for d in inv.devices] == ["EMU-kw-1-0", "EMU-kw-1-1"]
+        serving_generation = inv.generation
 
-        # Health change in the config: the kubelet sees Unhealthy slots, the generation moves once.
+        # Health change in the config: the kubelet sees Unhealthy slots; the inventory says so and
+        # that the node serves no vXPU any more (no healthy card).
         seen = len(kubelet.lists)
         config.write_text("cards:\n  - {model: EMU-40G, memory_mib: 40960, count: 2, healthy: false}\n")
         update = await kubelet.next_list(seen)
         assert {d.health for d in update.devices} == {"Unhealthy"}
-        for _ in range(200):
-            if agent.snapshot.inventory_generation == 2:
-                break
-            await asyncio.sleep(0.01)
-        assert agent.snapshot.inventory_generation == 2
+        sick = await published(apiserver, lambda i: not any(d.healthy for d in i.devices))
+        assert not sick.serving and sick.generation > serving_generation
+        assert "xpupool.io/vxpu not served: no healthy card" in sick.errors
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
@@ -117,7 +125,7 @@ async def test_agent_publishes_serves_and_restarts_without_rewriting(
     again = Agent(s, node_api=kube, pod_api=kube, backends=s.make_backends())
     await again.tick()
     await again.tick()
-    assert again.snapshot.inventory_generation == 2
+    assert again.snapshot.inventory_generation == sick.generation
     inventory_patches = sum(1 for m, p in apiserver.requests if m == "PATCH") - patches_before
     assert inventory_patches == 1  # only the first utilisation sample of the new process
     await kubelet.stop()
@@ -191,18 +199,19 @@ async def test_metrics_endpoint_exports_per_slice_usage_from_shim_regions(
     cfg = DeviceConfig(ordinal=0, uuid="EMU-kw-1-0", mem_limit_bytes=4096 * 2**20, share_request_bp=3000,
                        share_limit_bp=6000)
     with ShimRegion.create(region_dir / "region", [cfg], container_key=7) as region:
-        region.view.dev[0].mem_used = 1024 * 2**20
+        region.usage.dev[0].mem_used = 1024 * 2**20
     agent = Agent(s, node_api=kube, pod_api=kube, backends=s.make_backends())
     server = TestServer(metrics_app(agent.collector, agent.slice_collector()), host="127.0.0.1")
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as http, http.get(server.make_url("/metrics")) as resp:
             body = await resp.text()
-        labels = 'device="EMU-kw-1-0",slice="pod-uid-1_main"'
+        # no pod with that UID on the node: the owner labels are empty (see tests/view for owners)
+        labels = 'device="EMU-kw-1-0",namespace="",node="kw-1",pod="",queue="",slice="pod-uid-1_main"'
         assert f"xpupool_vxpu_memory_granted_bytes{{{labels}}} 4.294967296e+09" in body
         assert f"xpupool_vxpu_memory_used_bytes{{{labels}}} 1.073741824e+09" in body
         assert f"xpupool_vxpu_share_granted_ratio{{{labels}}} 0.3" in body
-        (region_dir / "region").unlink()
+        shutil.rmtree(region_dir / "region")
         async with aiohttp.ClientSession() as http, http.get(server.make_url("/metrics")) as resp:
             assert "pod-uid-1_main" not in await resp.text()  # ended slices vanish at once
     finally:

@@ -11,22 +11,27 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
-from xpupool._generated.deviceplugin.v1beta1 import api_pb2
-from xpupool.agent.allocation import ANN_ALLOCATED, ANN_ALLOCATION, PendingPod, RuntimePaths, slot_id
-from xpupool.agent.deviceplugin import ApiAllocationResolver, DevicePluginServer, VxpuDevicePlugin
+from xpupool._generated.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
+from xpupool.agent.allocation import ANN_ALLOCATION, PodSlice, RuntimePaths, slot_id
+from xpupool.agent.cdi import CdiSpecDir, qualified_name
+from xpupool.agent.deviceplugin import DevicePluginServer, VxpuDevicePlugin
 from xpupool.agent.discovery import DeviceInfo
 from xpupool.agent.kubeapi import KubeApi
 from xpupool.agent.nvidia import NvmlSample, device_from_sample
+from xpupool.agent.pairing import Pairing
+from xpupool.agent.podresources import HolderIndex, KubeletPodResources
+from xpupool.agent.regions import ShimRegionWriter
 from xpupool.core.model import Allocation
 from xpupool.core.status import Status
 from xpupool.kube.objects import encode_allocation
 
-from .fake_apiserver import FakeApiServer
-from .fake_kubelet import FakeKubelet
+from .fake_apiserver import FakeApiServer, vxpu_container
+from .fake_kubelet import ContainerStartError, FakeKubelet
 
 NODE = "gpu-1"
 GIB = 1024**3
@@ -67,31 +72,42 @@ def allocation(cards: list[int], share_milli: int, memory: list[int], node: str 
 
 
 class RecordingRegionWriter:
-    """A RegionWriter that records calls (the real one lives with the shim region layout)."""
+    """The real region writer, recording its calls; ``status`` set to an error makes it refuse."""
 
-    def __init__(self, status: Status) -> None:
-        self.status = status
+    def __init__(self, root: Path, status: Status | None = None) -> None:
+        self.real = ShimRegionWriter(region_root=root / "regions", card_host_dir=root / "cards")
+        self.status = status or Status.success()
         self.calls: list[tuple[Path, str, list[str]]] = []
 
-    def write(self, *, path: Path, pod: PendingPod, cards: Sequence[DeviceInfo]) -> Status:
+    def write(self, *, path: Path, pod: PodSlice, cards: Sequence[DeviceInfo]) -> Status:
         self.calls.append((path, pod.key, [c.uuid for c in cards]))
-        return self.status
+        return self.real.write(path=path, pod=pod, cards=cards) if self.status.ok else self.status
 
 
 class Harness:
+    """Plugin + pairing against the fake kubelet (registration, device manager, PodResources and a
+    CDI-applying runtime stand-in) and the fake apiserver."""
+
     def __init__(self, short_dir: Path, kube: KubeApi, writer: RecordingRegionWriter | None = None) -> None:
         self.dir = short_dir / "dp"
         self.dir.mkdir()
         self.regions = short_dir / "regions"
-        self.plugin = VxpuDevicePlugin(
+        self.cdi = short_dir / "cdi"
+        self.writer = writer or RecordingRegionWriter(short_dir)
+        self.kubelet = FakeKubelet(self.dir, cdi_dir=self.cdi)
+        self.holders = HolderIndex(KubeletPodResources(self.kubelet.podresources_socket), kube, node=NODE)
+        paths = RuntimePaths(region_host_root=str(self.regions), card_host_dir=str(short_dir / "cards"))
+        self.pairing = Pairing(
             node=NODE,
-            slots_per_card=4,
-            resolver=ApiAllocationResolver(kube, node=NODE),
-            paths=RuntimePaths(region_host_root=str(self.regions)),
-            region_writer=writer,
+            holders=self.holders,
+            pods=kube,
+            specs=CdiSpecDir(self.cdi),
+            devices=lambda: self.plugin.cards(),
+            paths=paths,
+            region_writer=self.writer,
         )
+        self.plugin = VxpuDevicePlugin(node=NODE, slots_per_card=4, pre_start=self.pairing, paths=paths)
         self.server = DevicePluginServer(self.plugin, plugin_dir=self.dir, poll_s=0.02, retry_s=0.05)
-        self.kubelet = FakeKubelet(self.dir)
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -100,14 +116,16 @@ class Harness:
         await self.kubelet.start()
         self.task = asyncio.create_task(self.server.run(self.stop))
         await asyncio.wait_for(self.kubelet.registered.wait(), 5)
+        await self.kubelet.next_list(0)
 
     async def close(self) -> None:
         self.stop.set()
         if self.task is not None:
             await asyncio.wait_for(self.task, 5)
+        await self.holders.close()
         await self.kubelet.stop()
 
-    def stub(self) -> object:
+    def stub(self) -> api_pb2_grpc.DevicePluginStub:
         return self.kubelet.plugin_stub(self.server.socket_path.name)
 
 
@@ -137,8 +155,8 @@ async def test_serves_first_then_registers_and_streams_health(harness: Harness) 
         "xpupool-vxpu.sock",
         "xpupool.io/vxpu",
     )
-    assert reg.options.get_preferred_allocation_available
-    assert harness.kubelet.options[0].get_preferred_allocation_available
+    assert reg.options.pre_start_required and not reg.options.get_preferred_allocation_available
+    assert harness.kubelet.options[0].pre_start_required
     first = await harness.kubelet.next_list(0)
     assert sorted(d.ID for d in first.devices) == sorted(slot_id(u, s) for u in UUIDS for s in range(4))
     assert {d.health for d in first.devices} == {"Healthy"}
@@ -157,128 +175,49 @@ async def test_serves_first_then_registers_and_streams_health(harness: Harness) 
     assert await harness.plugin.update_devices(h100s(healthy=(True, False))) is False
 
 
-async def test_allocate_wires_the_container_to_the_schedulers_slice(harness: Harness, apiserver: FakeApiServer) -> None:
-    """Two pods were bound with allocations; the kubelet asks for one slot at a time. The hint
-    steers it to the oldest pod's card; Allocate returns env, mounts and device nodes of the
-    scheduler's card (by UUID) and claims the pod, so the next Allocate serves the other pod."""
-    apiserver.add_pod(
-        "team-a",
-        "older",
+def bind(apiserver: FakeApiServer, name: str, cards: list[int], share_milli: int, memory: list[int]) -> dict[str, Any]:
+    """A pod the scheduler bound to NODE with its allocation (written as the scheduler writes it)."""
+    allocation = Allocation(
+        pod=f"team-a/{name}",
         node=NODE,
-        uid="uid-older",
+        device_node=NODE,
+        cards=tuple(cards),
+        share_milli=share_milli,
+        device_memory_mib=tuple(memory),
+    )
+    return apiserver.add_pod(
+        "team-a",
+        name,
+        node=NODE,
+        uid=f"uid-{name}",
         created="2026-11-25T10:00:00Z",
-        annotations={ANN_ALLOCATION: allocation([1], 300, [24576])},
+        annotations={ANN_ALLOCATION: encode_allocation(allocation)},
+        containers=[vxpu_container("main", len(cards))],
     )
-    apiserver.add_pod(
-        "team-a",
-        "newer",
-        node=NODE,
-        uid="uid-newer",
-        created="2026-11-25T10:00:05Z",
-        # Written exactly as the scheduler writes it (versioned camelCase form).
-        annotations={
-            ANN_ALLOCATION: encode_allocation(
-                Allocation(
-                    pod="team-a/newer",
-                    node=NODE,
-                    device_node=NODE,
-                    cards=(0,),
-                    share_milli=500,
-                    device_memory_mib=(40960,),
-                )
-            )
-        },
-    )
-    apiserver.add_pod(
-        "team-b",
-        "elsewhere",
-        node="gpu-2",
-        uid="uid-x",
-        created="2026-11-25T09:00:00Z",
-        annotations={ANN_ALLOCATION: allocation([0], 500, [40960], node="gpu-2")},
-    )
+
+
+async def test_allocate_answers_from_the_device_ids_alone(harness: Harness, apiserver: FakeApiServer) -> None:
+    """Allocate is not told which pod it serves, so it names nothing pod-specific: the CDI device
+    of exactly these IDs (order does not matter) and a fail-closed baseline. It reads no pod."""
     await harness.start(h100s())
     stub = harness.stub()
-    available = [slot_id(u, s) for u in UUIDS for s in range(4)]
-
-    hint = await stub.GetPreferredAllocation(
-        api_pb2.PreferredAllocationRequest(
-            container_requests=[
-                api_pb2.ContainerPreferredAllocationRequest(available_deviceIDs=available, allocation_size=1)
-            ]
-        )
-    )
-    chosen = list(hint.container_responses[0].deviceIDs)
-    assert chosen == [slot_id(UUIDS[1], 0)]
-
+    ids = [slot_id(UUIDS[1], 3), slot_id(UUIDS[0], 0)]
     response = await stub.Allocate(
-        api_pb2.AllocateRequest(container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=chosen)])
+        api_pb2.AllocateRequest(container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=ids)])
     )
-    wiring = response.container_responses[0]
-    assert wiring.envs["CUDA_VISIBLE_DEVICES"] == UUIDS[1]
-    assert wiring.envs["NVIDIA_VISIBLE_DEVICES"] == UUIDS[1]
-    assert wiring.envs["XPUPOOL_CORE_LIMIT_PCT"] == "30"
-    assert wiring.envs["XPUPOOL_MEMORY_LIMIT_MIB"] == "24576"
-    assert wiring.envs["LD_PRELOAD"] == "/usr/local/xpupool/lib/libxpushim.so"
-    assert wiring.envs["XPUPOOL_SHIM_REGION"] == wiring.envs["XPUSHIM_REGION"] == "/run/xpupool/shim/region"
-    assert next((d.container_path, d.permissions) for d in wiring.devices) == ("/dev/nvidia1", "rw")
-    assert "/dev/nvidia0" not in {d.host_path for d in wiring.devices}
-    assert "/dev/nvidiactl" in {d.host_path for d in wiring.devices}
-    mounts = {m.container_path: (m.host_path, m.read_only) for m in wiring.mounts}
-    assert mounts["/usr/local/xpupool/lib"] == ("/var/lib/xpupool/shim", True)
-    region_host, read_only = mounts["/run/xpupool/shim"]
-    assert not read_only and Path(region_host).is_dir()
-    assert Path(region_host).parent == harness.regions and Path(region_host).name.startswith("uid-older-")
-    assert wiring.annotations["xpupool.io/pod"] == "team-a/older"
-    claim = json.loads(apiserver.pods[("team-a", "older")]["metadata"]["annotations"][ANN_ALLOCATED])
-    assert claim == {"deviceIDs": chosen}
-
-    # The kubelet repeats the same Allocate (e.g. after its own restart): same pod, same answer.
-    again = await stub.Allocate(
-        api_pb2.AllocateRequest(container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=chosen)])
-    )
-    assert dict(again.container_responses[0].envs) == dict(wiring.envs)
-
-    # The kubelet ignores the hint and takes a slot on card 1 again: the pod left is "newer",
-    # and the container is bound to the scheduler's card 0, not to the kubelet's slot.
-    second = await stub.Allocate(
-        api_pb2.AllocateRequest(
-            container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=[slot_id(UUIDS[1], 2)])]
-        )
-    )
-    assert second.container_responses[0].envs["CUDA_VISIBLE_DEVICES"] == UUIDS[0]
-    assert second.container_responses[0].envs["XPUPOOL_CORE_LIMIT_PCT"] == "50"
-
-    # Nobody left: the kubelet gets a clear error (it puts it on the pod as an admission failure).
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.Allocate(
-            api_pb2.AllocateRequest(
-                container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=[slot_id(UUIDS[0], 3)])]
-            )
-        )
-    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "no pod on gpu-1 has an unclaimed xpupool allocation" in (err.value.details() or "")
-
-
-async def test_allocate_refuses_unhealthy_cards_and_bad_allocations(harness: Harness, apiserver: FakeApiServer) -> None:
-    apiserver.add_pod(
-        "ns",
-        "on-lost-card",
-        node=NODE,
-        uid="u1",
-        created="2026-11-25T10:00:00Z",
-        annotations={ANN_ALLOCATION: allocation([1], 1000, [81920])},
-    )
-    await harness.start(h100s(healthy=(True, False)))
-    stub = harness.stub()
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.Allocate(
-            api_pb2.AllocateRequest(
-                container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=[slot_id(UUIDS[0], 0)])]
-            )
-        )
-    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "card 1" in (err.value.details() or "") and "unhealthy" in (err.value.details() or "")
+    answer = response.container_responses[0]
+    assert [d.name for d in answer.cdi_devices] == [qualified_name(reversed(ids))]
+    assert qualified_name(ids).startswith("xpupool.io/vxpu=v")
+    assert dict(answer.envs) == {
+        "LD_PRELOAD": "/usr/local/xpupool/lib/libxpushim.so",
+        "XPUSHIM_REGION": "/run/xpupool/shim/region",
+        "NVIDIA_VISIBLE_DEVICES": "void",
+    }
+    assert [(m.container_path, m.host_path, m.read_only) for m in answer.mounts] == [
+        ("/usr/local/xpupool/lib", "/var/lib/xpupool/shim", True)
+    ]
+    assert not answer.devices and not answer.annotations
+    assert not [r for r in apiserver.requests if "/pods" in r[1]]
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Allocate(
@@ -286,7 +225,58 @@ async def test_allocate_refuses_unhealthy_cards_and_bad_allocations(harness: Har
                 container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=["GPU-not-here::0"])]
             )
         )
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "unknown device IDs" in (err.value.details() or "")
+
+
+async def test_container_gets_the_slice_of_the_pod_holding_its_ids(harness: Harness, apiserver: FakeApiServer) -> None:
+    """The kubelet admits pods in its own order and picks slot IDs by count, on any card; the
+    container still receives its own pod's slice on the scheduler's card, through CDI."""
+    older = bind(apiserver, "older", [1], 300, [24576])
+    newer = bind(apiserver, "newer", [0], 500, [40960])
+    await harness.start(h100s())
+    await harness.kubelet.admit(newer)
+    await harness.kubelet.admit(older)
+    for name, card, pct, memory in (("older", 1, "30", "24576"), ("newer", 0, "50", "40960")):
+        made = await harness.kubelet.start_container("team-a", name, "main")
+        assert made.env["CUDA_VISIBLE_DEVICES"] == made.env["NVIDIA_VISIBLE_DEVICES"] == UUIDS[card]
+        assert (made.env["XPUPOOL_CORE_LIMIT_PCT"], made.env["XPUPOOL_MEMORY_LIMIT_MIB"]) == (pct, memory)
+        assert (made.env["XPUPOOL_POD"], made.env["XPUPOOL_CONTAINER"]) == (f"team-a/{name}", "main")
+        assert made.env["LD_PRELOAD"] == "/usr/local/xpupool/lib/libxpushim.so"
+        assert made.env["XPUSHIM_REGION"] == "/run/xpupool/shim/region"
+        assert made.devices[f"/dev/nvidia{card}"] == f"/dev/nvidia{card}"
+        assert f"/dev/nvidia{1 - card}" not in made.devices and "/dev/nvidiactl" in made.devices
+        assert made.mounts["/usr/local/xpupool/lib"] == ("/var/lib/xpupool/shim", True)
+        # The agent-owned region is read-only; only the container's own usage file is writable.
+        region_host, read_only = made.mounts["/run/xpupool/shim"]
+        assert read_only and Path(region_host).is_dir()
+        assert made.mounts["/run/xpupool/shim/region/usage"] == (f"{region_host}/region/usage", False)
+        assert Path(region_host).parent == harness.regions and Path(region_host).name.startswith(f"uid-{name}-")
+
+
+async def test_refusals_reach_the_kubelet_with_the_reason(harness: Harness, apiserver: FakeApiServer) -> None:
+    """PreStartContainer fails (so the container is not created) with a message that says why."""
+    on_lost_card = bind(apiserver, "on-lost-card", [1], 1000, [81920])
+    foreign = apiserver.add_pod(
+        "team-a", "kube-scheduled", node=NODE, uid="uid-f", created="2026-11-25T10:00:00Z", annotations={}
+    )
+    await harness.start(h100s(healthy=(True, False)))
+    await harness.kubelet.admit(on_lost_card)
+    await harness.kubelet.admit(foreign)
+    with pytest.raises(ContainerStartError) as err:
+        await harness.kubelet.start_container("team-a", "on-lost-card", "main")
+    assert "card 1" in str(err.value) and "unhealthy" in str(err.value)
+    with pytest.raises(ContainerStartError) as err:
+        await harness.kubelet.start_container("team-a", "kube-scheduled", "main")
+    assert "no xpupool.io/allocation annotation" in str(err.value) and "schedulerName: xpupool" in str(err.value)
+    # IDs the kubelet lists for nobody: refused, nothing guessed.
+    with pytest.raises(grpc.aio.AioRpcError) as rpc:
+        await harness.stub().PreStartContainer(
+            api_pb2.PreStartContainerRequest(devices_ids=[slot_id(UUIDS[0], 3)]), timeout=5
+        )
+    assert rpc.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "no container of the pods on this node holds" in (rpc.value.details() or "")
+    assert not list(harness.cdi.glob("*.json"))
 
 
 async def test_reregisters_after_kubelet_restart(harness: Harness) -> None:
@@ -330,35 +320,30 @@ async def test_refused_registration_is_reported_and_retried(short_dir: Path, kub
 async def test_region_is_written_before_the_container_starts_and_failure_is_fatal(
     short_dir: Path, kube: KubeApi, apiserver: FakeApiServer
 ) -> None:
-    apiserver.add_pod(
+    pod = apiserver.add_pod(
         "ns",
         "a",
         node=NODE,
         uid="uid-a",
         created="2026-11-25T10:00:00Z",
         annotations={ANN_ALLOCATION: allocation([1, 0], 1000, [81920, 81920])},
+        containers=[vxpu_container("main", 2)],
     )
-    writer = RecordingRegionWriter(Status.success())
+    writer = RecordingRegionWriter(short_dir)
     h = Harness(short_dir, kube, writer)
     await h.start(h100s())
     try:
-        stub = h.stub()
-        ids = [slot_id(UUIDS[0], 0), slot_id(UUIDS[1], 0)]
-        response = await stub.Allocate(
-            api_pb2.AllocateRequest(container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=ids)])
-        )
+        await h.kubelet.admit(pod)
+        assert writer.calls == []  # Allocate writes nothing pod-specific
+        made = await h.kubelet.start_container("ns", "a", "main")
         ((path, pod_key, cards),) = writer.calls
-        mounts = {m.container_path: m.host_path for m in response.container_responses[0].mounts}
-        assert path == Path(mounts["/run/xpupool/shim"]) / "region"
+        assert path == Path(made.mounts["/run/xpupool/shim"][0]) / "region"
         assert (pod_key, cards) == ("ns/a", [UUIDS[1], UUIDS[0]])  # the scheduler's card order
-        assert response.container_responses[0].envs["CUDA_VISIBLE_DEVICES"] == f"{UUIDS[1]},{UUIDS[0]}"
+        assert made.env["CUDA_VISIBLE_DEVICES"] == f"{UUIDS[1]},{UUIDS[0]}"
 
         writer.status = Status.error("region file system is read-only")
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.Allocate(
-                api_pb2.AllocateRequest(container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=ids)])
-            )
-        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-        assert "region file system is read-only" in (err.value.details() or "")
+        with pytest.raises(ContainerStartError) as err:
+            await h.kubelet.start_container("ns", "a", "main")
+        assert "region file system is read-only" in str(err.value)
     finally:
         await h.close()

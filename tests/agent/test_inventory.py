@@ -69,8 +69,10 @@ def test_round_trip_and_readers_reject_unknown_versions() -> None:
         "healthReason": "",
         "topologyGroup": 0,
         "numaNode": None,
+        "heldBy": [],
     }
-    assert core_devices(inv)[1] == Device(index=1, vendor=Vendor.EMULATED, model="EMU-80G", memory_mib=81920)
+    expected = Device(index=1, vendor=Vendor.EMULATED, model="EMU-80G", memory_mib=81920, max_tenants=10)
+    assert core_devices(inv)[1] == expected
     doc["schemaVersion"] = 2
     assert "schemaVersion 2 unknown" in parse_inventory(json.dumps(doc)).error
     assert parse_inventory("{").error.startswith("inventory is not JSON")

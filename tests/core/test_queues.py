@@ -7,6 +7,7 @@ from pools import gpu_node, whole
 from xpupool.core.cluster import ClusterState
 from xpupool.core.model import Request
 from xpupool.core.queues import (
+    Limits,
     PodGroup,
     PreemptionPlan,
     QueueBook,
@@ -28,7 +29,8 @@ def _running(state: ClusterState, pods: list[Request]) -> dict[str, Running]:
 
 
 def test_limit_is_a_hard_cap_and_quota_without_borrowing_waits() -> None:
-    book = QueueBook([QueueSpec("a", quota=Resources(10**6, 10**7, 1000), limit=Resources(10**6, 10**7, 2000)),
+    book = QueueBook([QueueSpec("a", quota=Resources(10**6, 10**7, 1000),
+                                limit=Limits.of(Resources(10**6, 10**7, 2000))),
                       QueueSpec("b", quota=Resources(10**6, 10**7, 1000), borrowing=False)], CAP)
     state = ClusterState([gpu_node("g", 8)])
     pods = [whole(f"a{i}", 1, queue="a") for i in range(3)] + [whole(f"b{i}", 1, queue="b") for i in range(2)]

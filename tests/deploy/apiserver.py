@@ -44,7 +44,6 @@ PLURALS = {
         False,
     ),
     "CustomResourceDefinition": ("/apis/apiextensions.k8s.io/v1", "customresourcedefinitions", False),
-    "XPUPool": ("/apis/xpupool.io/v1alpha1", "xpupools", False),
     "XPUQueue": ("/apis/xpupool.io/v1alpha1", "xpuqueues", False),
 }
 
@@ -58,7 +57,8 @@ class RawApi:
         self.config = config
         ctx = config.ssl_context()
         self._ssl = ctx if isinstance(ctx, ssl.SSLContext) else False
-        self._session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {config.token}"})
+        auth = config.credentials.header() if config.credentials else f"Bearer {config.token}"
+        self._session = aiohttp.ClientSession(headers={"Authorization": auth or ""})
 
     async def close(self) -> None:
         await self._session.close()

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 
-from xpupool.agent.allocation import ANN_ALLOCATED, ANN_ALLOCATION
-from xpupool.agent.deviceplugin import ApiAllocationResolver
+from xpupool.agent.allocation import ANN_ALLOCATION
 from xpupool.agent.emulated import EmulatedConfig, devices_from_config
 from xpupool.agent.inventory import ANN_INVENTORY, parse_inventory
 from xpupool.agent.kubeapi import ApiError, KubeApi
@@ -62,6 +63,7 @@ async def test_agent_rbac_and_policy_confine_it_to_its_node(
         "agent.backends={emulated}",
         "scheduler.enabled=false",
         "webhook.enabled=false",
+        "view.enabled=false",
         namespace=e2e_namespace,
         release=release,
     )
@@ -140,21 +142,27 @@ async def test_agent_rbac_and_policy_confine_it_to_its_node(
             assert err.value.status == 403 and "only change xpupool.io/ annotations" in err.value.message
             assert (await agent.get_node(other))["metadata"]["name"] == other  # reads are not narrowed
 
-            # Pods: the allocation claim on its own node works, a pod on another node is refused.
+            # Pods: the agent reads them (the pod a container start serves, the pods on its node)
+            # and writes none: RBAC grants no pod write at all.
             alloc = {"node": own, "device_node": own, "cards": [1], "share_milli": 250, "device_memory_mib": [8192]}
             for name, on in (("job", own), ("foreign", other)):
                 status, body = await raw_api.create(
                     bound_pod(name, on, {**alloc, "node": on, "device_node": on}), namespace=e2e_namespace
                 )
                 assert status == 201, body
-            resolver = ApiAllocationResolver(agent, node=own)
-            outcome = await resolver.resolve([f"EMU-{own}-1::0"], frozenset({1}))
-            assert outcome.pod is not None and outcome.pod.name == "job", outcome.error
-            _, job = await raw_api.request("GET", raw_api.path("Pod", e2e_namespace, "job"))
-            assert json.loads(job["metadata"]["annotations"][ANN_ALLOCATED]) == {"deviceIDs": [f"EMU-{own}-1::0"]}
-            with pytest.raises(ApiError) as err:
-                await agent.patch_pod_annotations(e2e_namespace, "foreign", {ANN_ALLOCATED: "{}"})
-            assert err.value.status == 403 and "may only change pods bound to it" in err.value.message
+            job = await agent.get_pod(e2e_namespace, "job")
+            assert json.loads(job["metadata"]["annotations"][ANN_ALLOCATION])["cards"] == [1]
+            assert {p["metadata"]["name"] for p in await agent.list_pods_on_node(own)} >= {"job", "agent"}
+            async with aiohttp.ClientSession() as http, http.patch(
+                f"{control_plane.server}/api/v1/namespaces/{e2e_namespace}/pods/job",
+                data=json.dumps({"metadata": {"annotations": {"xpupool.io/x": "y"}}}),
+                headers={
+                    "Authorization": f"Bearer {token['status']['token']}",
+                    "Content-Type": "application/merge-patch+json",
+                },
+                ssl=ssl.create_default_context(cafile=str(control_plane.ca_file)),
+            ) as resp:
+                assert resp.status == 403, await resp.text()
         finally:
             await agent.close()
     finally:

@@ -55,15 +55,18 @@ async def test_rendered_chart_passes_apiserver_validation(raw_api: RawApi, e2e_n
 
 async def test_crds_install_and_enforce_their_rules(raw_api: RawApi) -> None:
     await install_crds(raw_api)
-    examples = [d for f in ("pools.yaml", "queues.yaml") for d in yaml.safe_load_all((EXAMPLES / f).read_text())]
+    examples = list(yaml.safe_load_all((EXAMPLES / "queues.yaml").read_text()))
     for doc in examples:
         status, body = await raw_api.create(doc, dry_run=True)
         assert status == 201, body.get("message", body)
     # Defaults are applied by the apiserver (structural schema).
-    status, created = await raw_api.create(examples[3], dry_run=True)
+    status, created = await raw_api.create(examples[1], dry_run=True)
     assert created["spec"]["quota"][0]["model"] == "" and created["spec"]["priority"] == 0
+    assert created["spec"]["borrowing"] == {"borrow": True, "lend": False}
+    status, created = await raw_api.create(examples[2], dry_run=True)
+    assert created["spec"]["defaultForNamespaces"] is True and created["spec"]["namespaces"] == ["nlp-dev", "nlp-prod"]
 
-    queue = examples[2]
+    queue = examples[2]  # nlp: namespaces, quota with cpu and memory entries
 
     def broken(mutate: Any) -> dict[str, Any]:
         obj = copy.deepcopy(queue)
@@ -82,11 +85,25 @@ async def test_crds_install_and_enforce_their_rules(raw_api: RawApi) -> None:
         ),
         (broken(lambda q: q["spec"]["quota"].append(dict(q["spec"]["quota"][0]))), "Duplicate value"),
         (broken(lambda q: q["spec"].__setitem__("weight", 0)), "spec.weight"),
+        (broken(lambda q: q["spec"]["namespaces"].append("nlp-dev")), "Duplicate value"),
+        (broken(lambda q: q["spec"]["namespaces"].append("Not_A_Namespace")), "spec.namespaces"),
+        (
+            broken(lambda q: q["spec"].__setitem__(
+                "namespaceSelector", {"matchExpressions": [{"key": "team", "operator": "In"}]})),
+            "In and NotIn need values",
+        ),
     ]
-    pool = copy.deepcopy(examples[1])
-    pool["spec"]["remote"]["enabled"] = False
-    cases.append((pool, "maxMbpsPerNode needs remote.enabled"))
     for obj, message in cases:
         status, body = await raw_api.create(obj, dry_run=True)
         assert status == 422, (message, body)
         assert message in body["message"], body["message"]
+
+
+async def test_xpupool_objects_are_refused_because_the_crd_is_gone(raw_api: RawApi) -> None:
+    """XPUPool was removed (no code read it): the apiserver has no such resource, so applying one
+    fails loudly instead of being stored and ignored."""
+    await install_crds(raw_api)
+    status, discovery = await raw_api.request("GET", "/apis/xpupool.io/v1alpha1")
+    assert status == 200, discovery
+    kinds = {r["kind"] for r in discovery["resources"]}
+    assert "XPUQueue" in kinds and "XPUPool" not in kinds

@@ -47,7 +47,7 @@ def test_chart_crds_are_generated_from_the_module(tmp_path: Path) -> None:
         )
 
 
-@pytest.mark.parametrize("kind", ["XPUPool", "XPUQueue"])
+@pytest.mark.parametrize("kind", ["XPUQueue"])
 def test_schemas_are_structural_and_valid_json_schema(kind: str) -> None:
     schema = schema_of(kind)
     assert crds.structural_problems(schema) == []
@@ -84,14 +84,14 @@ def test_structural_checker_catches_the_usual_mistakes() -> None:
 
 
 def test_examples_validate() -> None:
-    docs = [d for f in ("pools.yaml", "queues.yaml") for d in yaml.safe_load_all((EXAMPLES / f).read_text())]
-    assert [d["kind"] for d in docs] == ["XPUPool", "XPUPool", "XPUQueue", "XPUQueue"]
+    docs = list(yaml.safe_load_all((EXAMPLES / "queues.yaml").read_text()))
+    assert [d["kind"] for d in docs] == ["XPUQueue"] * 4
     for doc in docs:
         assert errors(doc["kind"], doc) == [], doc["metadata"]["name"]
 
 
 def test_broken_objects_are_rejected_with_the_field() -> None:
-    queue = yaml.safe_load_all((EXAMPLES / "queues.yaml").read_text()).__next__()
+    queue = list(yaml.safe_load_all((EXAMPLES / "queues.yaml").read_text()))[1]  # vision: every section
     cases = [
         ("spec/weight", lambda q: q["spec"].__setitem__("weight", 0)),
         ("spec/quota/0/resource", lambda q: q["spec"]["quota"][0].__setitem__("resource", "nvidia.com/gpu")),
@@ -105,10 +105,12 @@ def test_broken_objects_are_rejected_with_the_field() -> None:
         mutate(broken)
         found = errors("XPUQueue", broken)
         assert found and found[0].startswith(f"{field}:"), (field, found)
-    pool = yaml.safe_load_all((EXAMPLES / "pools.yaml").read_text()).__next__()
-    pool["spec"]["vendors"] = ["intel"]
-    pool["spec"]["sharing"]["slotsPerCard"] = 0
-    assert errors("XPUPool", pool) == [
-        "spec/sharing/slotsPerCard: 0 is less than the minimum of 1",
-        "spec/vendors/0: 'intel' is not one of ['nvidia', 'ascend', 'amd', 'emulated']",
-    ]
+    selector = copy.deepcopy(queue)
+    selector["spec"]["namespaceSelector"] = {"matchExpressions": [{"key": "team", "operator": "Near"}]}
+    assert errors("XPUQueue", selector)[0].startswith("spec/namespaceSelector/matchExpressions/0/operator:")
+
+
+def test_there_is_no_xpupool_crd() -> None:
+    """XPUPool was removed (no code read it): the chart must not install it."""
+    assert [c["spec"]["names"]["kind"] for c in crds.crds()] == ["XPUQueue"]
+    assert not list((CHART / "crds").glob("*xpupools*"))

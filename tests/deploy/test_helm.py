@@ -55,6 +55,7 @@ def test_default_render_has_every_component() -> None:
     assert kinds == [
         "ClusterRole",
         "ClusterRoleBinding",
+        "ConfigMap",  # the Grafana dashboards
         "DaemonSet",
         "Deployment",
         "MutatingWebhookConfiguration",
@@ -66,7 +67,7 @@ def test_default_render_has_every_component() -> None:
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
     ]
-    assert set(by_kind(docs, "Deployment")) == {"rel-xpupool-scheduler", "rel-xpupool-webhook"}
+    assert set(by_kind(docs, "Deployment")) == {"rel-xpupool-scheduler", "rel-xpupool-webhook", "rel-xpupool-view"}
     for doc in docs:
         if doc["kind"] not in (
             "ClusterRole",
@@ -99,12 +100,13 @@ def test_rbac_is_least_privilege() -> None:
         ("", "nodes", "list", ""),
         ("", "nodes", "watch", ""),
         ("events.k8s.io", "events", "create", ""),
-        ("xpupool.io", "xpupools", "get", ""),
-        ("xpupool.io", "xpupools", "list", ""),
-        ("xpupool.io", "xpupools", "watch", ""),
         ("xpupool.io", "xpuqueues", "get", ""),
         ("xpupool.io", "xpuqueues", "list", ""),
         ("xpupool.io", "xpuqueues", "watch", ""),
+        ("", "namespaces", "get", ""),
+        ("", "namespaces", "list", ""),
+        ("", "namespaces", "watch", ""),
+        ("xpupool.io", "xpuqueues/status", "patch", ""),
     }
     # Leases only in the release namespace, get/update only on its own Lease.
     lease = roles["rel-xpupool-scheduler-lease"]
@@ -118,18 +120,26 @@ def test_rbac_is_least_privilege() -> None:
     assert rules(cluster_roles["rel-xpupool-agent"]) == {
         ("", "nodes", "get", ""),
         ("", "nodes", "patch", ""),
+        ("", "pods", "get", ""),
         ("", "pods", "list", ""),
-        ("", "pods", "patch", ""),
     }
     assert rules(cluster_roles["rel-xpupool-webhook"]) == {
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get", "rel-xpupool"),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", "rel-xpupool"),
         ("", "nodes", "list", ""),
+        ("xpupool.io", "xpuqueues", "list", ""),
+        ("", "namespaces", "list", ""),
     }
     assert rules(roles["rel-xpupool-webhook"]) == {
         ("", "secrets", "create", ""),
         ("", "secrets", "get", "rel-xpupool-webhook-tls"),
         ("", "secrets", "update", "rel-xpupool-webhook-tls"),
+    }
+    # the view service only reads
+    assert rules(cluster_roles["rel-xpupool-view"]) == {
+        (group, resource, verb, "")
+        for group, resource in (("", "pods"), ("", "nodes"), ("xpupool.io", "xpuqueues"))
+        for verb in ("get", "list", "watch")
     }
     no_preemption = by_kind(render("scheduler.preemption=false", "webhook.poolCheck=off"), "ClusterRole")
     assert ("", "pods/eviction", "create", "") not in rules(no_preemption["rel-xpupool-scheduler"])
@@ -205,6 +215,23 @@ def test_agent_daemonset_wiring() -> None:
     assert {e["name"] for e in nvidia["env"]} >= {"NVIDIA_VISIBLE_DEVICES", "XPUPOOL_BACKENDS"}
 
 
+def test_agent_mounts_what_each_vendor_backend_needs() -> None:
+    """agent.vendors.<backend> (driver libraries, tools, env) applies for listed backends only."""
+    spec = by_kind(render("agent.backends={ascend,amd}", "agent.privileged=true"), "DaemonSet")["rel-xpupool-agent"]
+    pod = spec["spec"]["template"]["spec"]
+    (agent,) = pod["containers"]
+    host_paths = {v["hostPath"]["path"]: v["hostPath"]["type"] for v in pod["volumes"] if "hostPath" in v}
+    assert host_paths["/usr/local/Ascend/driver"] == "Directory"
+    assert host_paths["/usr/local/bin/npu-smi"] == "File"
+    assert host_paths["/opt/rocm"] == "Directory"
+    mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
+    assert all(mounts[p]["readOnly"] for p in ("/usr/local/Ascend/driver", "/usr/local/dcmi", "/opt/rocm"))
+    env = [e["name"] for e in agent["env"]]
+    assert "NVIDIA_VISIBLE_DEVICES" not in env and env.count("LD_LIBRARY_PATH") == 2
+    emulated = by_kind(render("agent.backends={emulated}"), "DaemonSet")["rel-xpupool-agent"]["spec"]["template"]
+    assert not {v["name"] for v in emulated["spec"]["volumes"]} & {"ascend-driver", "rocm"}
+
+
 def test_every_container_has_resources_and_no_privilege_escalation() -> None:
     for doc in render("agent.backends={emulated}"):
         if doc["kind"] not in ("Deployment", "DaemonSet"):
@@ -219,7 +246,11 @@ def test_every_container_has_resources_and_no_privilege_escalation() -> None:
 def test_service_monitor_is_optional() -> None:
     assert not [d for d in render() if d["kind"] == "ServiceMonitor"]
     monitors = [d for d in render("serviceMonitor.enabled=true") if d["kind"] == "ServiceMonitor"]
-    assert {m["metadata"]["name"] for m in monitors} == {"rel-xpupool-agent", "rel-xpupool-scheduler"}
+    assert {m["metadata"]["name"] for m in monitors} == {
+        "rel-xpupool-agent", "rel-xpupool-scheduler", "rel-xpupool-webhook", "rel-xpupool-view"}
+    # the agent's slice series carry the workload's namespace/pod labels: they must win
+    agent = next(m for m in monitors if m["metadata"]["name"] == "rel-xpupool-agent")
+    assert agent["spec"]["endpoints"][0]["honorLabels"] is True
 
 
 @pytest.mark.parametrize(

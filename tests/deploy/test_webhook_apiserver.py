@@ -21,9 +21,17 @@ from aiohttp import web
 from cryptography import x509
 
 from xpupool.kube import certs
-from xpupool.kube.testing import ControlPlane
+from xpupool.kube.testing import ControlPlane, declare_queues
 from xpupool.kube.transport import AiohttpTransport, KubeConfig
-from xpupool.kube.webhook import ANN_REQUEST, CertKeeper, WebhookSettings, WebhookState, make_app, serve
+from xpupool.kube.webhook import (
+    ANN_REQUEST,
+    CertKeeper,
+    QueueCache,
+    WebhookSettings,
+    WebhookState,
+    make_app,
+    serve,
+)
 
 from .apiserver import RawApi
 from .helm import render
@@ -72,7 +80,10 @@ async def https_webhook() -> AsyncIterator[tuple[str, certs.CertBundle, WebhookS
 
 
 async def test_apiserver_mutates_and_refuses_through_the_webhook(
-    raw_api: RawApi, e2e_namespace: str, https_webhook: tuple[str, certs.CertBundle, WebhookState]
+    raw_api: RawApi,
+    e2e_namespace: str,
+    https_webhook: tuple[str, certs.CertBundle, WebhookState],
+    transport: AiohttpTransport,
 ) -> None:
     url, bundle, state = https_webhook
     hook = chart_webhook()
@@ -117,6 +128,25 @@ async def test_apiserver_mutates_and_refuses_through_the_webhook(
         assert status == 400, refused
         assert 'admission webhook "pods.xpupool.io" denied the request' in refused["message"]
         assert "compute share is 1..100 percent of a card, got 150" in refused["message"]
+
+        # Queues: the cluster owner's XPUQueues (read by the webhook's QueueCache from this
+        # apiserver) decide which queue a namespace may use; the pod's label is only a wish.
+        closed, home = f"closed-{e2e_namespace}", f"home-{e2e_namespace}"
+        await declare_queues(transport, {closed: {}}, namespaces=[])
+        await declare_queues(transport, {home: {"defaultForNamespaces": True}}, namespaces=[e2e_namespace])
+        cache = QueueCache(transport)
+        await cache.refresh()
+        state.queues = cache.catalogue
+        spoof = vxpu_pod("spoof")
+        spoof["metadata"]["labels"] = {"xpupool.io/queue": closed}
+        status, refused = await raw_api.request("POST", pods, spoof)
+        assert status == 400, refused
+        assert f"namespace {e2e_namespace} may not use queue '{closed}'" in refused["message"]
+        assert f"queues namespace {e2e_namespace} may use: default, {home}" in refused["message"]
+        status, created = await raw_api.request("POST", pods, vxpu_pod("defaulted"))
+        assert status == 201, created
+        assert created["metadata"]["labels"]["xpupool.io/queue"] == home
+        assert f'"queue":"{home}"' in created["metadata"]["annotations"][ANN_REQUEST]
 
         reviews = state.stats.reviews
         plain = {

@@ -136,7 +136,9 @@ async def test_xpupool_agrees_with_kube_scheduler_on_feasibility(
 
     t2 = time.monotonic()
     name = f"xpupool-diff-{run}"
-    config = SchedulerConfig(scheduler_name=name, preemption=False, queue_crd=False, retry_backoff_s=(0.5, 5.0))
+    # The random nodes are nvidia.com/gpu + GFD nodes (kube-scheduler's view): opt into modelling them.
+    config = SchedulerConfig(scheduler_name=name, preemption=False, queue_crd=False, retry_backoff_s=(0.5, 5.0),
+                             guess_whole_cards=True)
     from xpupool.plugins.profiles import build_scheduler_for
 
     def policy(state, pods):  # type: ignore[no-untyped-def]

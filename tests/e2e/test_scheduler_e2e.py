@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from xpupool.kube.objects import ANN_ALLOCATION, ANN_POD_GROUP_MIN
-from xpupool.kube.testing import ControlPlane, FakeKubelet, create_all, fake_node, fake_pod
+from xpupool.kube.testing import ControlPlane, FakeKubelet, create_all, declare_queues, fake_node, fake_pod
 from xpupool.kube.transport import EVENTS, NODES, PODS, PRIORITY_CLASSES, AiohttpTransport, JsonDict
 
 pytestmark = pytest.mark.e2e_apiserver
@@ -205,6 +205,8 @@ async def test_burst_1000_pods_on_100_nodes_with_gangs(
     sched_factory: list[SchedulerProcess],
 ) -> None:
     await ensure_priority_classes(transport)
+    # queues: with the XPUQueue CRD installed a namespace may use only the queues that admit it
+    await declare_queues(transport, {q: {} for q in ("team-a", "team-b", "team-c")}, namespaces=[namespace])
     pool = namespace
     await make_pool(transport, pool, 100)
     name = f"xp-{namespace}"
@@ -261,6 +263,7 @@ async def test_preemption_evicts_lower_priority(
     sched_factory: list[SchedulerProcess],
 ) -> None:
     await ensure_priority_classes(transport)
+    await declare_queues(transport, {"other": {}}, namespaces=[namespace])  # queues: admit this namespace
     pool = namespace
     await make_pool(transport, pool, 2)  # 8 cards
     name = f"xp-{namespace}"

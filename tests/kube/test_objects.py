@@ -49,8 +49,24 @@ def test_node_inventory_from_annotation_and_from_extended_resources() -> None:
     assert [d.index for d in annotated.devices] == [0, 1, 2, 3]
     assert {(d.model, d.memory_mib) for d in annotated.devices} == {("A100", 40960)}
     assert annotated.cpu_milli == 64000 and annotated.memory_mib == 512 * 1024
-    gfd = node_model(fake_node("b", cards=8, card_memory_mib=81920, inventory="extended-resource"))
+    assert {(d.max_tenants, d.held_by) for d in annotated.devices} == {(10, ())}
+    assert annotated.vxpu_slots == 40  # the kubelet's allocatable xpupool.io/vxpu
+    gfd_node = fake_node("b", cards=8, card_memory_mib=81920, inventory="extended-resource")
+    assert node_model(gfd_node).devices == ()  # no inventory: no guessing unless the operator opts in
+    gfd = node_model(gfd_node, guess_whole_cards=True)
     assert len(gfd.devices) == 8 and gfd.devices[0].vendor is Vendor.NVIDIA and gfd.devices[0].memory_mib == 81920
+    assert gfd.vxpu_slots == 0  # nothing serves xpupool.io/vxpu there
+
+
+def test_held_cards_and_an_unserved_node_reach_the_core() -> None:
+    node = fake_node("c", cards=2)
+    doc = json.loads(node["metadata"]["annotations"]["xpupool.io/inventory"])
+    doc["devices"][1]["heldBy"] = ["ml/train-0 (nvidia.com/gpu)"]
+    node["metadata"]["annotations"]["xpupool.io/inventory"] = json.dumps(doc)
+    del node["status"]["allocatable"]["xpupool.io/vxpu"]
+    model = node_model(node)
+    assert [d.held_by for d in model.devices] == [(), ("ml/train-0 (nvidia.com/gpu)",)]
+    assert model.vxpu_slots == 0
 
 
 def test_node_taints_cordon_and_readiness_reach_the_core() -> None:

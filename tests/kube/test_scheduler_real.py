@@ -166,34 +166,13 @@ async def test_metrics_count_binds(transport: AiohttpTransport, namespace: str, 
 
 async def test_xpuqueue_limit_is_enforced_and_raising_it_admits(transport: AiohttpTransport, namespace: str) -> None:
     """An XPUQueue (CRD from xpupool.kube.crds) caps its pods; raising the cap lets them in."""
-    from xpupool.kube.crds import crds
     from xpupool.kube.queues import XPUQUEUES
-    from xpupool.kube.transport import ApiError, Resource
+    from xpupool.kube.testing import declare_queues
 
-    crd_res = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", False, "CustomResourceDefinition")
-    for crd in crds():
-        try:
-            await transport.create(crd_res, crd)
-        except ApiError as exc:
-            assert exc.status == 409, exc  # installed by an earlier test
-    deadline = asyncio.get_running_loop().time() + 20
-    while True:  # the CRD is served a moment after it is established
-        try:
-            await transport.list(XPUQUEUES, limit=1)
-            break
-        except ApiError:
-            assert asyncio.get_running_loop().time() < deadline, "XPUQueue CRD never served"
-            await asyncio.sleep(0.2)
     queue = f"q-{namespace}"
-    await transport.create(
-        XPUQUEUES,
-        {
-            "apiVersion": "xpupool.io/v1alpha1",
-            "kind": "XPUQueue",
-            "metadata": {"name": queue},
-            "spec": {"weight": 1, "quota": [{"resource": "xpupool.io/vxpu-core", "limit": 100}]},
-        },
-    )
+    # queues: with the CRD installed a namespace may use only the queues that admit it
+    spec = {"weight": 1, "quota": [{"resource": "xpupool.io/vxpu-core", "limit": 100}]}
+    await declare_queues(transport, {queue: spec}, namespaces=[namespace])
     pool = {"xpupool.test/pool": namespace}
     await create_all(transport, NODES, [fake_node(f"{namespace}-n0", cards=4, labels=pool)])
     name = f"xpupool-{namespace}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,3 +216,105 @@ def test_collector_reads_a_live_shim(build: Path, tmp_path: Path, holders: list[
     assert registry.get_sample_value("xpupool_vxpu_memory_used_bytes", {"slice": "s1", "device": "0"}) == 256 * MIB
     assert registry.get_sample_value("xpupool_vxpu_processes", {"slice": "s1"}) == 1.0
     reg.close()
+
+
+def test_real_pynvml_process_lists_show_only_the_container(
+    build: Path, tmp_path: Path, holders: list[subprocess.Popen[str]]
+) -> None:
+    """Graphics, MPS, detail and utilisation lists pass through NVML: filtered to the container's
+    processes by the agent-owned host pid table, container pids shown; used memory includes the
+    per-process reserve (issue 10 §6, §8)."""
+    cfg = sr.DeviceConfig(uuid=UUID0, mem_limit_bytes=2048 * MIB, process_reserve_bytes=100 * MIB)
+    reg = sr.ShimRegion.create(tmp_path / "r", [cfg], container_key=7)
+    h1 = _hold(build, tmp_path / "r", 300 * MIB, holders)
+    h2 = _hold(build, tmp_path / "r", 200 * MIB, holders)
+    reg.set_host_pid(h1.pid, 7001)  # what the agent resolves from the host's pid namespace
+    reg.set_host_pid(h2.pid, 7002)
+    script = textwrap.dedent(
+        """
+        import json, pynvml as n
+        n.nvmlInit()
+        h = n.nvmlDeviceGetHandleByIndex(0)
+        g = n.nvmlDeviceGetGraphicsRunningProcesses(h)
+        m = n.nvmlDeviceGetMPSComputeRunningProcesses(h)
+        c = n.nvmlDeviceGetComputeRunningProcesses(h)
+        dg = n.nvmlDeviceGetRunningProcessDetailList(h, n.nvmlProcessDetailList_v1, n.NVML_PROCESS_MODE_GRAPHICS)
+        u = n.nvmlDeviceGetProcessUtilization(h, 0)
+        mem = n.nvmlDeviceGetMemoryInfo(h)
+        print(json.dumps({"graphics": [(p.pid, p.usedGpuMemory) for p in g], "mps": [p.pid for p in m],
+                          "compute": sorted((p.pid, p.usedGpuMemory) for p in c), "detail": [p.pid for p in dg],
+                          "util": [(s.pid, s.smUtil) for s in u], "used": mem.used}))
+        """
+    )
+    env = _env(build, tmp_path / "r")
+    env.update(
+        FAKE_NVML_GRAPHICS_PIDS="1004:512,7001:64", FAKE_NVML_MPS_PIDS="1005:256,7002:32",
+        FAKE_NVML_UTIL_PIDS="1001:40,7001:30",
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["graphics"] == [[h1.pid, 64 * MIB]]  # the neighbour's 1004 is hidden
+    assert got["mps"] == [h2.pid] and got["detail"] == [h1.pid] and got["util"] == [[h1.pid, 30]]
+    assert got["compute"] == sorted([[h1.pid, 400 * MIB], [h2.pid, 300 * MIB]])  # reserves included
+    assert got["used"] == 700 * MIB
+    reg.close()
+
+
+def test_gpu_suite_driver_probes_run_on_the_test_double(build: Path, tmp_path: Path) -> None:
+    """The bench/gpu driver-API probes (pool release at sync, release-after-map) against the fake
+    libcuda TEST DOUBLE: keeps the GPU suite's ctypes code honest between GPU runs. Not a GPU result."""
+    worker = ROOT / "bench" / "gpu" / "worker.py"
+    _create(tmp_path / "r", mem_mib=1024).close()
+    env = _env(build, tmp_path / "r")
+
+    def probe(*args: str) -> dict[str, object]:
+        out = subprocess.run([sys.executable, str(worker), *args], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        result: dict[str, object] = json.loads(out.stdout.splitlines()[-1])
+        return result
+
+    assert probe("drv_pool", "600")["alloc_after_release_rc"] == 0
+    vmm = probe("drv_vmm", "800", "3")
+    assert vmm["created"] == 1, vmm  # the mapped 800 MiB stays charged after cuMemRelease
+
+
+def test_agent_resolves_host_pids_even_in_a_pid_namespace(
+    build: Path, tmp_path: Path, holders: list[subprocess.Popen[str]]
+) -> None:
+    """The agent fills each region's host-pid table (what NVML filtering trusts) from /proc: a
+    process in its container's own pid namespace (pid 1 there) is found by NSpid, start time and its
+    mapping of its region's usage file; entries of processes that ended are dropped."""
+    from xpupool.agent.regions import record_host_pids
+
+    root = tmp_path / "regions"
+    regions = {}
+    for name in ("pod-a-000000000001", "pod-b-000000000002"):  # one pid namespace per container
+        (root / name).mkdir(parents=True)
+        cfg = sr.DeviceConfig(mem_limit_bytes=1024 * MIB)
+        regions[name] = sr.ShimRegion.create(root / name / "region", [cfg], container_key=7)
+    path_a, path_b = root / "pod-a-000000000001" / "region", root / "pod-b-000000000002" / "region"
+    plain = _hold(build, path_a, 100 * MIB, holders)
+    ns = None
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        ns = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--mount-proc", str(build / "tests" / "t_cuda"), "hold", str(100 * MIB)],
+            env=_env(build, path_b), stdout=subprocess.PIPE, text=True,
+        )
+        holders.append(ns)
+        assert ns.stdout is not None and ns.stdout.readline().startswith("READY")
+    assert record_host_pids(region_root=root) == (2 if ns else 1)
+    assert regions["pod-a-000000000001"].host_pids() == {plain.pid: plain.pid}  # the agent's own pid view
+    if ns is not None:
+        table = regions["pod-b-000000000002"].host_pids()
+        assert list(table) == [1] and table[1] != ns.pid  # pid 1 inside; unshare's child on the host
+        status = Path(f"/proc/{table[1]}/status").read_text()
+        assert next(ln for ln in status.splitlines() if ln.startswith("NSpid:")).split()[-1] == "1"
+    assert record_host_pids(region_root=root) == 0  # in step: nothing to change, no /proc scan
+    plain.kill()
+    plain.wait()
+    _t_cuda(build, path_a, "try", str(MIB))  # a registration reaps the dead process's slot
+    assert record_host_pids(region_root=root) == 1
+    assert regions["pod-a-000000000001"].host_pids() == {}
+    for reg in regions.values():
+        reg.close()

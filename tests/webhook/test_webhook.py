@@ -162,8 +162,12 @@ async def test_requests_only_and_whole_card_forms_are_normalised(served: Served)
         (pod(container("main", {"xpupool.io/vxpu": 1, "nvidia.com/gpu": 1})), "cannot be mixed in one pod"),
         (pod(container("main", {"xpupool.io/vxpu-cores": 1})), "xpupool.io/vxpu-cores: unknown resource"),
         (
-            pod(container("a", {"xpupool.io/vxpu": 1}), container("b", {"xpupool.io/vxpu": 1})),
-            "only one container per pod may request vXPUs, found a, b",
+            # Two vXPU containers are fine (one card each), but a fractional share is for one card.
+            pod(
+                container("a", {"xpupool.io/vxpu": 1, "xpupool.io/vxpu-core": 30}),
+                container("b", {"xpupool.io/vxpu": 1, "xpupool.io/vxpu-core": 30}),
+            ),
+            "a share below 100 is for one card",
         ),
         (
             pod(container("main", {"xpupool.io/vxpu": 1}, securityContext={"privileged": True})),

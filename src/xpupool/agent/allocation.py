@@ -3,57 +3,56 @@
 Hand-off contract (scheduler -> node): before binding, the scheduler writes the pod annotation
 ``xpupool.io/allocation``::
 
-    {"node": "gpu-3", "device_node": "gpu-3", "cards": [0, 2], "share_milli": 1000,
-     "device_memory_mib": [81079, 81079]}
+    {"v": 1, "node": "gpu-3", "deviceNode": "gpu-3", "cards": [0, 2], "shareMilli": 1000,
+     "memoryMiB": [81079, 81079], "remoteMbps": 0}
 
-``cards`` are card indexes on ``device_node`` (the inventory's ``index``), ``device_memory_mib`` is
-one entry per card. The kubelet then calls the device plugin's ``Allocate`` with slot IDs it picked
-by count (it never sees the scheduler's choice and does not say which pod it serves), so the
-plugin finds the pod with :func:`choose_pod`:
+(the older snake_case spelling is still read). ``cards`` are card indexes on ``deviceNode`` (the
+inventory's ``index``), ``memoryMiB`` is one entry per card.
 
-1. a pod on this node whose ``xpupool.io/allocated`` claim names exactly these slot IDs (a repeated
-   ``Allocate`` for the same container is answered the same way: idempotent);
-2. else an unclaimed pod whose allocation has as many cards as slot IDs were given, preferring the
-   one whose cards are exactly the cards of the slot IDs (``GetPreferredAllocation`` steers the
-   kubelet towards that), then the oldest (creation time, then namespace/name);
+Which container gets what (see :mod:`xpupool.agent.pairing` for how the container is known): the
+kubelet's device IDs are only capacity accounting (``"<card uuid>::<slot>"``); the wiring always
+follows the *scheduler's* cards. A pod's app containers that request ``xpupool.io/vxpu`` take the
+allocation's cards in ``spec.containers`` order, as many as each requests
+(:func:`container_cards`): one container per card of an allocation. (A share below 100 % is for
+one card, so a fractional pod has one vXPU container.) Init containers cannot use vXPUs.
 
-and claims it by writing ``xpupool.io/allocated`` with the pod's resourceVersion (optimistic
-concurrency; a 409 means re-list and choose again). The wiring always follows the *scheduler's*
-cards, never the kubelet's slot IDs: slots are only capacity accounting.
+Wiring of one container for its cards C (:func:`container_wiring`), applied by the runtime through
+the container's CDI spec (:mod:`xpupool.agent.cdi`):
 
-Limitations (documented in docs/components.md): one vXPU-requesting container per pod; two
-unclaimed pods with the same card count and no cards hint are told apart only by age (the kubelet
-admits pods in creation order). The planned replacement is an NRI hook that sees the pod UID.
-
-Wiring (environment, mounts, device nodes) per container, for an allocation of cards C:
-
-* ``LD_PRELOAD`` = the shim inside the container, ``XPUPOOL_SHIM_REGION`` (and ``XPUSHIM_REGION``,
-  the name the C shim reads) = the per-container shared region file
-  (``/run/xpupool/shim/region``, the shim's default path, in a per-container host directory),
-  ``XPUPOOL_MEMORY_LIMIT_MIB`` = per-card limits, comma-separated in the order of the visible
-  devices, ``XPUPOOL_CORE_LIMIT_PCT`` = compute share in percent;
+* ``XPUPOOL_MEMORY_LIMIT_MIB`` / ``XPUPOOL_CORE_LIMIT_PCT`` (informational: the shim takes its
+  limits from the agent-written region, never from env), ``XPUPOOL_POD`` / ``XPUPOOL_CONTAINER``;
+  ``LD_PRELOAD`` and ``XPUSHIM_REGION`` (the region directory ``/run/xpupool/shim/region``) and
+  the mounts come from :func:`xpupool.agent.regions.container_shim_wiring` once the region is
+  written (agent-owned files read-only, only the container's own ``usage`` and ``tenant-NN``
+  files writable);
 * NVIDIA: ``CUDA_VISIBLE_DEVICES`` and ``NVIDIA_VISIBLE_DEVICES`` = card UUIDs (never positions);
   Ascend: ``ASCEND_VISIBLE_DEVICES`` = logical device ids; AMD: ``HIP_VISIBLE_DEVICES`` = 0..n-1
   (only the allocated render nodes are in the container, so HIP numbers them from 0);
   emulated: ``XPUPOOL_EMULATED_VISIBLE_DEVICES`` = card indexes;
 * device nodes of the allocated cards plus the vendor's control nodes.
+
+:func:`allocate_defaults` is what ``Allocate`` itself returns besides the CDI device name: no
+pod-specific value, only a fail-closed baseline that the CDI edits override (a runtime that
+ignores CDI starts the container without device nodes, with ``NVIDIA_VISIBLE_DEVICES=void``, and
+with a shim that finds no region and refuses every device allocation).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from xpupool.agent.cdi import ContainerEdits, DeviceNode, Mount
 from xpupool.agent.discovery import DeviceInfo
 from xpupool.core.model import WHOLE_CARD_MILLI, Allocation, Vendor
-from xpupool.core.request import DOMAIN
+from xpupool.core.request import DOMAIN, RES_VXPU, QuantityError, parse_quantity
 
 ANN_ALLOCATION = f"{DOMAIN}/allocation"
-ANN_ALLOCATED = f"{DOMAIN}/allocated"
 SLOT_SEPARATOR = "::"
 
 
@@ -128,78 +127,95 @@ def parse_allocation(text: str | None, *, pod: str) -> AllocationParse:
 
 
 @dataclass(frozen=True, slots=True)
-class PendingPod:
-    """A pod bound to this node that carries an allocation (``claimed_ids`` empty: not claimed yet)."""
+class PodSlice:
+    """What one container of a pod bound to this node receives: ``allocation`` holds only the
+    cards (and their memory) of that container (see :func:`container_cards`)."""
 
     namespace: str
     name: str
     uid: str
-    resource_version: str
-    created: str
     allocation: Allocation
-    claimed_ids: frozenset[str] = frozenset()
+    container: str = ""
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
 
-def pending_pods(pods: Iterable[Mapping[str, Any]], *, node: str) -> tuple[list[PendingPod], list[str]]:
-    """Pods from a pod list that are ours on ``node`` (not finished), plus problems found."""
-    found: list[PendingPod] = []
-    problems: list[str] = []
-    for pod in pods:
-        meta = pod.get("metadata", {})
-        annotations = meta.get("annotations") or {}
-        if ANN_ALLOCATION not in annotations:
-            continue
-        if pod.get("spec", {}).get("nodeName") != node:
-            continue
-        if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
-            continue
-        key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
-        parsed = parse_allocation(annotations[ANN_ALLOCATION], pod=key)
-        if parsed.allocation is None:
-            problems.extend(parsed.errors)
-            continue
-        claimed: frozenset[str] = frozenset()
-        if annotations.get(ANN_ALLOCATED):
-            try:
-                claimed = frozenset(json.loads(annotations[ANN_ALLOCATED]).get("deviceIDs", []))
-            except (json.JSONDecodeError, AttributeError):
-                problems.append(f"{ANN_ALLOCATED} of {key} is not valid JSON; treating the pod as claimed")
-                claimed = frozenset({"<unreadable>"})
-        found.append(
-            PendingPod(
-                namespace=meta.get("namespace", ""),
-                name=meta.get("name", ""),
-                uid=meta.get("uid", ""),
-                resource_version=str(meta.get("resourceVersion", "")),
-                created=str(meta.get("creationTimestamp", "")),
-                allocation=parsed.allocation,
-                claimed_ids=claimed,
-            )
+#: The former name, still used by ``agent/regions.py`` (owned by the shim work) for the
+#: ``RegionWriter`` argument; it reads only ``allocation`` and ``key``.
+PendingPod = PodSlice
+
+
+@dataclass(frozen=True, slots=True)
+class SliceResult:
+    slice: PodSlice | None
+    errors: tuple[str, ...] = ()
+
+
+def vxpu_request(container: Mapping[str, Any]) -> int:
+    """``xpupool.io/vxpu`` of one container spec (limits, else requests); 0 when absent or unreadable."""
+    resources = container.get("resources") or {}
+    raw = (resources.get("limits") or {}).get(RES_VXPU, (resources.get("requests") or {}).get(RES_VXPU, 0))
+    try:
+        return int(parse_quantity(raw))
+    except (QuantityError, ValueError):
+        return 0
+
+
+def vxpu_containers(pod: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """(container name, cards requested) of the app containers, in ``spec.containers`` order (the
+    order their cards are taken in); containers that request no vXPU are left out. Init
+    containers are not counted (the scheduler does not count them either; the webhook refuses
+    vXPUs there)."""
+    spec = pod.get("spec") or {}
+    return [(str(c.get("name", "")), n) for c in spec.get("containers") or [] if (n := vxpu_request(c)) > 0]
+
+
+def container_cards(allocation: Allocation, pod: Mapping[str, Any], container: str) -> tuple[Allocation | None, str]:
+    """The part of ``allocation`` that belongs to ``container`` (cards in container order)."""
+    wanted = vxpu_containers(pod)
+    total = sum(n for _, n in wanted)
+    if total != len(allocation.cards):
+        return None, (
+            f"{allocation.pod}: its containers request {total} vXPU(s) but the allocation has "
+            f"{len(allocation.cards)} card(s)"
         )
-    return found, problems
+    start = 0
+    for name, count in wanted:
+        if name == container:
+            cards = allocation.cards[start : start + count]
+            memory = allocation.device_memory_mib[start : start + count]
+            return dataclasses.replace(allocation, cards=cards, device_memory_mib=memory), ""
+        start += count
+    if any(c.get("name") == container for c in (pod.get("spec") or {}).get("initContainers") or []):
+        return None, f"{allocation.pod}: init container {container!r} cannot use vXPUs; request them in a container"
+    return None, f"{allocation.pod}: container {container!r} requests no {RES_VXPU}"
 
 
-def choose_pod(
-    pods: Sequence[PendingPod], *, device_ids: Sequence[str], cards_of_ids: frozenset[int]
-) -> PendingPod | None:
-    """The pod an ``Allocate`` for ``device_ids`` serves (see the module docstring for the rules)."""
-    wanted = frozenset(device_ids)
-    for pod in pods:
-        if pod.claimed_ids == wanted:
-            return pod
-    candidates = [p for p in pods if not p.claimed_ids and len(p.allocation.cards) == len(device_ids)]
-    if not candidates:
-        return None
-    candidates.sort(key=lambda p: (frozenset(p.allocation.cards) != cards_of_ids, p.created, p.key))
-    return candidates[0]
-
-
-def claim_annotation(device_ids: Sequence[str]) -> str:
-    return json.dumps({"deviceIDs": sorted(device_ids)}, separators=(",", ":"))
+def container_slice(pod: Mapping[str, Any], *, container: str, node: str) -> SliceResult:
+    """The slice of ``container`` of ``pod`` (a Pod as JSON) on ``node``; every problem explained."""
+    meta = pod.get("metadata") or {}
+    key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+    bound = (pod.get("spec") or {}).get("nodeName")
+    if bound != node:
+        return SliceResult(None, (f"{key} is bound to {bound!r}, not to this node {node}",))
+    parsed = parse_allocation((meta.get("annotations") or {}).get(ANN_ALLOCATION), pod=key)
+    if parsed.allocation is None:
+        hint = " (was it scheduled by xpupool? pods asking for xpupool.io/vxpu need schedulerName: xpupool)"
+        return SliceResult(None, tuple(e + hint for e in parsed.errors))
+    part, error = container_cards(parsed.allocation, pod, container)
+    if part is None:
+        return SliceResult(None, (error,))
+    return SliceResult(
+        PodSlice(
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta.get("name", "")),
+            uid=str(meta.get("uid", "")),
+            allocation=part,
+            container=container,
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,13 +234,20 @@ class RuntimePaths:
 
 @dataclass(frozen=True, slots=True)
 class Wiring:
-    """What ``Allocate`` returns for one container (maps to ``ContainerAllocateResponse``)."""
+    """What the runtime gives one container (becomes its CDI spec, see :meth:`edits`); ``mounts``
+    are added once the region is written (:func:`xpupool.agent.regions.container_shim_wiring`)."""
 
     envs: dict[str, str] = field(default_factory=dict)
     mounts: list[tuple[str, str, bool]] = field(default_factory=list)  # container, host, read-only
     devices: list[tuple[str, str, str]] = field(default_factory=list)  # container, host, permissions
-    annotations: dict[str, str] = field(default_factory=dict)
     region_host_dir: str = ""
+
+    def edits(self) -> ContainerEdits:
+        return ContainerEdits(
+            env=dict(self.envs),
+            device_nodes=tuple(DeviceNode(path=c, host_path=h, permissions=p) for c, h, p in self.devices),
+            mounts=tuple(Mount(container_path=c, host_path=h, read_only=ro) for c, h, ro in self.mounts),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,9 +262,20 @@ def region_dir_name(pod_uid: str, device_ids: Sequence[str]) -> str:
     return f"{pod_uid}-{digest}"
 
 
+def allocate_defaults(paths: RuntimePaths) -> tuple[dict[str, str], list[tuple[str, str, bool]]]:
+    """Env and mounts ``Allocate`` returns for every container, whatever pod it serves: the
+    fail-closed baseline the container's CDI edits override (see the module docstring)."""
+    envs = {
+        "LD_PRELOAD": str(PurePosixPath(paths.shim_container_dir) / paths.shim_library),
+        "XPUSHIM_REGION": str(PurePosixPath(paths.region_container_dir) / paths.region_file),
+        "NVIDIA_VISIBLE_DEVICES": "void",
+    }
+    return envs, [(paths.shim_container_dir, paths.shim_host_dir, True)]
+
+
 def container_wiring(
     *,
-    pod: PendingPod,
+    pod: PodSlice,
     node: str,
     device_ids: Sequence[str],
     devices_by_index: Mapping[int, DeviceInfo],
@@ -277,13 +311,12 @@ def container_wiring(
     vendor = cards[0].vendor
     region_dir = str(PurePosixPath(paths.region_host_root) / region_dir_name(pod.uid, device_ids))
     envs = {
-        "LD_PRELOAD": str(PurePosixPath(paths.shim_container_dir) / paths.shim_library),
-        "XPUPOOL_SHIM_REGION": str(PurePosixPath(paths.region_container_dir) / paths.region_file),
-        "XPUSHIM_REGION": str(PurePosixPath(paths.region_container_dir) / paths.region_file),
         "XPUPOOL_MEMORY_LIMIT_MIB": ",".join(str(m) for m in alloc.device_memory_mib),
         "XPUPOOL_CORE_LIMIT_PCT": str(-(-alloc.share_milli // 10)),
         "XPUPOOL_VENDOR": vendor.value,
         "XPUPOOL_CARD_UUIDS": ",".join(c.uuid for c in cards),
+        "XPUPOOL_POD": pod.key,
+        "XPUPOOL_CONTAINER": pod.container,
     }
     if vendor is Vendor.NVIDIA:
         envs["CUDA_VISIBLE_DEVICES"] = envs["NVIDIA_VISIBLE_DEVICES"] = ",".join(c.uuid for c in cards)
@@ -300,18 +333,4 @@ def container_wiring(
             if path not in seen:
                 seen.add(path)
                 device_nodes.append((path, path, "rw"))
-    mounts = [
-        (paths.shim_container_dir, paths.shim_host_dir, True),
-        (paths.region_container_dir, region_dir, False),
-        (paths.card_container_dir, paths.card_host_dir, False),
-    ]
-    annotations = {f"{DOMAIN}/pod": pod.key, f"{DOMAIN}/pod-uid": pod.uid}
-    return WiringResult(
-        Wiring(
-            envs=envs,
-            mounts=mounts,
-            devices=device_nodes,
-            annotations=annotations,
-            region_host_dir=region_dir,
-        )
-    )
+    return WiringResult(Wiring(envs=envs, devices=device_nodes, region_host_dir=region_dir))

@@ -15,10 +15,17 @@ identity ``(st_dev, st_ino, st_ctime_ns)`` of ``kubelet.sock``, restarts its gRP
 socket is gone and registers again when the identity changed. Registration failures are retried
 with a fixed back-off; nothing is kept on local disk.
 
-``Allocate`` finds the pod through an :class:`AllocationResolver` (see
-:mod:`xpupool.agent.allocation` for the rules) and answers with the wiring of the scheduler's cards;
-when it cannot (no matching pod, unhealthy card, remote allocation) the RPC fails with
-``FAILED_PRECONDITION`` and the message, which the kubelet puts on the pod.
+Pairing (see :mod:`xpupool.agent.pairing`): ``Allocate`` is not told which pod it serves, so it
+answers only with what follows from the device IDs themselves: the CDI device name
+``xpupool.io/vxpu=<digest of the IDs>`` and a fail-closed baseline (:func:`allocate_defaults`).
+The options set ``pre_start_required``: before each container start the kubelet calls
+``PreStartContainer`` with the container's IDs, the plugin asks the kubelet's PodResources API who
+holds them and writes that container's region and CDI spec; on failure the RPC fails with
+``FAILED_PRECONDITION`` and the message, which the kubelet reports on the pod.
+
+Slot IDs are capacity counters: the kubelet picks them by count, and a container's slice is on the
+scheduler's cards, whatever card its slot IDs name. No preferred allocation is offered (the
+kubelet cannot know the pod at that point either).
 """
 
 from __future__ import annotations
@@ -27,28 +34,17 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import grpc
 
 from xpupool._generated.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
-from xpupool.agent.allocation import (
-    ANN_ALLOCATED,
-    PendingPod,
-    RuntimePaths,
-    card_of_slot,
-    choose_pod,
-    claim_annotation,
-    container_wiring,
-    pending_pods,
-    slot_id,
-)
+from xpupool.agent.allocation import RuntimePaths, allocate_defaults, card_of_slot, slot_id
+from xpupool.agent.cdi import qualified_name
 from xpupool.agent.discovery import DeviceInfo
-from xpupool.agent.kubeapi import ApiError, PodApi
+from xpupool.agent.pairing import Prepared
 from xpupool.core.request import RES_VXPU
 from xpupool.core.status import Status
 
@@ -58,81 +54,19 @@ API_VERSION = "v1beta1"
 DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
 KUBELET_SOCKET = "kubelet.sock"
 DEFAULT_SOCKET = "xpupool-vxpu.sock"
+REMOTE_SLOT_CARD = "remote"  # hook (remote): slot IDs "remote::<n>"
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 
 
-@dataclass(frozen=True, slots=True)
-class ResolveOutcome:
-    """The pod an Allocate serves, or why none could be chosen."""
-
-    pod: PendingPod | None
-    error: str = ""
+#: Options the plugin registers with and answers ``GetDevicePluginOptions`` with.
+OPTIONS = api_pb2.DevicePluginOptions(pre_start_required=True, get_preferred_allocation_available=False)
 
 
-class AllocationResolver(Protocol):
-    async def pending(self) -> list[PendingPod]:
-        """Pods on this node carrying an allocation (claimed or not)."""
+class PreStartHandler(Protocol):
+    async def prepare(self, device_ids: Sequence[str]) -> Prepared:
+        """Write everything the container holding ``device_ids`` receives (see :class:`Pairing`)."""
         ...
-
-    async def resolve(self, device_ids: Sequence[str], cards_of_ids: frozenset[int]) -> ResolveOutcome:
-        """Choose and durably claim the pod served by an Allocate of ``device_ids``. Idempotent for
-        a repeated call with the same IDs. Never raises for "no pod": returns an error outcome."""
-        ...
-
-
-class ApiAllocationResolver:
-    """:class:`AllocationResolver` over the apiserver: lists the node's pods, claims with the pod's
-    resourceVersion and retries on conflict (another container of the node claimed it first)."""
-
-    def __init__(self, api: PodApi, *, node: str, attempts: int = 3) -> None:
-        self._api = api
-        self._node = node
-        self._attempts = attempts
-
-    async def pending(self) -> list[PendingPod]:
-        pods, problems = pending_pods(await self._api.list_pods_on_node(self._node), node=self._node)
-        for problem in problems:
-            log.warning("ignoring pod: %s", problem)
-        return pods
-
-    async def resolve(self, device_ids: Sequence[str], cards_of_ids: frozenset[int]) -> ResolveOutcome:
-        for _ in range(self._attempts):
-            try:
-                pods = await self.pending()
-            except (TimeoutError, ApiError, OSError) as exc:
-                return ResolveOutcome(None, f"cannot list pods on {self._node}: {exc}")
-            pod = choose_pod(pods, device_ids=device_ids, cards_of_ids=cards_of_ids)
-            if pod is None:
-                return ResolveOutcome(
-                    None,
-                    f"no pod on {self._node} has an unclaimed xpupool allocation for "
-                    f"{len(device_ids)} card(s); was it scheduled by xpupool?",
-                )
-            if pod.claimed_ids == frozenset(device_ids):
-                return ResolveOutcome(pod)
-            try:
-                await self._api.patch_pod_annotations(
-                    pod.namespace,
-                    pod.name,
-                    {ANN_ALLOCATED: claim_annotation(device_ids)},
-                    resource_version=pod.resource_version,
-                )
-            except ApiError as exc:
-                if exc.status == 409:
-                    continue  # someone changed the pod; list again
-                return ResolveOutcome(None, f"cannot claim {pod.key}: {exc}")
-            return ResolveOutcome(pod)
-        return ResolveOutcome(None, f"gave up claiming a pod after {self._attempts} conflicts")
-
-
-class RegionWriter(Protocol):
-    """Writes the per-container shared region the shim reads (layout: native/include/xpushim_region.h,
-    Python mirror: ``xpupool.agent.shim_region``). Called by ``Allocate`` before the container
-    exists; must be idempotent (the kubelet may repeat ``Allocate``). A non-ok Status fails the
-    ``Allocate`` (fail closed: a managed container never starts without its limits)."""
-
-    def write(self, *, path: Path, pod: PendingPod, cards: Sequence[DeviceInfo]) -> Status: ...
 
 
 class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
@@ -142,26 +76,32 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
         self,
         *,
         node: str,
-        resolver: AllocationResolver,
+        pre_start: PreStartHandler,
         slots_per_card: int = 10,
         paths: RuntimePaths | None = None,
-        create_region_dirs: bool = True,
-        region_writer: RegionWriter | None = None,
+        remote_slots: int = 0,
     ) -> None:
         if slots_per_card < 1:
             raise ValueError("slots_per_card must be >= 1")
+        # hook (remote): containers of this node that may use a vXPU on another node, so the kubelet
+        # admits pods placed remote (a CPU-only node advertises only these)
+        self._remote_slots = tuple(slot_id(REMOTE_SLOT_CARD, s) for s in range(max(0, remote_slots)))
         self._node = node
-        self._resolver = resolver
+        self._pre_start = pre_start
         self._slots = slots_per_card
         self._paths = paths or RuntimePaths()
-        self._create_dirs = create_region_dirs
-        self._region_writer = region_writer
         self._cards: dict[int, DeviceInfo] = {}
         self._by_uuid: dict[str, DeviceInfo] = {}
         self._advertised: tuple[tuple[str, str, int | None], ...] = ()
         self._version = 0
         self._closed = False
         self._changed = asyncio.Condition()
+        self.watchers = 0  # open ListAndWatch streams: 0 means no kubelet is connected
+        self.on_watch_change: Callable[[], None] | None = None
+
+    def cards(self) -> Mapping[int, DeviceInfo]:
+        """The node's cards by index, as last discovered."""
+        return self._cards
 
     @property
     def slots_per_card(self) -> int:
@@ -183,7 +123,7 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
             (slot_id(d.uuid, s), HEALTHY if d.healthy else UNHEALTHY, d.numa_node)
             for d in sorted(devices, key=lambda d: d.index)
             for s in range(self._slots)
-        )
+        ) + tuple((ident, HEALTHY, None) for ident in self._remote_slots)
         if advertised == self._advertised:
             return False
         async with self._changed:
@@ -216,120 +156,49 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
     async def GetDevicePluginOptions(
         self, request: api_pb2.Empty, context: grpc.aio.ServicerContext
     ) -> api_pb2.DevicePluginOptions:
-        return api_pb2.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
+        return OPTIONS
 
     async def ListAndWatch(
         self, request: api_pb2.Empty, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.ListAndWatchResponse]:
         sent = -1
-        while True:
-            async with self._changed:
-                await self._changed.wait_for(functools.partial(self._changed_since, sent))
-                if self._closed:
-                    return
-                sent = self._version
-                response = self._response()
-            yield response
-
-    async def GetPreferredAllocation(
-        self, request: api_pb2.PreferredAllocationRequest, context: grpc.aio.ServicerContext
-    ) -> api_pb2.PreferredAllocationResponse:
+        self._watching(+1)
         try:
-            pods = [p for p in await self._resolver.pending() if not p.claimed_ids]
-        except Exception as exc:  # a hint only: never fail the kubelet's allocation for it
-            log.warning("GetPreferredAllocation: cannot list pending pods: %s", exc)
-            pods = []
-        pods.sort(key=lambda p: (p.created, p.key))
-        responses = []
-        for creq in request.container_requests:
-            responses.append(
-                api_pb2.ContainerPreferredAllocationResponse(
-                    deviceIDs=self._prefer(
-                        list(creq.available_deviceIDs),
-                        list(creq.must_include_deviceIDs),
-                        creq.allocation_size,
-                        pods,
-                    )
-                )
-            )
-        return api_pb2.PreferredAllocationResponse(container_responses=responses)
+            while True:
+                async with self._changed:
+                    await self._changed.wait_for(functools.partial(self._changed_since, sent))
+                    if self._closed:
+                        return
+                    sent = self._version
+                    response = self._response()
+                yield response
+        finally:
+            self._watching(-1)  # the kubelet went away (restart) or the server stops
 
-    def _prefer(self, available: list[str], must: list[str], size: int, pods: list[PendingPod]) -> list[str]:
-        """Slots on the cards of the oldest unclaimed pod of this size, else spread over cards."""
-        for pod in pods:
-            if len(pod.allocation.cards) != size or must:
-                continue
-            chosen: list[str] = []
-            for index in pod.allocation.cards:
-                card = self._cards.get(index)
-                slot = next((a for a in available if card and card_of_slot(a) == card.uuid and a not in chosen), None)
-                if slot is None:
-                    break
-                chosen.append(slot)
-            if len(chosen) == size:
-                return chosen
-        chosen = list(must)
-        used_cards = {card_of_slot(c) for c in chosen}
-        for ident in available:  # one slot per card first
-            if len(chosen) >= size:
-                break
-            if ident not in chosen and card_of_slot(ident) not in used_cards:
-                chosen.append(ident)
-                used_cards.add(card_of_slot(ident))
-        for ident in available:
-            if len(chosen) >= size:
-                break
-            if ident not in chosen:
-                chosen.append(ident)
-        return chosen[:size]
+    def _watching(self, delta: int) -> None:
+        self.watchers += delta
+        if self.on_watch_change is not None:
+            self.on_watch_change()
 
     async def Allocate(
         self, request: api_pb2.AllocateRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.AllocateResponse:
+        """Nothing pod-specific: the CDI device name of the IDs and the fail-closed baseline."""
+        envs, mounts = allocate_defaults(self._paths)
         responses = []
         for creq in request.container_requests:
             ids = list(creq.devices_ids)
-            unknown = [i for i in ids if card_of_slot(i) not in self._by_uuid]
-            if unknown:
+            unknown = [i for i in ids if card_of_slot(i) not in self._by_uuid and i not in self._remote_slots]
+            if unknown or not ids:
                 await context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"unknown device IDs {unknown}; the card list changed",
+                    f"unknown device IDs {unknown}; the card list changed" if ids else "no device IDs",
                 )
-            cards = frozenset(self._by_uuid[card_of_slot(i)].index for i in ids)
-            outcome = await self._resolver.resolve(ids, cards)
-            if outcome.pod is None:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, outcome.error)
-            assert outcome.pod is not None
-            result = container_wiring(
-                pod=outcome.pod,
-                node=self._node,
-                device_ids=ids,
-                devices_by_index=self._cards,
-                paths=self._paths,
-            )
-            if result.wiring is None:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "; ".join(result.errors))
-            assert result.wiring is not None
-            wiring = result.wiring
-            if self._create_dirs:
-                os.makedirs(wiring.region_host_dir, exist_ok=True)
-                # Only this container mounts the directory; its user may be non-root.
-                os.chmod(wiring.region_host_dir, 0o777)
-            if self._region_writer is not None:
-                region_cards = [self._cards[i] for i in outcome.pod.allocation.cards]
-                region = Path(wiring.region_host_dir) / self._paths.region_file
-                written = self._region_writer.write(path=region, pod=outcome.pod, cards=region_cards)
-                if not written.ok:
-                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, written.message())
-            log.info("allocated %s to %s (cards %s)", ids, outcome.pod.key, list(outcome.pod.allocation.cards))
             responses.append(
                 api_pb2.ContainerAllocateResponse(
-                    envs=wiring.envs,
-                    mounts=[api_pb2.Mount(container_path=c, host_path=h, read_only=ro) for c, h, ro in wiring.mounts],
-                    devices=[
-                        api_pb2.DeviceSpec(container_path=c, host_path=h, permissions=p) for c, h, p in wiring.devices
-                    ],
-                    annotations=wiring.annotations,
+                    envs=envs,
+                    mounts=[api_pb2.Mount(container_path=c, host_path=h, read_only=ro) for c, h, ro in mounts],
+                    cdi_devices=[api_pb2.CDIDevice(name=qualified_name(ids))],
                 )
             )
         return api_pb2.AllocateResponse(container_responses=responses)
@@ -337,6 +206,10 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
     async def PreStartContainer(
         self, request: api_pb2.PreStartContainerRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.PreStartContainerResponse:
+        prepared = await self._pre_start.prepare(list(request.devices_ids))
+        if not prepared.status.ok:
+            log.warning("PreStartContainer %s refused: %s", list(request.devices_ids), prepared.status.message())
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, prepared.status.message())
         return api_pb2.PreStartContainerResponse()
 
 
@@ -378,6 +251,21 @@ class DevicePluginServer:
         self._registered_identity: tuple[int, int, int] | None = None
         self.registrations = 0
         self.last_status: Status = Status.error("not registered yet")
+        self.on_change: Callable[[], None] | None = None
+
+    @property
+    def registered(self) -> bool:
+        """Registered with the kubelet now serving ``kubelet.sock`` and connected back by it."""
+        return (
+            self._server is not None
+            and self._registered_identity is not None
+            and self._registered_identity == _identity(self.kubelet_socket)
+            and self.plugin.watchers > 0
+        )
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     @property
     def socket_path(self) -> Path:
@@ -411,7 +299,7 @@ class DevicePluginServer:
             version=API_VERSION,
             endpoint=self._socket_name,
             resource_name=self._resource,
-            options=api_pb2.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True),
+            options=OPTIONS,
         )
         try:
             async with grpc.aio.insecure_channel(f"unix://{self.kubelet_socket}") as channel:
@@ -435,6 +323,7 @@ class DevicePluginServer:
                         )
                     await self.start_server()
                     self._registered_identity = None
+                    self._changed()
                 identity = _identity(self.kubelet_socket)
                 if identity is not None and identity != self._registered_identity:
                     status = await self.register()
@@ -442,6 +331,7 @@ class DevicePluginServer:
                     if status.ok:
                         self._registered_identity = identity
                         self.registrations += 1
+                        self._changed()
                         log.info("registered %s with the kubelet (%d)", self._resource, self.registrations)
                     else:
                         log.warning("%s; retrying in %.1f s", status.message(), self._retry_s)

@@ -10,8 +10,11 @@ Config (``/etc/xpupool/emulated.yaml`` by default)::
         healthy: true           # default true; flip to false to demo health handling
         utilization_pct: 0      # optional fixed sample
         memory_used_mib: 0      # optional fixed sample
+        uuids: [GPU-...]        # optional, one per card: the UUIDs a (test-double) driver reports
 
-UUIDs are ``EMU-<node>-<index>`` so they are stable across agent restarts and distinct across nodes.
+UUIDs are ``EMU-<node>-<index>`` so they are stable across agent restarts and distinct across nodes,
+unless ``uuids`` names them (emulated cards standing in for the devices of the test-double
+``libcuda``, whose UUIDs the shim matches its limits to).
 Editing the file changes what the next ``discover`` returns (no restart needed). A missing or
 invalid file is a :class:`Discovery` error, never an exception.
 """
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from xpupool.agent.discovery import DeviceInfo, Discovery
 from xpupool.core.model import Vendor
@@ -41,6 +44,13 @@ class EmulatedCard(BaseModel):
     healthy: bool = True
     utilization_pct: int | None = Field(default=None, ge=0, le=100)
     memory_used_mib: int | None = Field(default=None, ge=0)
+    uuids: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_uuid_per_card(self) -> EmulatedCard:
+        if self.uuids is not None and len(self.uuids) != self.count:
+            raise ValueError(f"uuids names {len(self.uuids)} cards, count is {self.count}")
+        return self
 
 
 class EmulatedConfig(BaseModel):
@@ -52,11 +62,11 @@ def devices_from_config(config: EmulatedConfig, *, node_name: str) -> list[Devic
     """Expand the config into devices with stable UUIDs (pure)."""
     devices: list[DeviceInfo] = []
     for card in config.cards:
-        for _ in range(card.count):
+        for n in range(card.count):
             index = len(devices)
             devices.append(
                 DeviceInfo(
-                    uuid=f"EMU-{node_name}-{index}",
+                    uuid=card.uuids[n] if card.uuids else f"EMU-{node_name}-{index}",
                     index=index,
                     vendor=Vendor.EMULATED,
                     model=card.model,

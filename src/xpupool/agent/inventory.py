@@ -6,8 +6,18 @@ Format (annotation ``xpupool.io/inventory`` on the Node, JSON, ``schemaVersion``
      "contentHash": "sha256:…",
      "devices": [{"uuid": "GPU-…", "index": 0, "vendor": "nvidia", "model": "H100-80GB-HBM3",
                   "memoryMiB": 81079, "healthy": true, "healthReason": "",
-                  "topologyGroup": 0, "numaNode": 0}],
+                  "topologyGroup": 0, "numaNode": 0, "heldBy": []}],
      "errors": ["…discovery problems, for humans…"]}
+
+``serving`` (default true) is false while the node's kubelet cannot admit ``xpupool.io/vxpu``
+pods: the device plugin is not registered, the kubelet does not list its devices as allocatable
+yet (just after an agent or kubelet restart), the agent is stopping, or the container runtime
+cannot inject CDI devices. The kubelet's own ``allocatable`` lags by a node-status period; the
+scheduler binds no vXPU pod to a node that is not serving.
+
+``heldBy`` names the pods that hold the card whole through another device plugin (e.g.
+``"ml/train-0 (nvidia.com/gpu)"``), as the kubelet's PodResources API records them: the scheduler
+never slices such a card (coexistence with the vendor's own device plugin).
 
 Live samples go to a second annotation, ``xpupool.io/utilization`` (schemaVersion 1), written at
 most every ``utilization_interval_s``::
@@ -33,7 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +69,7 @@ class InventoryDevice(BaseModel):
     health_reason: str = Field(default="", validation_alias="healthReason", serialization_alias="healthReason")
     topology_group: int = Field(default=0, validation_alias="topologyGroup", serialization_alias="topologyGroup", ge=0)
     numa_node: int | None = Field(default=None, validation_alias="numaNode", serialization_alias="numaNode")
+    held_by: tuple[str, ...] = Field(default=(), validation_alias="heldBy", serialization_alias="heldBy")
 
 
 class Inventory(BaseModel):
@@ -70,6 +81,7 @@ class Inventory(BaseModel):
     content_hash: str = Field(validation_alias="contentHash", serialization_alias="contentHash")
     devices: tuple[InventoryDevice, ...] = ()
     errors: tuple[str, ...] = ()
+    serving: bool = True
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(by_alias=True, mode="json"), sort_keys=True, separators=(",", ":"))
@@ -105,7 +117,10 @@ def parse_inventory(text: str | None) -> InventoryParse:
         )
 
 
-def _inventory_devices(devices: Iterable[DeviceInfo]) -> tuple[InventoryDevice, ...]:
+def _inventory_devices(
+    devices: Iterable[DeviceInfo], held: Mapping[str, Sequence[str]] | None = None
+) -> tuple[InventoryDevice, ...]:
+    held = held or {}
     ordered = sorted(devices, key=lambda d: (d.vendor.value, d.index, d.uuid))
     return tuple(
         InventoryDevice(
@@ -118,16 +133,18 @@ def _inventory_devices(devices: Iterable[DeviceInfo]) -> tuple[InventoryDevice, 
             health_reason=d.health_reason,
             topology_group=d.topology_group,
             numa_node=d.numa_node,
+            held_by=tuple(sorted(held.get(d.uuid, ()))),
         )
         for d in ordered
     )
 
 
-def content_hash(devices: tuple[InventoryDevice, ...], slots_per_card: int) -> str:
+def content_hash(devices: tuple[InventoryDevice, ...], slots_per_card: int, serving: bool = True) -> str:
     body = json.dumps(
         {
             "devices": [d.model_dump(by_alias=True, mode="json") for d in devices],
             "slotsPerCard": slots_per_card,
+            **({} if serving else {"serving": False}),  # unchanged hash for serving nodes
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -142,14 +159,18 @@ def build_inventory(
     errors: Iterable[str],
     slots_per_card: int,
     published: Inventory | None,
+    held: Mapping[str, Sequence[str]] | None = None,
+    serving: bool = True,
 ) -> Inventory:
     """The inventory to publish now, given what is published (``None``: nothing usable).
 
     Keeps ``published.generation`` when the content is unchanged, else ``published.generation + 1``
     (1 when nothing is published). ``errors`` do not count as content (they are for humans).
+    ``held`` maps card UUIDs to the pods holding them through another device plugin; ``serving``
+    whether the kubelet admits ``xpupool.io/vxpu`` pods now (both are content).
     """
-    inv_devices = _inventory_devices(devices)
-    digest = content_hash(inv_devices, slots_per_card)
+    inv_devices = _inventory_devices(devices, held)
+    digest = content_hash(inv_devices, slots_per_card, serving)
     if published is None:
         generation = 1
     elif published.content_hash == digest and published.node == node:
@@ -164,6 +185,7 @@ def build_inventory(
         content_hash=digest,
         devices=inv_devices,
         errors=tuple(errors),
+        serving=serving,
     )
 
 
@@ -196,6 +218,8 @@ def core_devices(inventory: Inventory) -> tuple[Device, ...]:
             memory_mib=d.memory_mib,
             topology_group=d.topology_group,
             healthy=d.healthy,
+            max_tenants=inventory.slots_per_card,
+            held_by=d.held_by,
         )
         for d in inventory.devices
     )

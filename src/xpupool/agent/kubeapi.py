@@ -1,7 +1,7 @@
 """The few Kubernetes API calls the node agent makes, over aiohttp.
 
 The agent needs four calls (read its Node, merge-patch its Node's annotations, list the pods bound
-to its Node, merge-patch one pod's annotations); a direct aiohttp client keeps the DaemonSet free
+to its Node, read one pod); it never writes pods. A direct aiohttp client keeps the DaemonSet free
 of the scheduler's informer machinery. :class:`NodeApi` and :class:`PodApi` are the Protocols the
 rest of the agent depends on; :class:`KubeApi` implements both against a real apiserver
 (in-cluster service account or an explicit URL/token/CA), and tests run it against a fake
@@ -52,16 +52,8 @@ class PodApi(Protocol):
         """All pods with ``spec.nodeName == node`` (one consistent list)."""
         ...
 
-    async def patch_pod_annotations(
-        self,
-        namespace: str,
-        name: str,
-        annotations: Mapping[str, str | None],
-        *,
-        resource_version: str | None = None,
-    ) -> dict[str, Any]:
-        """Merge-patch a pod's annotations; with ``resource_version`` the patch fails with 409 when the
-        pod changed since it was read (optimistic concurrency)."""
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        """The Pod as JSON; :class:`ApiError` 404 when absent."""
         ...
 
 
@@ -88,6 +80,17 @@ class KubeApi:
             self._ssl = ssl.create_default_context(cafile=str(ca_path) if ca_path else None)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> KubeApi:
+        """In-cluster (service account) unless ``XPUPOOL_KUBE_URL`` is set: then that URL with the
+        token in ``XPUPOOL_KUBE_TOKEN_FILE`` (re-read per request) and the CA in
+        ``XPUPOOL_KUBE_CA_FILE`` (an agent run as a host service rather than a DaemonSet pod)."""
+        env = os.environ if env is None else env
+        url = env.get("XPUPOOL_KUBE_URL")
+        if not url:
+            return cls.in_cluster()
+        return cls(url, token_path=env.get("XPUPOOL_KUBE_TOKEN_FILE"), ca_path=env.get("XPUPOOL_KUBE_CA_FILE"))
 
     @classmethod
     def in_cluster(cls) -> KubeApi:
@@ -160,20 +163,14 @@ class KubeApi:
                 return items
             params = {**params, "continue": cont}
 
-    async def patch_pod_annotations(
-        self,
-        namespace: str,
-        name: str,
-        annotations: Mapping[str, str | None],
-        *,
-        resource_version: str | None = None,
-    ) -> dict[str, Any]:
-        meta: dict[str, Any] = {"annotations": dict(annotations)}
-        if resource_version is not None:
-            meta["resourceVersion"] = resource_version
-        return await self._request(
-            "PATCH",
-            f"/api/v1/namespaces/{namespace}/pods/{name}",
-            body={"metadata": meta},
-            content_type=MERGE_PATCH,
-        )
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        return await self._request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+
+    async def review(self, token: str, *, audience: str) -> dict[str, Any]:
+        """Hook (remote): the ``status`` of a TokenReview (who presents ``token`` for ``audience``)."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token, "audiences": [audience]}}
+        result = await self._request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body=body,
+                                     content_type="application/json")
+        status: dict[str, Any] = result.get("status") or {}
+        return status

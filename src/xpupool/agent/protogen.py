@@ -22,7 +22,10 @@ from pathlib import Path
 SRC_ROOT = Path(__file__).resolve().parents[2]
 
 #: Protos, relative to :data:`SRC_ROOT` (their import path).
-PROTOS = ("xpupool/_generated/deviceplugin/v1beta1/api.proto",)
+PROTOS = (
+    "xpupool/_generated/deviceplugin/v1beta1/api.proto",
+    "xpupool/_generated/podresources/v1/api.proto",
+)
 
 
 def generate(out_root: Path) -> list[Path]:

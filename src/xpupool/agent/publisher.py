@@ -14,7 +14,7 @@ Contract of :meth:`InventoryPublisher.publish`:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -70,7 +70,14 @@ class InventoryPublisher:
         self._published = parse_inventory(self._published_text).inventory
         self._known = True
 
-    async def publish(self, devices: Sequence[DeviceInfo], errors: Sequence[str]) -> PublishOutcome:
+    async def publish(
+        self,
+        devices: Sequence[DeviceInfo],
+        errors: Sequence[str],
+        held: Mapping[str, Sequence[str]] | None = None,
+        *,
+        serving: bool = True,
+    ) -> PublishOutcome:
         try:
             if not self._known:
                 await self._read_published()
@@ -80,6 +87,8 @@ class InventoryPublisher:
                 errors=errors,
                 slots_per_card=self._slots,
                 published=self._published,
+                held=held,
+                serving=serving,
             )
             text = inventory.to_json()
             patch: dict[str, str | None] = {}

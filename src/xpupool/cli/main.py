@@ -1,21 +1,21 @@
-"""``xpupool`` CLI: demo, simulate, timeshare, check-request."""
+"""``xpupool`` CLI: demo, simulate, timeshare, check-request; live views status, pods, queues."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from xpupool.cli import live
+from xpupool.cli.console import make_console
 from xpupool.cli.timeshare import timeshare
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, help="xpupool: one pool of GPUs/NPUs for Kubernetes.")
-console = Console(width=None if sys.stdout.isatty() else 140)  # wide tables when piped
+console = make_console()
 DEFAULT_POLICIES = "random,dotprod,gpuclustering,gpupacking,bestfit,fgd,xpupool"
 
 
@@ -62,7 +62,9 @@ def demo(pods: Annotated[int, typer.Option(help="pods in the stream")] = 60,
 def simulate(
     trace: Annotated[Path | None, typer.Option(help="openb pod list CSV")] = None,
     nodes: Annotated[Path | None, typer.Option(help="openb node list CSV")] = None,
-    variant: Annotated[str, typer.Option(help="openb variant when --trace is not given")] = "default",
+    variant: Annotated[str, typer.Option(
+        help="openb variant when --trace is not given (default is in the package; others are downloaded "
+             "once into the cache)")] = "default",
     policy: Annotated[str, typer.Option(help="comma-separated policies")] = DEFAULT_POLICIES,
     seeds: Annotated[str, typer.Option(help="e.g. 42-51")] = "42-51",
     json_out: Annotated[Path | None, typer.Option("--json", help="write the summary JSON here")] = None,
@@ -73,7 +75,8 @@ def simulate(
 ) -> None:
     """Replay the Alibaba openb trace with the FGD protocol for several policies."""
     from xpupool.plugins.profiles import POLICIES
-    from xpupool.sim.openb import TraceError, default_nodes_file, load_nodes, load_pods, pods_file, trace_dir
+    from xpupool.sim.openb import TraceError, load_nodes, load_pods, trace_dir
+    from xpupool.sim.openb_data import GPU_NODES, TraceUnavailable, locate, pods_name, variants
     from xpupool.sim.report import plot_curves, results_table
     from xpupool.sim.runner import published_unallocated, run_matrix, summarise, write_placements
 
@@ -82,11 +85,17 @@ def simulate(
     if unknown:
         raise typer.BadParameter(f"unknown policy {', '.join(unknown)}; known: {', '.join(POLICIES)}")
     seed_list = parse_seeds(seeds)
-    trace_file = trace or pods_file(variant)
-    nodes_file = nodes or default_nodes_file()
+    if trace is None and variant not in variants():
+        raise typer.BadParameter(f"unknown variant {variant!r}; known: {', '.join(variants())}")
+    try:  # the workspace's copy, the wheel's, the cache's, or a verified download (sim/openb_data.py)
+        trace_file = trace or locate(pods_name(variant))
+        nodes_file = nodes or locate(GPU_NODES)
+    except TraceUnavailable as err:
+        console.print(f"[red]trace not available[/]: {err}", soft_wrap=True)
+        raise typer.Exit(2) from None
     for path in (trace_file, nodes_file):
         if not path.is_file():
-            console.print(f"[red]trace file not found: {path}[/] (set XPUPOOL_TRACES or pass --trace/--nodes)")
+            console.print(f"[red]trace file not found: {path}[/]")
             raise typer.Exit(2)
     try:  # read both files once here, so a malformed trace is one clear line, not a worker traceback
         load_nodes(nodes_file)
@@ -94,25 +103,26 @@ def simulate(
     except TraceError as err:
         console.print(f"[red]bad trace file[/]: {err}")
         raise typer.Exit(2) from None
+    trace_name = trace_file.name.removesuffix(".gz")
     total = len(policies) * len(seed_list)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
-        task = progress.add_task(f"replaying {trace_file.name}", total=total)
+        task = progress.add_task(f"replaying {trace_name}", total=total)
         runs = run_matrix(nodes_file=nodes_file, trace_file=trace_file, policies=policies, seeds=seed_list,
                           jobs=jobs, record_placements=placements is not None,
                           on_done=lambda _r: progress.advance(task))
     summary = summarise(runs)
-    summary["trace"] = trace_file.name
-    summary["nodes"] = nodes_file.name
+    summary["trace"] = trace_name
+    summary["nodes"] = nodes_file.name.removesuffix(".gz")
     published = None
-    variant_name = trace_file.stem.replace("openb_pod_list_", "")
+    variant_name = trace_name.removesuffix(".csv").replace("openb_pod_list_", "")
     expected = trace_dir() / "fgd_expected_results" / "analysis_allo_discrete.csv"
     if compare_published and expected.is_file():
         published = published_unallocated(expected, variant_name)
         summary["published_unallocated_pct_at_100"] = {
             k: {str(s): round(v, 4) for s, v in per.items()} for k, per in published.items()
         }
-    console.print(results_table(summary, published, title=f"{trace_file.name}: unallocated GPU % at 100 % arrival"))
+    console.print(results_table(summary, published, title=f"{trace_name}: unallocated GPU % at 100 % arrival"))
     if json_out:
         json_out.write_text(json.dumps(summary, indent=1))
         console.print(f"summary JSON: {json_out}")
@@ -120,7 +130,7 @@ def simulate(
         write_placements(runs, placements)
         console.print(f"placements CSV: {placements}")
     if plot:
-        plot_curves(summary, plot, title=f"{trace_file.name}")
+        plot_curves(summary, plot, title=trace_name)
         console.print(f"plot: {plot}")
 
 
@@ -150,6 +160,12 @@ def check_request(
 
 
 app.command("timeshare", help="Exclusive cards vs shared vXPUs on the GenAI duty-cycle trace.")(timeshare)
+live.register(app)
+
+# remote vXPUs (owner: remote; the subcommands live in xpupool.remote.cli)
+from xpupool.remote.cli import app as _remote_app  # noqa: E402
+
+app.add_typer(_remote_app, name="remote")
 
 if __name__ == "__main__":
     app()

@@ -6,14 +6,16 @@ Registered in :mod:`xpupool.cli.main` with ``app.command("timeshare")(timeshare)
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich import box
 from rich.table import Table
 
+from xpupool.cli.console import make_console
 from xpupool.sim.genai import (
     DEFAULT_CARD_GIB,
     DUTY_FILE,
@@ -28,7 +30,7 @@ from xpupool.sim.genai import (
     trace_summary,
 )
 
-console = Console()
+console = make_console()
 
 RULES = {
     "exclusive": "1 card per pod for the whole trace",
@@ -38,24 +40,36 @@ RULES = {
 }
 
 
-def results_table(results: list[ReplayResult], *, title: str) -> Table:
-    table = Table(title=title)
-    table.add_column("card", justify="right")
-    table.add_column("placement", no_wrap=True)
-    for name in ("cards", "pods/card", "util %", "util busy %", "overload %", "overload card-min",
-                 "cards >100 %", "worst card %", "peak mem %", "gain"):
-        table.add_column(name, justify="right")
-    last_card = None
-    for r in results:
-        if last_card is not None and r.card_gib != last_card:
-            table.add_section()
-        last_card = r.card_gib
-        table.add_row(f"{r.card_gib:g} GiB", r.scenario, str(r.cards), f"{r.pods_per_card:.2f}",
-                      f"{r.utilization_pct:.1f}", f"{r.utilization_busy_pct:.1f}", f"{r.overload_pct:.2f}",
-                      f"{r.overload_card_minutes:.0f}", str(r.cards_ever_overloaded),
-                      f"{r.worst_card_overload_pct:.1f}",
-                      f"{r.peak_memory_pct:.1f}", f"{r.gain:.2f}x")
-    return table
+#: (row label, value of one result) in the order the table shows them
+ROWS: tuple[tuple[str, Callable[[ReplayResult], str]], ...] = (
+    ("cards", lambda r: str(r.cards)),
+    ("pods per card", lambda r: f"{r.pods_per_card:.2f}"),
+    ("util %", lambda r: f"{r.utilization_pct:.1f}"),
+    ("util busy %", lambda r: f"{r.utilization_busy_pct:.1f}"),
+    ("overload %", lambda r: f"{r.overload_pct:.2f}"),
+    ("overload card-min", lambda r: f"{r.overload_card_minutes:.0f}"),
+    ("cards > 100 %", lambda r: str(r.cards_ever_overloaded)),
+    ("worst card %", lambda r: f"{r.worst_card_overload_pct:.1f}"),
+    ("peak mem %", lambda r: f"{r.peak_memory_pct:.1f}"),
+    ("gain", lambda r: f"{r.gain:.2f}x"),
+)
+
+
+def results_tables(results: list[ReplayResult], *, title: str) -> list[Table]:
+    """One table per card size, transposed (figures as rows, placements as columns) so it stays
+    whole at 80 columns; ``--json`` has every figure."""
+    tables = []
+    for card_gib in dict.fromkeys(r.card_gib for r in results):
+        rows = [r for r in results if r.card_gib == card_gib]
+        table = Table(title=f"{title}, {card_gib:g} GiB cards", box=box.SIMPLE_HEAD, pad_edge=False,
+                      title_justify="left")
+        table.add_column("", no_wrap=True)
+        for r in rows:
+            table.add_column(r.scenario.replace("-", "-\n"), justify="right", no_wrap=True)
+        for label, value in ROWS:
+            table.add_row(label, *(value(r) for r in rows))
+        tables.append(table)
+    return tables
 
 
 def timeshare(
@@ -99,8 +113,8 @@ def timeshare(
     console.print(
         f"filled samples ({fill} of neighbours): duty {quality.filled['duty']}, memory {quality.filled['memory']}; "
         f"{quality.long_gaps} gap(s) > {max_gap} samples = pod not running ({quality.absent_samples} samples)")
-    console.print(results_table(results,
-                                title=f"GenAI serving pods: exclusive vs shared (p{percentile:g} duty)"))
+    for table in results_tables(results, title=f"GenAI serving pods, p{percentile:g} duty"):
+        console.print(table)
     for name in SCENARIOS:
         console.print(f"  [bold]{name}[/]: {RULES[name].format(p=percentile, q=100 - percentile)}")
     console.print("  util = mean over time of Σ_card min(100, Σ duty) / (100 · cards); util busy = over cards with a "

@@ -28,6 +28,7 @@ BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
 
 VENDORS: tuple[Vendor, ...] = tuple(Vendor)
+NO_LIMIT = 2**62
 _STATE_IDS = itertools.count(1)  # identity of ledgers for plugin caches (never reused, unlike id())
 _FIT_SHAPES = 64  # fit shapes kept per ledger (each costs N x slots booleans)
 
@@ -68,10 +69,22 @@ class ClusterState:
         self.card_group: IntArray = np.zeros((n, g), dtype=np.int64)
         self.card_memory_capacity: IntArray = np.zeros((n, g), dtype=np.int64)
         self.card_index: IntArray = np.full((n, g), -1, dtype=np.int64)
+        #: slices a card may hold (the node's kubelet slots per card / the shim's tenant table)
+        self.card_tenant_limit: IntArray = np.full((n, g), NO_LIMIT, dtype=np.int64)
+        #: held whole through another device plugin (never sliced, never placed on)
+        self.card_held: BoolArray = np.zeros((n, g), dtype=bool)
+        #: the node's kubelet admits xpupool.io/vxpu at all / how many are still free
+        self.vxpu_served: BoolArray = np.array([x.vxpu_slots is None or x.vxpu_slots > 0 for x in self.nodes],
+                                               dtype=bool)
+        self.vxpu_slots_free: IntArray = np.array(
+            [NO_LIMIT if x.vxpu_slots is None else x.vxpu_slots for x in self.nodes], dtype=np.int64
+        )
         for i, node in enumerate(self.nodes):
             for j, dev in enumerate(node.devices):
                 self.card_exists[i, j] = True
                 self.card_healthy[i, j] = dev.healthy
+                self.card_tenant_limit[i, j] = dev.max_tenants or NO_LIMIT
+                self.card_held[i, j] = bool(dev.held_by)
                 self.card_model[i, j] = model_id[dev.model]
                 self.card_vendor[i, j] = VENDORS.index(dev.vendor)
                 self.card_group[i, j] = dev.topology_group
@@ -154,7 +167,7 @@ class ClusterState:
         ``node_version`` changed; ids are compacted when stale ones pile up."""
         if self._static_rows is None:
             static = (self.card_exists, self.card_healthy, self.card_model, self.card_vendor, self.card_group,
-                      self.card_memory_capacity)
+                      self.card_memory_capacity, self.card_tenant_limit, self.card_held)
             self._static_rows = [b"".join(a[i].tobytes() for a in static) for i in range(self.num_nodes)]
         if self._keys is None or len(self._group_ids) > 4 * self.num_nodes + 1024:
             self._keys = np.zeros(self.num_nodes, dtype=np.int64)
@@ -166,6 +179,7 @@ class ClusterState:
                              (self.allocations[p][1] for p in self.card_pods[i]))
             key = (
                 self._static_rows[i], int(self.cpu_free[i]), int(self.memory_free[i]), int(self.bandwidth_free[i]),
+                int(self.vxpu_slots_free[i]), bool(self.vxpu_served[i]),
                 int(self.cpu_capacity[i]), int(self.memory_capacity[i]), self.card_free_milli[i].tobytes(),
                 self.card_memory_free[i].tobytes(), self.card_tenants[i].tobytes(), self.card_exclusive[i].tobytes(),
                 self.card_utilization[i].tobytes(), tuple(tenants),
@@ -175,12 +189,13 @@ class ClusterState:
         return self._keys, len(self._group_ids)
 
     def model_mask(self, request: Request) -> BoolArray:
-        """Cards whose vendor/model/health match the request (capacity not considered).
-        Cached per (vendor, models): callers must not modify the result."""
+        """Cards whose vendor/model/health match the request and that no other device plugin
+        holds (capacity not considered). Cached per (vendor, models): callers must not modify
+        the result."""
         key = ("model", request.vendor, request.models)
         hit = self._static_cache.get(key)
         if hit is None:
-            mask = self.card_exists & self.card_healthy
+            mask = self.card_exists & self.card_healthy & ~self.card_held
             if request.vendor is not None:
                 mask = mask & (self.card_vendor == VENDORS.index(request.vendor))
             if request.models:
@@ -247,6 +262,7 @@ class ClusterState:
             & ~self.card_exclusive[rows]
             & (self.card_free_milli[rows] >= request.share_milli)
             & (self.card_memory_free[rows] >= self.device_memory_needed(request)[rows])
+            & (self.card_tenants[rows] < self.card_tenant_limit[rows])
         )
 
     def card_fit(self, request: Request, *, model_mask: BoolArray | None = None) -> BoolArray:
@@ -261,6 +277,7 @@ class ClusterState:
             & ~self.card_exclusive
             & (self.card_free_milli >= request.share_milli)
             & (self.card_memory_free >= need_mem)
+            & (self.card_tenants < self.card_tenant_limit)
         )
 
     def host_fit(self, request: Request) -> BoolArray:
@@ -343,6 +360,8 @@ class ClusterState:
         self.memory_free[host] -= sign * request.memory_mib
         if allocation.is_remote:
             self.bandwidth_free[dev] -= sign * allocation.remote_mbps
+        else:
+            self.vxpu_slots_free[host] -= sign * request.vxpu_slots
         exclusive = request.takes_whole_cards
         for slot, mem in zip(slots, allocation.device_memory_mib, strict=True):
             self.card_free_milli[dev, slot] -= sign * allocation.share_milli

@@ -306,8 +306,14 @@ class Scheduler:
         if request.count > 0:
             cuts.append((state.has_cards, "have no accelerator"))
             cuts.append((ctx.model_ok, "have no card of the requested vendor/model"))
-            cuts.append((ctx.cards_ok, f"lack {request.count} card(s) with {request.share_milli / 10:g}% compute "
-                                       "and the memory free"))
+            cuts.append((ctx.cards_ok, f"lack {request.count} card(s) with {request.share_milli / 10:g}% compute, "
+                                       "the memory and a tenant slot free"))
+        if request.vxpu_slots > 0:
+            cuts.append((state.vxpu_served, "are not served by the xpupool node agent (their kubelet advertises "
+                                            "no xpupool.io/vxpu: no agent, not registered yet, or a runtime without "
+                                            "CDI)"))
+            cuts.append((state.vxpu_slots_free >= request.vxpu_slots, "have no xpupool.io/vxpu slot left (their "
+                                                                       "kubelet would refuse the pod)"))
         cuts.append((state.cpu_free >= request.cpu_milli, "lack cpu"))
         cuts.append((state.memory_free >= request.memory_mib, "lack memory"))
         cuts.extend(constraint_cuts(state, request))

@@ -44,7 +44,10 @@ class Device:
     """One physical card.
 
     ``topology_group`` groups cards that talk fast to each other (NVLink island, HCCS ring, NUMA
-    node); multi-card pods prefer one group.
+    node); multi-card pods prefer one group. ``max_tenants`` caps the slices sharing the card
+    (0: no cap; the node agent publishes its kubelet slots per card, never more than the shim's
+    tenant table). ``held_by`` names pods holding the card whole through another device plugin
+    (e.g. ``nvidia.com/gpu``, as the kubelet recorded it): such a card is never sliced.
     """
 
     index: int
@@ -53,6 +56,8 @@ class Device:
     memory_mib: int
     topology_group: int = 0
     healthy: bool = True
+    max_tenants: int = 0
+    held_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +65,9 @@ class Node:
     """A schedulable node. CPU-only nodes are first-class (``devices == ()``).
 
     ``taints`` and ``unschedulable`` (cordoned) keep pods off unless they tolerate them
-    (:mod:`xpupool.core.constraints`)."""
+    (:mod:`xpupool.core.constraints`). ``vxpu_slots`` is the ``xpupool.io/vxpu`` the node's kubelet
+    admits (its allocatable: the node agent's device plugin serves them); ``None`` when not
+    checked (simulations), 0 when nothing serves them: pods asking for them never go there."""
 
     name: str
     cpu_milli: int
@@ -70,6 +77,7 @@ class Node:
     network_mbps: int = 25_000
     taints: tuple[Taint, ...] = ()
     unschedulable: bool = False
+    vxpu_slots: int | None = None
 
     @property
     def rack(self) -> str:
@@ -91,7 +99,8 @@ class Request:
     ``remote_mbps`` is the network bandwidth a remote vXPU reserves on the GPU node.
     ``labels`` are the pod's own labels (what other pods' affinity and spread selectors match);
     ``constraints`` are where it may run (node selector/affinity, tolerations, gates, pod
-    (anti-)affinity, topology spread).
+    (anti-)affinity, topology spread). ``vxpu_slots`` is the ``xpupool.io/vxpu`` its containers
+    ask of the kubelet of the pod's node (admitted by count against :attr:`Node.vxpu_slots`).
     """
 
     name: str
@@ -112,6 +121,7 @@ class Request:
     namespace: str = "default"
     labels: Labels = ()
     constraints: Constraints = NO_CONSTRAINTS
+    vxpu_slots: int = 0
 
     @property
     def is_sharing(self) -> bool:

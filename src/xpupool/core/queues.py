@@ -1,17 +1,21 @@
-"""Queues, quota with borrowing and reclaim, DRF fair share, preemption and gangs.
+"""One scheduling cycle over queues: ordering, quota gates, preemption and gangs.
 
-One scheduling cycle (:func:`run_cycle`) over the pending pods::
+The queue tree, its quota arithmetic and reclaim rules live in :mod:`xpupool.core.quota`; which
+queue a pod may use in :mod:`xpupool.core.queue_access`. One cycle (:func:`run_cycle`)::
 
-    order pods: queue with the lowest weighted dominant share first (DRF), then pod priority,
-                then arrival (FIFO)  -- gang members travel together
+    order pods: hierarchical DRF (per level from the top: queue priority, then the lowest
+                weighted dominant share), then pod priority, then arrival (FIFO)
+                -- gang members travel together
     for each pod / gang:
-        quota gate: the queue's limit is a hard cap; above its quota a queue may *borrow*
-                    idle capacity when it allows borrowing
-        place:      Scheduler.place (same code as the simulator)
+        quota gate: limits are hard caps at every level; above its guarantee a queue borrows
+                    what its parent has left (QueueBook.gate); with per-model quota the pod is
+                    steered to the models its queue still has room on
+        place:      Scheduler.place (same code as the simulator); the exact charge (device
+                    memory, card model) is gated again and the placement undone if it fails
         otherwise:  preemption -- evict the fewest, lowest-priority victims that make the pod
-                    fit on one node (own queue: lower priority; other queues: only pods that
-                    borrowed beyond their quota, when the preemptor's queue is under quota);
-                    never evict unless the what-if shows the pod then fits
+                    fit on one node (own queue: lower priority; other queues: only pods of
+                    branches above their guarantee, when the preemptor stays within its own:
+                    QueueBook.may_reclaim); never evict unless the what-if shows the pod fits
         gang:       all members reserved in one Statement, or none
 
 Everything is pure: time comes from the injected clock, nothing is bound here; the adapter
@@ -20,8 +24,8 @@ Everything is pure: time comes from the injected clock, nothing is bound here; t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -29,54 +33,24 @@ from xpupool.core.cluster import ClusterState
 from xpupool.core.disruption import NO_BUDGETS, DisruptionBudgets
 from xpupool.core.framework import Scheduler
 from xpupool.core.model import Allocation, Request
+from xpupool.core.quota import UNLIMITED, Limits, QueueBook, QueueSpec, Resources, usage_of
 from xpupool.core.statement import Statement
 from xpupool.core.status import Code, Status
 
-
-@dataclass(frozen=True, slots=True)
-class Resources:
-    """A resource vector: cpu in milli-cores, memory in MiB, accelerator compute in milli-cards."""
-
-    cpu_milli: int = 0
-    memory_mib: int = 0
-    xpu_milli: int = 0
-
-    def __add__(self, other: Resources) -> Resources:
-        return Resources(self.cpu_milli + other.cpu_milli, self.memory_mib + other.memory_mib,
-                         self.xpu_milli + other.xpu_milli)
-
-    def __sub__(self, other: Resources) -> Resources:
-        return Resources(self.cpu_milli - other.cpu_milli, self.memory_mib - other.memory_mib,
-                         self.xpu_milli - other.xpu_milli)
-
-    def fits_in(self, other: Resources) -> bool:
-        return (self.cpu_milli <= other.cpu_milli and self.memory_mib <= other.memory_mib
-                and self.xpu_milli <= other.xpu_milli)
-
-    def as_tuple(self) -> tuple[int, int, int]:
-        return (self.cpu_milli, self.memory_mib, self.xpu_milli)
-
-    @staticmethod
-    def of(request: Request) -> Resources:
-        return Resources(request.cpu_milli, request.memory_mib, request.gpu_milli_total)
-
-
-UNLIMITED = Resources(2**62, 2**62, 2**62)
-
-
-@dataclass(frozen=True, slots=True)
-class QueueSpec:
-    """A leaf queue. ``quota`` is what it deserves; ``limit`` a hard cap; ``weight`` its share of
-    what is left over; ``borrowing`` lets it use idle capacity above quota (that part can be
-    reclaimed by queues under their quota when ``reclaimable``)."""
-
-    name: str
-    quota: Resources = Resources()
-    limit: Resources = UNLIMITED
-    weight: float = 1.0
-    priority: int = 0
-    borrowing: bool = True
-    reclaimable: bool = True
+__all__ = [
+    "UNLIMITED",
+    "CycleResult",
+    "Limits",
+    "PodGroup",
+    "PreemptionPlan",
+    "QueueBook",
+    "QueueSpec",
+    "Resources",
+    "Running",
+    "order_pending",
+    "plan_preemption",
+    "run_cycle",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,73 +77,35 @@ class CycleResult:
     pending: dict[str, Status] = field(default_factory=dict)
 
 
-class QueueBook:
-    """Usage per queue and the fair-share arithmetic. Pure; caller feeds it the running pods."""
-
-    def __init__(self, queues: Iterable[QueueSpec], capacity: Resources) -> None:
-        self.queues: dict[str, QueueSpec] = {q.name: q for q in queues}
-        self.queues.setdefault("default", QueueSpec("default"))
-        self.capacity = capacity
-        self.usage: dict[str, Resources] = {name: Resources() for name in self.queues}
-
-    def spec(self, name: str) -> QueueSpec:
-        return self.queues.get(name) or self.queues["default"]
-
-    def charge(self, request: Request, sign: int = 1) -> None:
-        name = self.spec(request.queue).name
-        delta = Resources.of(request)
-        self.usage[name] = self.usage[name] + delta if sign > 0 else self.usage[name] - delta
-
-    def dominant_share(self, name: str) -> float:
-        """DRF: the largest share of any resource this queue holds, divided by its weight."""
-        used = self.usage.get(name, Resources())
-        shares = [u / c for u, c in zip(used.as_tuple(), self.capacity.as_tuple(), strict=True) if c > 0]
-        return max(shares, default=0.0) / max(self.spec(name).weight, 1e-9)
-
-    def over_quota(self, name: str) -> bool:
-        used = self.usage.get(name, Resources())
-        return not used.fits_in(self.spec(name).quota)
-
-    def gate(self, request: Request) -> Status:
-        """Quota gate before placement: Success, or WAIT with the reason."""
-        queue = self.spec(request.queue)
-        after = self.usage[queue.name] + Resources.of(request)
-        if not after.fits_in(queue.limit):
-            return Status(Code.WAIT, (f"queue {queue.name} would exceed its limit",), "quota")
-        if not after.fits_in(queue.quota) and not queue.borrowing:
-            return Status(Code.WAIT, (f"queue {queue.name} is at its quota and does not borrow",), "quota")
-        return Status.success()
-
-    def fair_shares(self, demand: Mapping[str, Resources]) -> dict[str, Resources]:
-        """Water-filling per resource: each queue gets min(quota, demand), the rest is split by
-        weight among queues that still want more, capped at their demand."""
-        names = list(self.queues)
-        cap = np.array(self.capacity.as_tuple(), dtype=float)
-        want = np.array([demand.get(n, Resources()).as_tuple() for n in names], dtype=float)
-        quota = np.array([self.queues[n].quota.as_tuple() for n in names], dtype=float)
-        weight = np.array([self.queues[n].weight for n in names], dtype=float)
-        given = np.minimum(want, quota)
-        left = np.maximum(cap - given.sum(axis=0), 0)
-        for r in range(3):
-            for _ in range(len(names)):
-                hungry = want[:, r] - given[:, r] > 1e-9
-                if not hungry.any() or left[r] <= 1e-9:
-                    break
-                portion = left[r] * weight * hungry / (weight * hungry).sum()
-                extra = np.minimum(portion, want[:, r] - given[:, r])
-                given[:, r] += extra
-                left[r] -= extra.sum()
-        return {n: Resources(*(int(v) for v in given[i])) for i, n in enumerate(names)}
-
-
 def order_pending(pending: Sequence[Request], book: QueueBook, arrival_s: Mapping[str, float]) -> list[Request]:
-    """DRF across queues (lowest weighted dominant share first; queue priority first), then pod
-    priority (high first), then arrival (FIFO)."""
+    """Hierarchical DRF across queues (:meth:`QueueBook.order_key`: per level, queue priority
+    first, then the lowest weighted dominant share), then pod priority (high first), then
+    arrival (FIFO)."""
+    keys = {name: book.order_key(name) for name in {book.spec(r.queue).name for r in pending}}
     return sorted(
         pending,
-        key=lambda r: (-book.spec(r.queue).priority, book.dominant_share(book.spec(r.queue).name),
-                       -r.priority, arrival_s.get(r.name, 0.0), r.name),
+        key=lambda r: (keys[book.spec(r.queue).name], -r.priority, arrival_s.get(r.name, 0.0), r.name),
     )
+
+
+def charge_placed(book: QueueBook, state: ClusterState, request: Request, allocation: Allocation,
+                  sign: int = 1) -> None:
+    """Charge (or with ``sign`` -1 refund) a placed pod's exact usage to its queue path."""
+    book.charge(request, usage_of(state, request, allocation), sign)
+
+
+def admit(book: QueueBook, state: ClusterState, request: Request) -> tuple[Request, Status]:
+    """The quota gate before placement. Returns the request to place (its allowed models
+    narrowed to those its queue has per-model quota left on) and Success, or WAIT."""
+    gate = book.gate(request)
+    if not gate.ok:
+        return request, gate
+    models, status = book.allowed_models(request, state.models)
+    if not status.ok:
+        return request, status
+    if models is not None and tuple(models) != request.models:
+        request = replace(request, models=tuple(models))
+    return request, Status.success()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,17 +116,20 @@ class PreemptionPlan:
 
 
 def _eligible_victims(preemptor: Request, running: Mapping[str, Running], book: QueueBook) -> list[Running]:
-    mine = book.spec(preemptor.queue)
-    # a queue may reclaim only up to its own quota: after placing the preemptor it must still fit
-    reclaim = (book.usage[mine.name] + Resources.of(preemptor)).fits_in(mine.quota)
+    mine = book.spec(preemptor.queue).name
+    amount = Resources.of(preemptor)
+    reclaimable: dict[str, bool] = {}
     out: list[Running] = []
     for run in running.values():
         victim = run.request
-        vq = book.spec(victim.queue)
-        if vq.name == mine.name:
+        theirs = book.spec(victim.queue).name
+        if theirs == mine:
             if victim.priority < preemptor.priority:
                 out.append(run)
-        elif reclaim and vq.reclaimable and book.over_quota(vq.name):
+            continue
+        if theirs not in reclaimable:
+            reclaimable[theirs] = book.may_reclaim(preemptor, amount, theirs)
+        if reclaimable[theirs]:
             out.append(run)
     return out
 
@@ -219,6 +158,26 @@ def plan_preemption(
         if eligible:
             why = f"every lower-priority or reclaimable pod ({len(eligible)}) is protected by a PodDisruptionBudget"
         return Status.unschedulable(why, plugin="preemption")
+
+    def bundle_of(run: Running) -> list[str]:
+        if run.request.pod_group:
+            return [m for m in groups.get(run.request.pod_group, [run.request.name]) if m in running]
+        return [run.request.name]
+
+    order = sorted(candidates, key=lambda r: (r.request.priority, r.request.gpu_milli_total, -r.started_s))
+    free_fit = scheduler.place(state, preemptor)
+    if free_fit.status.ok and free_fit.allocation is not None:
+        # The cards are free; only quota stands in the way: reclaim borrowed pods anywhere.
+        chosen: list[str] = []
+        for run in order:
+            fresh = [n for n in bundle_of(run) if n not in chosen]
+            if not budgets.admits([running[v].request for v in chosen + fresh]):
+                continue  # a PodDisruptionBudget would refuse this bundle: try the next victim
+            chosen.extend(fresh)
+            if _quota_allows(book, state, preemptor, free_fit.allocation, [running[n] for n in chosen]):
+                return PreemptionPlan(free_fit.allocation.node, tuple(chosen), free_fit.allocation)
+        return Status.unschedulable("reclaiming every eligible pod would still leave the queue over quota",
+                                    plugin="preemption")
     by_node: dict[str, list[Running]] = {}
     for run in candidates:
         by_node.setdefault(run.allocation.device_node if preemptor.count else run.allocation.node, []).append(run)
@@ -229,20 +188,18 @@ def plan_preemption(
         restrict[node] = True
         victims = sorted(victims, key=lambda r: (r.request.priority, r.request.gpu_milli_total, -r.started_s))
         statement = Statement(state)
-        chosen: list[str] = []
+        chosen = []
         plan: PreemptionPlan | None = None
         for run in victims:
-            bundle = [run.request.name]
-            if run.request.pod_group:
-                bundle = [m for m in groups.get(run.request.pod_group, [run.request.name]) if m in running]
-            fresh = [name for name in bundle if name not in chosen]
+            fresh = [name for name in bundle_of(run) if name not in chosen]
             if not budgets.admits([running[v].request for v in chosen + fresh]):
                 continue  # a PodDisruptionBudget would refuse this bundle: try the next victim
             for name in fresh:
                 if statement.evict(name) is not None:
                     chosen.append(name)
             result = scheduler.place_local(state, preemptor, restrict=restrict)
-            if result.status.ok and result.allocation is not None:
+            if (result.status.ok and result.allocation is not None
+                    and _quota_allows(book, state, preemptor, result.allocation, [running[n] for n in chosen])):
                 plan = PreemptionPlan(node_name, tuple(chosen), result.allocation)
                 break
         statement.rollback()
@@ -256,6 +213,20 @@ def plan_preemption(
         return Status.unschedulable("preempting every eligible pod on any one node would still not make room",
                                     plugin="preemption")
     return best[1]
+
+
+def _quota_allows(book: QueueBook, state: ClusterState, preemptor: Request, allocation: Allocation,
+                  victims: Sequence[Running]) -> bool:
+    """The quota gate for ``preemptor`` at ``allocation`` once ``victims`` are gone (the book is
+    restored before returning)."""
+    refunds = [(v.request, usage_of(state, v.request, v.allocation)) for v in victims]
+    for request, amount in refunds:
+        book.charge(request, amount, -1)
+    try:
+        return book.gate(preemptor, usage_of(state, preemptor, allocation)).ok
+    finally:
+        for request, amount in refunds:
+            book.charge(request, amount)
 
 
 def run_cycle(
@@ -297,33 +268,35 @@ def run_cycle(
                         groups.get(request.pod_group), len(running_groups.get(request.pod_group, [])),
                         running_now, result, now_s)
             continue
-        gate = book.gate(request)
-        if not gate.ok:
-            result.pending[request.name] = gate
-            continue
-        placed = scheduler.schedule(state, request)
-        if placed.status.ok and placed.allocation is not None:
-            book.charge(request)
-            running_now[request.name] = Running(request, placed.allocation, now_s)
-            result.placed.append(placed.allocation)
-            continue
-        if preemption:
+        request, status = admit(book, state, request)
+        if status.ok:
+            placed = scheduler.place(state, request)
+            status = placed.status
+            if placed.status.ok and placed.allocation is not None:
+                # device memory given in percent and the card model are known only now
+                status = book.gate(request, usage_of(state, request, placed.allocation))
+                if status.ok:
+                    status = state.reserve(placed.allocation, request)
+                if status.ok:
+                    charge_placed(book, state, request, placed.allocation)
+                    running_now[request.name] = Running(request, placed.allocation, now_s)
+                    result.placed.append(placed.allocation)
+                    continue
+        if preemption and status.code is Code.UNSCHEDULABLE:
             plan = plan_preemption(state, scheduler, request, running_now, book, running_groups)
             if isinstance(plan, PreemptionPlan):
                 for victim in plan.victims:
+                    gone = running_now.pop(victim)
+                    charge_placed(book, state, gone.request, gone.allocation, -1)
                     state.release(victim)
-                    book.charge(running_now[victim].request, -1)
-                    del running_now[victim]
                     result.preempted.append(victim)
                 status = state.reserve(plan.allocation, request)
                 if status.ok:
-                    book.charge(request)
+                    charge_placed(book, state, request, plan.allocation)
                     running_now[request.name] = Running(request, plan.allocation, now_s)
                     result.placed.append(plan.allocation)
                     continue
-                result.pending[request.name] = status
-                continue
-        result.pending[request.name] = placed.status
+        result.pending[request.name] = status
     return result
 
 
@@ -344,21 +317,22 @@ def _place_gang(
     placed: list[tuple[Request, Allocation]] = []
     failure: Status | None = None
     for member in sorted(members, key=lambda r: r.name):
-        gate = book.gate(member)
+        member, gate = admit(book, state, member)
         outcome = scheduler.place(state, member) if gate.ok else None
         if outcome is not None and outcome.status.ok and outcome.allocation is not None:
-            status = statement.reserve(outcome.allocation, member)
+            exact = book.gate(member, usage_of(state, member, outcome.allocation))
+            status = statement.reserve(outcome.allocation, member) if exact.ok else exact
             if status.ok:
                 placed.append((member, outcome.allocation))
-                book.charge(member)
+                charge_placed(book, state, member, outcome.allocation)
                 continue
             failure = status
         else:
             failure = gate if not gate.ok else (outcome.status if outcome else Status.error("no outcome"))
     if len(placed) < need:
         statement.rollback()
-        for member, _ in placed:
-            book.charge(member, -1)
+        for member, allocation in placed:
+            charge_placed(book, state, member, allocation, -1)
         why = failure.message() if failure else "not enough members placed"
         for member in members:
             result.pending[member.name] = Status(

@@ -28,7 +28,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from xpupool.core.model import WHOLE_CARD_MILLI, Node, RemotePolicy, Request, Vendor
+from xpupool.core.memory_reserve import process_reserve_mib
+from xpupool.core.model import WHOLE_CARD_MILLI, Device, Node, RemotePolicy, Request, Vendor
 
 DOMAIN = "xpupool.io"
 RES_VXPU = f"{DOMAIN}/vxpu"
@@ -272,6 +273,7 @@ def parse_request(
         priority=priority,
         queue=queue,
         pod_group=pod_group,
+        vxpu_slots=count if ours else 0,
     )
     return ParseResult(request)
 
@@ -291,6 +293,7 @@ def validate_against_pool(request: Request, nodes: Iterable[Node]) -> tuple[str,
         errors.append(f"device memory must not be negative, got {request.device_memory_mib} MiB")
     matching_cards_per_node: list[int] = []
     largest_card_mib = 0
+    fits_a_process = False  # some matching card gives the slice more than one per-process reserve
     vendors_seen: set[Vendor] = set()
     models_seen: set[str] = set()
     for node in nodes:
@@ -304,6 +307,7 @@ def validate_against_pool(request: Request, nodes: Iterable[Node]) -> tuple[str,
                 continue
             n += 1
             largest_card_mib = max(largest_card_mib, device.memory_mib)
+            fits_a_process |= _slice_mib(request, device) > process_reserve_mib(device.vendor, device.model)
         matching_cards_per_node.append(n)
     most = max(matching_cards_per_node, default=0)
     if most == 0:
@@ -321,4 +325,18 @@ def validate_against_pool(request: Request, nodes: Iterable[Node]) -> tuple[str,
             f"asks for {request.device_memory_mib} MiB per card but the largest matching card has "
             f"{largest_card_mib} MiB"
         )
+    elif most and not fits_a_process:
+        errors.append(
+            "device memory per card is not more than the per-process reserve (a process's context, modules and "
+            "local memory, charged to the slice; xpupool.core.memory_reserve): no process could start in it"
+        )
     return tuple(errors)
+
+
+def _slice_mib(request: Request, device: Device) -> int:
+    """Device memory the request gets on ``device`` (the shim's quota)."""
+    if request.device_memory_mib > 0:
+        return request.device_memory_mib
+    if request.device_memory_pct > 0:
+        return device.memory_mib * request.device_memory_pct // 100
+    return device.memory_mib

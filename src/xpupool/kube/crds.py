@@ -1,21 +1,32 @@
-"""CustomResourceDefinitions of xpupool: ``XPUPool`` and ``XPUQueue`` (group ``xpupool.io``).
+"""CustomResourceDefinition of xpupool: ``XPUQueue`` (group ``xpupool.io``).
 
-This module is the single source of the CRDs. The Helm chart ships the rendered YAML in
+This module is the single source of the CRD. The Helm chart ships the rendered YAML in
 ``deploy/helm/xpupool/crds/`` (regenerate with ``python -m xpupool.kube.crds deploy/helm/xpupool/crds``;
 ``tests/deploy/test_crds.py`` fails when the files drift from this module).
 
-* ``XPUPool`` (cluster-scoped, short name ``xpool``): which nodes and cards form a pool and how
-  they are shared (vendors, models, slots per card, smallest compute share, remote access).
-* ``XPUQueue`` (cluster-scoped, short name ``xq``): a node in the queue tree. ``parent`` names the
-  parent queue (empty: a root); ``weight`` is the fair-share weight among siblings; ``priority``
-  orders siblings when reclaiming; ``quota`` lists per-resource (optionally per-card-model)
-  ``guaranteed`` and ``limit`` amounts; ``borrowing`` says whether the queue may use idle quota of
-  others and lend its own; ``reclaim`` whether its borrowed usage may be reclaimed and whether it
-  may reclaim its guarantee from borrowers.
+``XPUQueue`` (cluster-scoped, short name ``xq``) is a node in the queue tree (semantics in
+:mod:`xpupool.core.quota`, mapping in :mod:`xpupool.kube.queues`):
+
+* ``parent`` names the parent queue (absent: a root); pods run in leaf queues only;
+* ``weight`` is the fair-share weight among siblings; ``priority`` orders siblings;
+* ``quota`` lists per-resource (optionally per-card-model) ``guaranteed`` and ``limit`` amounts;
+* ``borrowing.borrow``: may use idle capacity beyond its guarantee; ``borrowing.lend``: its idle
+  guarantee may be used by others (false: kept reserved, never borrowed, never reclaimed);
+* ``reclaim.reclaimable``: its pods above the guarantee may be preempted;
+  ``reclaim.reclaimGuarantee``: may preempt borrowers to get its guarantee back;
+* who may use it (:mod:`xpupool.core.queue_access`): ``namespaces`` and/or ``namespaceSelector``
+  (neither: no namespace); ``defaultForNamespaces``: pods of those namespaces without the
+  ``xpupool.io/queue`` label land here;
+* ``status`` is written by the scheduler: per resource allocated, borrowed, pending, guaranteed,
+  limit and fair share; running and pending pods; a ``Valid`` condition saying what is wrong with
+  the tree.
+
+There is no ``XPUPool`` CRD: it described node pools with their own sharing and remote policy,
+but no code read it; ``docs/kubernetes.md`` says why it was removed and what replaces it.
 
 Quota units (the same as the request syntax): ``xpupool.io/vxpu`` cards, ``xpupool.io/vxpu-core``
-percent of one card (100 = a whole card), ``xpupool.io/vxpu-memory`` MiB, ``cpu`` and ``memory``
-as Kubernetes quantities.
+percent of one card (100 = a whole card), ``xpupool.io/vxpu-memory`` MiB (a plain number) or a
+quantity with a unit (``80Gi``), ``cpu`` and ``memory`` as Kubernetes quantities.
 
 Schemas are structural (every node typed, no ``$ref``, ``x-kubernetes-int-or-string`` for
 quantities) with CEL rules (``x-kubernetes-validations``) for cross-field checks:
@@ -33,7 +44,6 @@ import yaml
 
 GROUP = "xpupool.io"
 VERSION = "v1alpha1"
-VENDORS = ["nvidia", "ascend", "amd", "emulated"]
 QUOTA_RESOURCES = ["xpupool.io/vxpu", "xpupool.io/vxpu-core", "xpupool.io/vxpu-memory", "cpu", "memory"]
 
 _QUANTITY: dict[str, Any] = {
@@ -65,7 +75,8 @@ _CONDITIONS: dict[str, Any] = {
 }
 _LABEL_SELECTOR: dict[str, Any] = {
     "type": "object",
-    "description": "Nodes of the pool (a standard label selector; empty selects every node with cards).",
+    "description": "Namespaces whose labels match (a standard label selector; kubernetes.io/metadata.name "
+    "carries the name). An empty selector matches every namespace.",
     "properties": {
         "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
         "matchExpressions": {
@@ -78,77 +89,17 @@ _LABEL_SELECTOR: dict[str, Any] = {
                     "operator": {"type": "string", "enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
                     "values": {"type": "array", "items": {"type": "string"}},
                 },
-            },
-        },
-    },
-}
-
-
-def _pool_schema() -> dict[str, Any]:
-    spec = {
-        "type": "object",
-        "properties": {
-            "nodeSelector": _LABEL_SELECTOR,
-            "vendors": {
-                "type": "array",
-                "items": {"type": "string", "enum": VENDORS},
-                "x-kubernetes-list-type": "set",
-                "description": "Card vendors in the pool; empty means all.",
-            },
-            "models": {
-                "type": "array",
-                "items": {"type": "string", "maxLength": 128},
-                "x-kubernetes-list-type": "set",
-                "description": "Card models in the pool (inventory model names); empty means all.",
-            },
-            "sharing": {
-                "type": "object",
-                "properties": {
-                    "mode": {"type": "string", "enum": ["Fractional", "WholeCard"], "default": "Fractional"},
-                    "slotsPerCard": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "maximum": 100,
-                        "default": 10,
-                        "description": "Most containers sharing one card.",
-                    },
-                    "minCorePercent": {
-                        "type": "integer",
-                        "minimum": 1,
-                        "maximum": 100,
-                        "default": 1,
-                        "description": "Smallest compute share a pod may ask on this pool.",
-                    },
-                },
-            },
-            "remote": {
-                "type": "object",
-                "properties": {
-                    "enabled": {"type": "boolean", "default": False},
-                    "maxMbpsPerNode": {"type": "integer", "minimum": 1},
-                },
                 "x-kubernetes-validations": [
                     {
-                        "rule": "!has(self.maxMbpsPerNode) || self.enabled",
-                        "message": "maxMbpsPerNode needs remote.enabled",
+                        "rule": "self.operator in ['Exists', 'DoesNotExist'] ? (!has(self.values) || "
+                        "size(self.values) == 0) : (has(self.values) && size(self.values) > 0)",
+                        "message": "In and NotIn need values; Exists and DoesNotExist take none",
                     },
                 ],
             },
         },
-    }
-    status = {
-        "type": "object",
-        "properties": {
-            "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
-            "nodes": {"type": "integer", "minimum": 0},
-            "cards": {"type": "integer", "minimum": 0},
-            "healthyCards": {"type": "integer", "minimum": 0},
-            "capacity": {"type": "object", "additionalProperties": _QUANTITY},
-            "allocated": {"type": "object", "additionalProperties": _QUANTITY},
-            "conditions": _CONDITIONS,
-        },
-    }
-    return _root(spec, status)
+    },
+}
 
 
 def _queue_schema() -> dict[str, Any]:
@@ -174,7 +125,7 @@ def _queue_schema() -> dict[str, Any]:
             {"rule": "has(self.guaranteed) || has(self.limit)", "message": "give guaranteed, limit or both"},
         ],
     }
-    spec = {
+    spec: dict[str, Any] = {
         "type": "object",
         "properties": {
             "parent": {**_NAME, "description": "Parent queue; empty or absent: a root queue."},
@@ -222,11 +173,46 @@ def _queue_schema() -> dict[str, Any]:
             {"rule": "!has(self.parent) || self.parent != ''", "message": "omit parent for a root queue"},
         ],
     }
+    spec["properties"].update({
+        "namespaces": {
+            "type": "array",
+            "maxItems": 1024,
+            "items": _NAME,
+            "x-kubernetes-list-type": "set",
+            "description": "Namespaces whose pods may use this queue (or namespaceSelector; neither: none).",
+        },
+        "namespaceSelector": _LABEL_SELECTOR,
+        "defaultForNamespaces": {
+            "type": "boolean",
+            "default": False,
+            "description": "Pods of the namespaces this queue admits that name no queue land here.",
+        },
+    })
+    usage_entry = {
+        "type": "object",
+        "required": ["resource", "model"],
+        "properties": {
+            "resource": {"type": "string", "enum": QUOTA_RESOURCES},
+            "model": {"type": "string", "maxLength": 128},
+            "allocated": _QUANTITY,
+            "borrowed": {**_QUANTITY, "description": "Allocated above the guarantee."},
+            "pending": {**_QUANTITY, "description": "Asked by pods of the queue that wait."},
+            "guaranteed": _QUANTITY,
+            "limit": _QUANTITY,
+            "fairShare": {**_QUANTITY, "description": "Entitlement now, from guarantees, weights and demand."},
+        },
+    }
     status = {
         "type": "object",
         "properties": {
             "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
-            "allocated": {"type": "object", "additionalProperties": _QUANTITY},
+            "resources": {
+                "type": "array",
+                "maxItems": 256,
+                "items": usage_entry,
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["resource", "model"],
+            },
             "pendingPods": {"type": "integer", "minimum": 0},
             "runningPods": {"type": "integer", "minimum": 0},
             "conditions": _CONDITIONS,
@@ -281,21 +267,9 @@ def _crd(kind: str, plural: str, short: str, schema: dict[str, Any], columns: li
 
 
 def crds() -> list[dict[str, Any]]:
-    """Both CRDs as JSON-ready dicts."""
+    """The CRDs as JSON-ready dicts."""
     age = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
     return [
-        _crd(
-            "XPUPool",
-            "xpupools",
-            "xpool",
-            _pool_schema(),
-            [
-                {"name": "Cards", "type": "integer", "jsonPath": ".status.cards"},
-                {"name": "Healthy", "type": "integer", "jsonPath": ".status.healthyCards"},
-                {"name": "Nodes", "type": "integer", "jsonPath": ".status.nodes"},
-                age,
-            ],
-        ),
         _crd(
             "XPUQueue",
             "xpuqueues",
@@ -304,6 +278,7 @@ def crds() -> list[dict[str, Any]]:
             [
                 {"name": "Parent", "type": "string", "jsonPath": ".spec.parent"},
                 {"name": "Weight", "type": "integer", "jsonPath": ".spec.weight"},
+                {"name": "Running", "type": "integer", "jsonPath": ".status.runningPods"},
                 {"name": "Pending", "type": "integer", "jsonPath": ".status.pendingPods"},
                 age,
             ],

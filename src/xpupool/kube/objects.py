@@ -4,10 +4,15 @@
   init containers as the max, like kube-scheduler), via :func:`xpupool.core.request.parse_request`;
 * :func:`node_model` - a Node -> core :class:`~xpupool.core.model.Node`. Cards come from the
   node annotation ``xpupool.io/inventory`` that the node agent publishes (``schemaVersion: 1``,
-  format in docs/components.md; parsed here, not imported from the agent, per the layer rule) or,
-  without it, from whole-card extended resources in ``status.allocatable`` (``nvidia.com/gpu: 8``)
-  with the GPU-feature-discovery labels ``nvidia.com/gpu.product`` / ``nvidia.com/gpu.memory``
-  (MiB); :func:`node_utilization` reads the agent's ``xpupool.io/utilization`` samples;
+  format in docs/components.md; parsed here, not imported from the agent, per the layer rule):
+  ``slotsPerCard`` caps the slices per card, ``heldBy`` marks cards another device plugin holds.
+  ``status.allocatable["xpupool.io/vxpu"]`` is what the node's kubelet admits (the agent's device
+  plugin serves it; absent: nothing serves it, so no vXPU pod goes there), and none while the
+  inventory says ``serving: false`` (the agent's faster view of the same thing). Only when the operator
+  opts in (``guess_whole_cards``) is a node without inventory modelled from whole-card extended
+  resources (``nvidia.com/gpu: 8``) with the GPU-feature-discovery labels
+  ``nvidia.com/gpu.product`` / ``nvidia.com/gpu.memory`` (MiB): a guess that can be wrong (memory,
+  health, which cards). :func:`node_utilization` reads the agent's ``xpupool.io/utilization``;
 * the allocation annotation ``xpupool.io/allocation`` (:func:`encode_allocation`,
   :func:`decode_allocation`): the scheduler writes it on the pod BEFORE binding; it is the
   durable record from which a restarted scheduler rebuilds its ledger.
@@ -31,6 +36,7 @@ from xpupool.core.model import Allocation, Device, Node, Request, Vendor
 from xpupool.core.request import (
     DOMAIN,
     OUR_RESOURCES,
+    RES_VXPU,
     WHOLE_CARD_RESOURCES,
     ParseResult,
     QuantityError,
@@ -137,7 +143,7 @@ def pod_presence(pod: JsonDict) -> Request:
     )
 
 
-def node_model(node: JsonDict) -> Node:
+def node_model(node: JsonDict, *, guess_whole_cards: bool = False) -> Node:
     """The node as the core sees it (see the module docstring for where cards come from)."""
     meta = node.get("metadata") or {}
     status = node.get("status") or {}
@@ -147,6 +153,7 @@ def node_model(node: JsonDict) -> Node:
     inventory = _inventory(meta.get("annotations") or {})
     if inventory is not None:
         try:
+            slots = int(inventory.get("slotsPerCard") or 0)
             for d in inventory.get("devices") or []:
                 devices.append(
                     Device(
@@ -156,11 +163,13 @@ def node_model(node: JsonDict) -> Node:
                         memory_mib=int(d["memoryMiB"]),
                         topology_group=int(d.get("topologyGroup", 0)),
                         healthy=bool(d.get("healthy", True)),
+                        max_tenants=slots,
+                        held_by=tuple(str(h) for h in d.get("heldBy") or ()),
                     )
                 )
         except (ValueError, KeyError, TypeError):
             devices = []  # unreadable inventory: treat as no cards rather than guess
-    else:
+    elif guess_whole_cards:
         for name, (vendor, model) in WHOLE_CARD_RESOURCES.items():
             if name not in alloc:
                 continue
@@ -180,6 +189,9 @@ def node_model(node: JsonDict) -> Node:
         labels=dict(labels),
         taints=taints,
         unschedulable=unschedulable,
+        # The agent says at once when its kubelet cannot admit vXPU pods (restarts, stopping);
+        # the kubelet's allocatable follows only at its next node-status update.
+        vxpu_slots=_qty(alloc.get(RES_VXPU, 0)) if inventory is None or inventory.get("serving", True) else 0,
     )
 
 

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,8 +69,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _write_keys(workdir: Path) -> tuple[Path, Path, Path, Path]:
-    """Serving cert/key (self-signed, SANs 127.0.0.1/localhost) and a service-account key pair."""
+def _write_keys(workdir: Path, extra_ips: tuple[str, ...] = ()) -> tuple[Path, Path, Path, Path]:
+    """Serving cert/key (self-signed CA, SANs 127.0.0.1/localhost + ``extra_ips``) and a
+    service-account key pair."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -94,6 +96,7 @@ def _write_keys(workdir: Path) -> tuple[Path, Path, Path, Path]:
                     x509.DNSName("kubernetes.default.svc"),
                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                     x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+                    *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
                 ]
             ),
             critical=False,
@@ -118,14 +121,36 @@ def _write_keys(workdir: Path) -> tuple[Path, Path, Path, Path]:
     return cert_file, key_file, sa_key, sa_pub
 
 
+@dataclass(frozen=True)
+class ApiserverOptions:
+    """How the test kube-apiserver is set up.
+
+    The defaults are the emulated-cluster profile described in the module docstring (loopback,
+    no ServiceAccount admission, RBAC only). A cluster with a real node
+    (:mod:`xpupool.kube.testing_node`) listens on an address the node can reach, keeps the
+    ServiceAccount admission (pods get tokens), authorises kubelets with the Node authorizer and
+    gives each node component its own static-token user.
+    """
+
+    address: str = "127.0.0.1"
+    disabled_admission_plugins: tuple[str, ...] = ("ServiceAccount", "TaintNodesByCondition")
+    enabled_admission_plugins: tuple[str, ...] = ()
+    authorization_modes: tuple[str, ...] = ("RBAC",)
+    #: ``(user name, groups)`` rows added to the token file; tokens land in ``ControlPlane.user_tokens``.
+    users: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
 @dataclass
 class ControlPlane:
     """A running etcd + kube-apiserver. Use :meth:`start` / :meth:`stop` (or ``with``)."""
 
     bin_dir: Path
     workdir: Path
+    options: ApiserverOptions = field(default_factory=ApiserverOptions)
     server: str = ""
     token: str = ""
+    user_tokens: dict[str, str] = field(default_factory=dict)
+    sa_key_file: Path = Path()
     ca_file: Path = Path()
     kubeconfig: Path = Path()
     etcd_url: str = ""
@@ -140,10 +165,12 @@ class ControlPlane:
         workdir: Path | None = None,
         extra_apiserver_args: tuple[str, ...] = (),
         ready_timeout_s: float = 90.0,
+        options: ApiserverOptions | None = None,
     ) -> ControlPlane:
         t0 = time.monotonic()
         work = workdir or Path(tempfile.mkdtemp(prefix="xpupool-kube-"))
-        cp = cls(bin_dir=bin_dir, workdir=work)
+        work.mkdir(parents=True, exist_ok=True)
+        cp = cls(bin_dir=bin_dir, workdir=work, options=options or ApiserverOptions())
         try:
             cp._start_etcd()
             cp._start_apiserver(extra_apiserver_args, ready_timeout_s)
@@ -154,9 +181,12 @@ class ControlPlane:
         return cp
 
     # -- processes -------------------------------------------------------------------------
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, args: list[str], *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``args`` as process ``name`` (log: ``<workdir>/<name>.log``), stopped by :meth:`stop`."""
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_detach_and_die_with_parent)
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_detach_and_die_with_parent
+        )
         log.close()
         self.processes[name] = proc
         return proc
@@ -171,7 +201,7 @@ class ControlPlane:
         client, peer = free_port(), free_port()
         self.etcd_url = f"http://127.0.0.1:{client}"
         data = self.workdir / "etcd"
-        self._spawn(
+        self.spawn(
             "etcd",
             [
                 str(self.bin_dir / "etcd"),
@@ -188,34 +218,46 @@ class ControlPlane:
                 "--quota-backend-bytes=4294967296",
             ],
         )
-        self._wait(lambda: _http_ok(f"{self.etcd_url}/health"), "etcd", 30.0)
+        self.wait_ready(lambda: _http_ok(f"{self.etcd_url}/health"), "etcd", 30.0)
 
     def _start_apiserver(self, extra: tuple[str, ...], timeout_s: float) -> None:
-        cert, key, sa_key, sa_pub = _write_keys(self.workdir)
+        opts = self.options
+        extra_ips = () if opts.address == "127.0.0.1" else (opts.address,)
+        cert, key, sa_key, sa_pub = _write_keys(self.workdir, extra_ips)
+        self.sa_key_file = sa_key
         self.token = secrets.token_hex(24)
+        rows = [f'{self.token},xpupool-admin,xpupool-admin-uid,"system:masters"']
+        for user, groups in opts.users:
+            self.user_tokens[user] = secrets.token_hex(24)
+            rows.append(f'{self.user_tokens[user]},{user},{user}-uid,"{",".join(groups)}"')
         tokens = self.workdir / "tokens.csv"
-        tokens.write_text(f'{self.token},xpupool-admin,xpupool-admin-uid,"system:masters"\n')
+        tokens.write_text("\n".join(rows) + "\n")
         tokens.chmod(0o600)
         port = free_port()
-        self.server = f"https://127.0.0.1:{port}"
+        self.server = f"https://{opts.address}:{port}"
         self.ca_file = cert
-        self._spawn(
+        admission = []
+        if opts.disabled_admission_plugins:
+            admission.append(f"--disable-admission-plugins={','.join(opts.disabled_admission_plugins)}")
+        if opts.enabled_admission_plugins:
+            admission.append(f"--enable-admission-plugins={','.join(opts.enabled_admission_plugins)}")
+        self.spawn(
             "kube-apiserver",
             [
                 str(self.bin_dir / "kube-apiserver"),
                 f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={opts.address}",
+                f"--advertise-address={opts.address}",
                 f"--secure-port={port}",
                 f"--tls-cert-file={cert}",
                 f"--tls-private-key-file={key}",
                 f"--token-auth-file={tokens}",
-                "--authorization-mode=RBAC",
+                f"--authorization-mode={','.join(opts.authorization_modes)}",
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-account-key-file={sa_pub}",
                 f"--service-account-signing-key-file={sa_key}",
                 "--service-cluster-ip-range=10.0.0.0/24",
-                "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
+                *admission,
                 "--enable-priority-and-fairness=false",
                 "--max-requests-inflight=3000",
                 "--max-mutating-requests-inflight=1000",
@@ -230,17 +272,21 @@ class ControlPlane:
                 *extra,
             ],
         )
-        self._wait(self._ready, "kube-apiserver", timeout_s)
-        self.kubeconfig = self.workdir / "kubeconfig"
-        self.kubeconfig.write_text(
+        self.wait_ready(self._ready, "kube-apiserver", timeout_s)
+        self.kubeconfig = self.write_kubeconfig(self.workdir / "kubeconfig", "xpupool-admin", self.token)
+
+    def write_kubeconfig(self, path: Path, user: str, token: str) -> Path:
+        """A kubeconfig for ``user`` (static ``token``) that trusts this apiserver's CA."""
+        path.write_text(
             "apiVersion: v1\nkind: Config\ncurrent-context: xpupool-test\n"
             f"clusters:\n- name: xpupool-test\n  cluster:\n    server: {self.server}\n"
             f"    certificate-authority: {self.ca_file}\n"
-            f"users:\n- name: xpupool-admin\n  user:\n    token: {self.token}\n"
+            f"users:\n- name: {user}\n  user:\n    token: {token}\n"
             "contexts:\n- name: xpupool-test\n  context:\n"
-            "    cluster: xpupool-test\n    user: xpupool-admin\n"
+            f"    cluster: xpupool-test\n    user: {user}\n"
         )
-        self.kubeconfig.chmod(0o600)
+        path.chmod(0o600)
+        return path
 
     def _ready(self) -> bool:
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
@@ -251,8 +297,8 @@ class ControlPlane:
         except OSError:
             return False
 
-    def _wait(self, probe: object, name: str, timeout_s: float) -> None:
-        assert callable(probe)
+    def wait_ready(self, probe: Callable[[], bool], name: str, timeout_s: float) -> None:
+        """Poll ``probe`` until true; fail early (with the log tail) if process ``name`` exits."""
         deadline = time.monotonic() + timeout_s
         proc = self.processes[name]
         while time.monotonic() < deadline:
@@ -275,7 +321,7 @@ class ControlPlane:
             f"clientConnection:\n  kubeconfig: {self.kubeconfig}\n  qps: {qps}\n  burst: {qps}\n"
             "leaderElection:\n  leaderElect: false\n"
         )
-        proc = self._spawn(
+        proc = self.spawn(
             name,
             [
                 str(self.bin_dir / "kube-scheduler"),
@@ -290,18 +336,23 @@ class ControlPlane:
         )
         return proc
 
+    def stop_process(self, name: str, *, timeout_s: float = 10.0) -> None:
+        """SIGTERM process ``name``'s group, SIGKILL after ``timeout_s``; no-op if not running."""
+        proc = self.processes.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
     def stop(self) -> None:
         for name in reversed(list(self.processes)):
-            proc = self.processes.pop(name)
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
+            self.stop_process(name)
         if os.environ.get("XPUPOOL_KEEP_KUBE_WORKDIR"):
             return
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -428,9 +479,11 @@ def fake_node(
     """A Node as an emulated cluster has it: Ready, capacity == allocatable, no kubelet behind.
 
     ``inventory="annotation"``: cards in the ``xpupool.io/inventory`` annotation (the format our
-    node agent publishes); ``"extended-resource"``: ``nvidia.com/gpu`` in allocatable plus the GPU
-    feature discovery labels (what the NVIDIA device plugin + GFD publish; kube-scheduler can
-    place whole-GPU pods on these).
+    node agent publishes) and ``xpupool.io/vxpu`` in allocatable (10 slots per card: what the
+    kubelet advertises once the agent's device plugin registered); ``"extended-resource"``:
+    ``nvidia.com/gpu`` in allocatable plus the GPU feature discovery labels (what the NVIDIA device
+    plugin + GFD publish; kube-scheduler can place whole-GPU pods on these; our scheduler models
+    them only with ``guess_whole_cards``).
     """
     import json
 
@@ -460,6 +513,8 @@ def fake_node(
             "errors": [],
         }
         meta["annotations"] = {"xpupool.io/inventory": json.dumps(doc)}
+        if cards:
+            resources["xpupool.io/vxpu"] = str(10 * cards)
     else:
         resources["nvidia.com/gpu"] = str(cards)
         meta["labels"].update({"nvidia.com/gpu.product": model, "nvidia.com/gpu.memory": str(card_memory_mib)})
@@ -526,3 +581,39 @@ async def create_all(
             await transport.create(resource, body)
 
     await asyncio.gather(*(one(b) for b in bodies))
+
+
+async def declare_queues(transport: Transport, queues: Mapping[str, JsonDict], *, namespaces: Sequence[str]) -> None:
+    """Install the XPUQueue CRD (if missing) and create or replace ``queues`` (name -> spec) so that
+    ``namespaces`` may use them: with the CRD installed the scheduler lets a pod use only the
+    queues its namespace is admitted to (test helper; queue names are cluster-wide)."""
+    from xpupool.kube.crds import crds
+    from xpupool.kube.queues import XPUQUEUES
+
+    crd_res = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", False, "CustomResourceDefinition")
+    for crd in crds():
+        try:
+            await transport.create(crd_res, crd)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:  # served a moment after it is established
+        try:
+            await transport.list(XPUQUEUES, limit=1)
+            break
+        except ApiError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    for name, spec in queues.items():
+        body: JsonDict = {"apiVersion": "xpupool.io/v1alpha1", "kind": "XPUQueue", "metadata": {"name": name},
+                          "spec": {**spec, "namespaces": sorted({*spec.get("namespaces", []), *namespaces})}}
+        try:
+            await transport.create(XPUQUEUES, body)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            live = await transport.get(XPUQUEUES, name)
+            merged = sorted({*((live.get("spec") or {}).get("namespaces") or []), *body["spec"]["namespaces"]})
+            await transport.patch(XPUQUEUES, name, {"spec": {**spec, "namespaces": merged}})

@@ -18,18 +18,20 @@ lease), never swallowed here.
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import json
 import os
 import ssl
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
 import aiohttp
-import yaml
+
+from xpupool.kube import credentials
+from xpupool.kube.credentials import Credentials
 
 JsonDict = dict[str, Any]
 JsonList = list[JsonDict]
@@ -200,7 +202,13 @@ class Transport(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class KubeConfig:
-    """Where and how to reach the apiserver. ``token`` is a bearer token; ``ca_file`` verifies TLS."""
+    """Where and how to reach the apiserver.
+
+    ``credentials`` (from the official ``kubernetes`` config loader, :mod:`xpupool.kube.credentials`)
+    supplies and renews the ``Authorization`` header: exec plugins, OIDC, token files, the
+    rotating in-cluster token. ``token`` is a fixed bearer token (tests, tools); ``ca_file``
+    verifies TLS; ``client_cert_file``/``client_key_file`` authenticate with a certificate.
+    """
 
     server: str
     token: str | None = None
@@ -209,49 +217,32 @@ class KubeConfig:
     client_cert_file: str | None = None
     client_key_file: str | None = None
     insecure_skip_tls_verify: bool = False
-    extra: Mapping[str, str] = field(default_factory=dict)
+    tls_server_name: str | None = None
+    credentials: Credentials | None = None
+
+    @staticmethod
+    def from_credentials(creds: Credentials) -> KubeConfig:
+        end = creds.endpoint
+        return KubeConfig(
+            server=end.server,
+            ca_file=end.ca_file,
+            client_cert_file=end.client_cert_file,
+            client_key_file=end.client_key_file,
+            insecure_skip_tls_verify=not end.verify,
+            tls_server_name=end.tls_server_name,
+            credentials=creds,
+        )
 
     @staticmethod
     def from_file(path: str | os.PathLike[str], *, context: str | None = None) -> KubeConfig:
-        """Read a kubeconfig (token, client-cert and CA forms; no exec/auth plugins)."""
-        doc = yaml.safe_load(Path(path).read_text())
-        ctx_name = context or doc.get("current-context")
-        contexts = {c["name"]: c["context"] for c in doc.get("contexts", [])}
-        ctx = contexts[ctx_name] if ctx_name else next(iter(contexts.values()))
-        cluster = {c["name"]: c["cluster"] for c in doc["clusters"]}[ctx["cluster"]]
-        user = {u["name"]: u.get("user") or {} for u in doc.get("users", [])}.get(ctx.get("user", ""), {})
-        base = Path(path).parent
-
-        def rel(p: str | None) -> str | None:
-            return None if p is None else str((base / p) if not os.path.isabs(p) else Path(p))
-
-        token = user.get("token")
-        if token is None and user.get("tokenFile"):
-            token = Path(rel(user["tokenFile"]) or "").read_text().strip()
-        ca_data = cluster.get("certificate-authority-data")
-        return KubeConfig(
-            server=cluster["server"].rstrip("/"),
-            token=token,
-            ca_file=rel(cluster.get("certificate-authority")),
-            ca_data=base64.b64decode(ca_data) if ca_data else None,
-            client_cert_file=rel(user.get("client-certificate")),
-            client_key_file=rel(user.get("client-key")),
-            insecure_skip_tls_verify=bool(cluster.get("insecure-skip-tls-verify", False)),
-        )
+        """Read a kubeconfig: every form the official loader knows (token, tokenFile, client
+        certificates, exec plugins, OIDC auth-provider)."""
+        return KubeConfig.from_credentials(credentials.from_kubeconfig(path, context=context))
 
     @staticmethod
     def in_cluster() -> KubeConfig:
-        """The pod's service account (token re-read by the caller on rotation is not needed: 1 h+)."""
-        sa = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-        host = os.environ["KUBERNETES_SERVICE_HOST"]
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        if ":" in host:
-            host = f"[{host}]"
-        return KubeConfig(
-            server=f"https://{host}:{port}",
-            token=(sa / "token").read_text().strip(),
-            ca_file=str(sa / "ca.crt"),
-        )
+        """The pod's service account; the token is re-read when the kubelet rotates it."""
+        return KubeConfig.from_credentials(credentials.in_cluster())
 
     @staticmethod
     def load(path: str | None = None) -> KubeConfig:
@@ -271,10 +262,10 @@ class KubeConfig:
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-            return ctx
-        ctx = ssl.create_default_context(cafile=self.ca_file)
-        if self.ca_data:
-            ctx.load_verify_locations(cadata=self.ca_data.decode())
+        else:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+            if self.ca_data:
+                ctx.load_verify_locations(cadata=self.ca_data.decode())
         if self.client_cert_file:
             ctx.load_cert_chain(self.client_cert_file, self.client_key_file)
         return ctx
@@ -309,7 +300,29 @@ class AiohttpTransport:
         }
         if config.token:
             self._headers["Authorization"] = f"Bearer {config.token}"
+        self._credentials = config.credentials
+        self._server_hostname = config.tls_server_name
         self._session: aiohttp.ClientSession | None = None
+
+    async def _auth(self) -> dict[str, str]:
+        """The ``Authorization`` header of the next request (credentials renewed off the loop)."""
+        creds = self._credentials
+        if creds is None:
+            return {}
+        if creds.due():
+            await asyncio.to_thread(creds.refresh)
+        header = creds.header()
+        return {"Authorization": header} if header else {}
+
+    async def _unauthorized(self) -> bool:
+        """After a 401: reload the credentials; True when a retry may succeed."""
+        if self._credentials is None:
+            return False
+        try:
+            await asyncio.to_thread(self._credentials.invalidate)
+        except credentials.CredentialError as exc:
+            raise TransportError(f"renewing credentials after 401: {exc}") from exc
+        return True
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -335,15 +348,21 @@ class AiohttpTransport:
     ) -> JsonDict:
         url = self._config.server + path
         data = None if body is None else json.dumps(body, separators=(",", ":"))
-        headers = {"Content-Type": content_type} if data is not None else None
-        try:
-            async with self._http().request(
-                method, url, params=params, data=data, headers=headers, timeout=self._timeout
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise TransportError(f"{method} {path}: {exc!r}") from exc
+        for attempt in range(2):
+            headers = await self._auth()
+            if data is not None:
+                headers["Content-Type"] = content_type
+            try:
+                async with self._http().request(
+                    method, url, params=params, data=data, headers=headers, timeout=self._timeout,
+                    server_hostname=self._server_hostname,
+                ) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise TransportError(f"{method} {path}: {exc!r}") from exc
+            if status != 401 or attempt or not await self._unauthorized():
+                break
         try:
             doc: JsonDict = json.loads(raw) if raw else {}
         except ValueError:
@@ -405,7 +424,10 @@ class AiohttpTransport:
         # silent connection (no bytes, not even bookmarks) is cut after the same bound.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_s + 30)
         try:
-            async with self._http().get(url, params=params, timeout=timeout) as resp:
+            async with self._http().get(url, params=params, timeout=timeout, headers=await self._auth(),
+                                        server_hostname=self._server_hostname) as resp:
+                if resp.status == 401:
+                    await self._unauthorized()  # the informer retries with the renewed credential
                 if resp.status >= 400:
                     raw = await resp.read()
                     try:

@@ -11,14 +11,21 @@ Data flow::
 What :func:`admit_pod` does for a Pod CREATE that asks for vXPUs (``xpupool.io/vxpu*``, or a
 vendor's whole-card resource when ``adopt_whole_card`` is on):
 
-* refuses, with every problem in one message: a request the syntax rejects; vXPUs in more than
-  one container or in an init container (one vXPU container per pod: the device plugin binds
-  one slice per pod); a privileged container (it could bypass the in-container shim);
+* refuses, with every problem in one message: a request the syntax rejects; vXPUs in an init
+  container (several app containers may ask: each takes its own cards of the pod's allocation,
+  in container order); a privileged container (it could bypass the in-container shim);
   ``spec.nodeName`` set (it would bypass the scheduler's device ledger); a ``schedulerName`` of
   another scheduler; and, with ``pool_check="deny"``, a request no node of the pool can ever hold
   (``pool_check="warn"``, the default, returns the same text as admission warnings instead, so
   scale-from-zero clusters are not blocked);
+* refuses a pod whose ``xpupool.io/queue`` label names a queue its namespace may not use (or an
+  inner or unknown queue), with the queues it may use in the message — the cluster owner decides
+  through the ``XPUQueue`` objects (:func:`xpupool.core.queue_access.resolve_queue`, the same pure
+  function the scheduler runs again for every pod, so a pod created while the webhook was down
+  is not trusted either); the queues and namespaces come from a cache re-listed every 30 s
+  (:class:`QueueCache`): until the first list the check is skipped with a warning;
 * mutates with a JSONPatch: ``spec.schedulerName`` = ``xpupool``; label ``xpupool.io/managed``;
+  label ``xpupool.io/queue`` = the namespace's default queue when the pod names none;
   annotation ``xpupool.io/request`` (the normalised request, versioned JSON); limits copied from
   requests for our resources where only requests were given; a whole-card resource
   (``nvidia.com/gpu: 2``) rewritten as ``xpupool.io/vxpu: 2`` plus the ``xpupool.io/exclusive``,
@@ -42,10 +49,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -58,6 +67,7 @@ from xpupool.core.request import (
     ANN_MODEL,
     ANN_VENDOR,
     DOMAIN,
+    LABEL_QUEUE,
     OUR_RESOURCES,
     RES_VXPU,
     WHOLE_CARD_RESOURCES,
@@ -65,7 +75,9 @@ from xpupool.core.request import (
 )
 from xpupool.kube import certs
 from xpupool.kube.objects import SCHEDULER_NAME, node_model, pod_request
-from xpupool.kube.transport import NODES, ApiError, JsonDict, Resource, Transport
+from xpupool.kube.queues import OPEN_CATALOGUE, XPUQUEUES, QueueCatalogue
+from xpupool.kube.transport import NAMESPACES, NODES, ApiError, JsonDict, Resource, Transport
+from xpupool.kube.webhook_metrics import LatencyHistogram, WebhookCollector, metrics_app
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +104,9 @@ class WebhookSettings:
     adopt_whole_card: bool = False
     pool_check: PoolCheck = "warn"
     excluded_namespaces: frozenset[str] = frozenset({"kube-system"})
+    #: model nodes without an xpupool inventory from nvidia.com/gpu-style resources (the
+    #: scheduler's --model-nodes-without-inventory; the pool check must see the same cards)
+    guess_whole_cards: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +166,18 @@ def normalized_request(request: Request) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
-def admit_pod(review_request: Mapping[str, Any], *, settings: WebhookSettings, pool: Sequence[Node] | None) -> Decision:
+def admit_pod(
+    review_request: Mapping[str, Any],
+    *,
+    settings: WebhookSettings,
+    pool: Sequence[Node] | None,
+    queues: QueueCatalogue | None = OPEN_CATALOGUE,
+) -> Decision:
     """Decide on one AdmissionReview ``request`` (pure; see the module docstring).
 
-    ``pool`` is the cached node list, ``None`` when not known yet (the pool check is skipped).
+    ``pool`` is the cached node list, ``None`` when not known yet (the pool check is skipped);
+    ``queues`` the cached queue catalogue, ``None`` when not known yet (the queue check is
+    skipped with a warning; the scheduler checks anyway).
     """
     kind = review_request.get("kind") or {}
     if kind.get("kind") != "Pod" or kind.get("group", "") != "" or review_request.get("operation") != "CREATE":
@@ -183,10 +206,6 @@ def admit_pod(review_request: Mapping[str, Any], *, settings: WebhookSettings, p
     problems: list[str] = []
     if init_wanting:
         problems.append(f"init containers cannot use vXPUs ({', '.join(init_wanting)}); request them in a container")
-    if len(wanting) > 1:
-        problems.append(
-            "only one container per pod may request vXPUs, found " + ", ".join(c.get("name", "?") for _, c in wanting)
-        )
     privileged = [
         c.get("name", "?")
         for c in containers + list(spec.get("initContainers") or [])
@@ -218,19 +237,30 @@ def admit_pod(review_request: Mapping[str, Any], *, settings: WebhookSettings, p
             problems.extend(impossible)
         else:
             warnings.extend(f"xpupool: {w} (the pod will stay Pending until such a node joins)" for w in impossible)
+    queue_label: str | None = None
+    if request is not None and queues is None:
+        warnings.append("xpupool: the queue was not checked (queue list not loaded yet); the scheduler checks it")
+    elif request is not None and queues is not None:
+        choice = queues.resolve(namespace, meta.get("labels") or {})
+        if choice.queue is None:
+            problems.extend(f"queue: {reason}" for reason in choice.status.reasons)
+        else:
+            request = dataclasses.replace(request, queue=choice.queue)
+            if choice.defaulted and queues.enforced:
+                queue_label = choice.queue
     if problems or request is None:
         message = f"xpupool: pod {namespace}/{pod_name} cannot use vXPUs: " + "; ".join(problems)
         return Decision(False, message=message, ours=True)
     return Decision(
         True,
-        patch=tuple(_patch(pod, wanting[0][0] if wanting else None, request, settings)),
+        patch=tuple(_patch(pod, wanting[0][0] if wanting else None, request, settings, queue_label)),
         warnings=tuple(warnings),
         ours=True,
     )
 
 
 def _patch(
-    pod: Mapping[str, Any], index: int | None, request: Request, settings: WebhookSettings
+    pod: Mapping[str, Any], index: int | None, request: Request, settings: WebhookSettings, queue_label: str | None
 ) -> list[dict[str, Any]]:
     ops: list[dict[str, Any]] = []
     spec = pod.get("spec") or {}
@@ -255,7 +285,8 @@ def _patch(
         for section in (limits, requests):
             if key in section:
                 section[RES_VXPU] = section.pop(key)
-    for field_name, values in (("labels", {LABEL_MANAGED: "true"}), ("annotations", annotations)):
+    labels = {LABEL_MANAGED: "true", **({LABEL_QUEUE: queue_label} if queue_label else {})}
+    for field_name, values in (("labels", labels), ("annotations", annotations)):
         current = meta.get(field_name)
         if current is None:
             ops.append({"op": "add", "path": f"/metadata/{field_name}", "value": values})
@@ -302,8 +333,11 @@ class WebhookStats:
 class WebhookState:
     settings: WebhookSettings = field(default_factory=WebhookSettings)
     pool: Callable[[], Sequence[Node] | None] = lambda: None
+    queues: Callable[[], QueueCatalogue | None] = lambda: OPEN_CATALOGUE
     stats: WebhookStats = field(default_factory=WebhookStats)
     ready: Callable[[], bool] = lambda: True
+    #: time to answer each review (exported by :mod:`xpupool.kube.webhook_metrics`)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 STATE_KEY: web.AppKey[WebhookState] = web.AppKey("xpupool_webhook_state", WebhookState)
@@ -311,6 +345,14 @@ STATE_KEY: web.AppKey[WebhookState] = web.AppKey("xpupool_webhook_state", Webhoo
 
 async def _mutate(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
+    start = time.perf_counter()
+    try:
+        return await _answer(request, state)
+    finally:
+        state.latency.observe(time.perf_counter() - start)
+
+
+async def _answer(request: web.Request, state: WebhookState) -> web.Response:
     try:
         review = await request.json()
         review_request = review["request"]
@@ -318,7 +360,7 @@ async def _mutate(request: web.Request) -> web.Response:
     except (ValueError, KeyError, TypeError):
         state.stats.errors += 1
         return web.json_response({"message": "expected an admission.k8s.io/v1 AdmissionReview"}, status=400)
-    decision = admit_pod(review_request, settings=state.settings, pool=state.pool())
+    decision = admit_pod(review_request, settings=state.settings, pool=state.pool(), queues=state.queues())
     if review_request.get("dryRun"):
         state.stats.dry_run += 1
     else:
@@ -349,9 +391,10 @@ class PoolCache:
     """The pool's nodes as core values, re-listed every ``interval_s`` (cached reads only on the
     admission path). ``nodes()`` is ``None`` until the first successful list."""
 
-    def __init__(self, transport: Transport, *, interval_s: float = 30.0) -> None:
+    def __init__(self, transport: Transport, *, interval_s: float = 30.0, guess_whole_cards: bool = False) -> None:
         self._transport = transport
         self._interval_s = interval_s
+        self._guess = guess_whole_cards  # as the scheduler's --model-nodes-without-inventory
         self._nodes: list[Node] | None = None
 
     def nodes(self) -> list[Node] | None:
@@ -366,7 +409,7 @@ class PoolCache:
             token = page.continue_token or None
             if token is None:
                 break
-        self._nodes = [node_model(n) for n in items]
+        self._nodes = [node_model(n, guess_whole_cards=self._guess) for n in items]
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -374,6 +417,51 @@ class PoolCache:
                 await self.refresh()
             except Exception as exc:  # transport failure: keep the last list, retry next round
                 log.warning("listing nodes for the pool check failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._interval_s)
+
+
+class QueueCache:
+    """XPUQueues and namespaces, re-listed every ``interval_s`` into a :class:`QueueCatalogue`.
+
+    ``catalogue()`` is ``None`` until the first successful list; when the XPUQueue CRD is not
+    installed (404) it is the open catalogue (every label accepted). A failed list keeps the last
+    catalogue (the scheduler re-checks every pod anyway)."""
+
+    def __init__(self, transport: Transport, *, interval_s: float = 30.0) -> None:
+        self._transport = transport
+        self._interval_s = interval_s
+        self._catalogue: QueueCatalogue | None = None
+
+    def catalogue(self) -> QueueCatalogue | None:
+        return self._catalogue
+
+    async def _all(self, resource: Resource) -> list[JsonDict]:
+        items: list[JsonDict] = []
+        token: str | None = None
+        while True:
+            page = await self._transport.list(resource, limit=500, continue_token=token)
+            items.extend(page.items)
+            token = page.continue_token or None
+            if token is None:
+                return items
+
+    async def refresh(self) -> None:
+        try:
+            queues = await self._all(XPUQUEUES)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            self._catalogue = OPEN_CATALOGUE
+            return
+        self._catalogue = QueueCatalogue.build(queues, await self._all(NAMESPACES))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.refresh()
+            except Exception as exc:  # transport failure: keep the last catalogue, retry next round
+                log.warning("listing queues for the queue check failed: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._interval_s)
 
@@ -505,6 +593,7 @@ async def serve(
     host: str = "0.0.0.0",
     stop: asyncio.Event | None = None,
     state: WebhookState | None = None,
+    metrics_port: int = 0,
 ) -> None:
     """Run the webhook until ``stop`` is set (default: until SIGTERM/SIGINT): certificates first
     (Secret + caBundle), then the pool cache, then HTTPS. Closes ``transport`` on the way out."""
@@ -520,23 +609,31 @@ async def serve(
         )
         await keeper.sync()
         assert keeper.context is not None
-        pool = PoolCache(transport)
+        pool = PoolCache(transport, guess_whole_cards=settings.guess_whole_cards)
+        queues = QueueCache(transport)
         if stop is None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
         state = state or WebhookState()
-        state.settings, state.pool = settings, pool.nodes
+        state.settings, state.pool, state.queues = settings, pool.nodes, queues.catalogue
         runner = web.AppRunner(make_app(state))
         await runner.setup()
         await web.TCPSite(runner, host, port, ssl_context=keeper.context.context).start()
-        tasks = [asyncio.create_task(pool.run(stop)), asyncio.create_task(keeper.run(stop))]
+        metrics_runner = None
+        if metrics_port:  # plain HTTP, see xpupool.kube.webhook_metrics
+            metrics_runner = web.AppRunner(metrics_app(WebhookCollector(state.stats, state.latency, pool.nodes)))
+            await metrics_runner.setup()
+            await web.TCPSite(metrics_runner, host, metrics_port).start()
+        tasks = [asyncio.create_task(c.run(stop)) for c in (pool, queues, keeper)]
         try:
             await stop.wait()
         finally:
             await asyncio.gather(*tasks, return_exceptions=True)
             await runner.cleanup()
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
     finally:
         await transport.close()
 
@@ -556,6 +653,7 @@ def main() -> None:
     settings = WebhookSettings(
         scheduler_name=env.get("XPUPOOL_SCHEDULER_NAME", SCHEDULER_NAME),
         adopt_whole_card=env.get("XPUPOOL_WEBHOOK_ADOPT_WHOLE_CARD", "false").lower() == "true",
+        guess_whole_cards=env.get("XPUPOOL_MODEL_NODES_WITHOUT_INVENTORY", "false").lower() == "true",
         pool_check=pool_check,  # type: ignore[arg-type]
         excluded_namespaces=frozenset(
             {"kube-system", namespace, *filter(None, env.get("XPUPOOL_WEBHOOK_EXCLUDED_NAMESPACES", "").split(","))}
@@ -570,6 +668,7 @@ def main() -> None:
             secret_name=env.get("XPUPOOL_WEBHOOK_SECRET", "xpupool-webhook-tls"),
             webhook_configuration=env.get("XPUPOOL_WEBHOOK_CONFIGURATION", "xpupool"),
             port=int(env.get("XPUPOOL_WEBHOOK_PORT", "8443")),
+            metrics_port=int(env.get("XPUPOOL_WEBHOOK_METRICS_PORT", "0")),
         )
     )
 

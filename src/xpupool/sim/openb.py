@@ -1,12 +1,14 @@
 """Loaders for the Alibaba ``openb`` GPU-sharing trace (cluster-trace-gpu-v2023, used by FGD).
 
-The trace is third-party data: it is read from where it lies (``--trace``/``--nodes`` or the
-``XPUPOOL_TRACES`` directory), never copied into the repository.
+The trace is third-party data: it is read from where it lies (``--trace``/``--nodes``, the
+``XPUPOOL_TRACES`` directory, the wheel's packaged copy of the default variant or the download cache:
+:mod:`xpupool.sim.openb_data`), never copied into the repository. Files may be gzip-compressed.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -52,7 +54,7 @@ class TraceError(ValueError):
 
 def _rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
     """CSV rows with their line numbers; a missing column is a :class:`TraceError` up front."""
-    with path.open(newline="") as fh:
+    with gzip.open(path, "rt", newline="") if path.suffix == ".gz" else path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:

@@ -6,25 +6,35 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 
 def results_table(summary: dict[str, Any], published: dict[str, dict[int, float]] | None = None,
                   title: str = "") -> Table:
-    table = Table(title=title or "Unallocated GPU % at 100 % arrived workload (mean ± sd over seeds)")
-    table.add_column("policy")
-    table.add_column("unallocated %", justify="right")
-    table.add_column("frag rate %", justify="right")
-    table.add_column("frag/total %", justify="right")
-    table.add_column("decision p99 ms", justify="right")
+    """One row per policy. Narrow headers and a caption that spells them out keep the table whole
+    at 80 columns; the JSON summary (``--json``) has every figure in full."""
+    table = Table(title=title or "Unallocated GPU % at 100 % arrived workload (mean ± sd over seeds)",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("policy", no_wrap=True)
+    table.add_column("unalloc %", justify="right", no_wrap=True)
+    table.add_column("sd", justify="right", no_wrap=True)
+    table.add_column("frag %", justify="right", no_wrap=True)
+    table.add_column("frag/all %", justify="right", no_wrap=True)
+    table.add_column("p99 ms", justify="right", no_wrap=True)
+    caption = ("unalloc = unallocated GPU at 100 % arrival (mean over seeds, sd); frag = fragmentation rate; "
+               "frag/all = fragmented GPU of all GPU; p99 = placement decision time")
     if published is not None:
-        table.add_column("published (FGD artifact)", justify="right")
-        table.add_column("Δ (ours − published)", justify="right")
+        table.add_column("FGD pub.", justify="right", no_wrap=True)
+        table.add_column("Δ", justify="right", no_wrap=True)
+        caption += "; FGD pub. = the FGD artifact's published figure for the same seeds, Δ = ours − published"
+    table.caption = caption
     for name, data in summary["policies"].items():
         u = data["unallocated_pct_at_100"]
         row = [
             name,
-            f"{u['mean']:.2f} ± {u['sd']:.2f}",
+            f"{u['mean']:.2f}",
+            f"{u['sd']:.2f}",
             f"{data['frag_rate_pct_at_100']['mean']:.1f}",
             f"{data['frag_amount_pct_at_100']['mean']:.2f}",
             f"{data['decision_ms']['p99']:.2f}",

@@ -5,8 +5,9 @@ binding tasks and preemption (all on one event loop, so no locks).
 
 Ledger invariants:
   * every non-terminal pod with ``spec.nodeName`` holds its resources (ours from the allocation
-    annotation, other schedulers' pods - e.g. kube-scheduler's whole-GPU pods - on the first
-    free cards of their node, because the kubelet, not we, picked their cards);
+    annotation; other schedulers' pods - e.g. kube-scheduler's whole-GPU pods - on the cards the
+    node agent saw them hold (inventory ``heldBy``, from the kubelet's PodResources), else on the
+    first free cards of their node until the agent reports them);
   * an assumed pod holds its resources from reserve until the bind fails or the pod is gone;
   * ``state`` free capacity == capacity - the sum of ``accounted`` allocations;
   * a restart rebuilds the ledger from the apiserver alone: nothing is kept locally. Because the
@@ -94,7 +95,10 @@ class SchedulerCache:
 
     def on_node(self, etype: str, old: JsonDict | None, new: JsonDict | None) -> None:
         # Heartbeats and utilisation samples change no capacity, labels or taints: no rebuild.
-        if old is not None and new is not None and node_model(old) == node_model(new):
+        guess = self.config.guess_whole_cards
+        if old is not None and new is not None and node_model(old, guess_whole_cards=guess) == node_model(
+            new, guess_whole_cards=guess
+        ):
             self._apply_utilization(new)
             return
         self.nodes_dirty = True
@@ -211,9 +215,17 @@ class SchedulerCache:
         memory: list[int] = []
         if idx is not None and request.count > 0:
             ctx = FitContext.build(self.state, request)
-            slots = np.nonzero(ctx.card_fit[idx])[0][: request.count]
+            # The cards the node agent saw this pod hold (kubelet PodResources), then first-free.
+            held = [
+                s
+                for s, d in enumerate(self.state.nodes[idx].devices)
+                if any(h.split(" (", 1)[0] == key for h in d.held_by)
+            ]
+            free = [int(s) for s in np.nonzero(ctx.card_fit[idx])[0] if int(s) not in held]
+            slots = (held + free)[: request.count]
             cards = [int(self.state.card_index[idx, s]) for s in slots]
-            memory = [int(ctx.device_memory[idx, s]) for s in slots]
+            memory = [int(self.state.card_memory_capacity[idx, s]) if s in held else int(ctx.device_memory[idx, s])
+                      for s in slots]
         return Allocation(
             pod=key,
             node=node,
@@ -244,7 +256,10 @@ class SchedulerCache:
 
     def rebuild(self) -> None:
         """New ClusterState from the node informer; replay every accounted pod."""
-        nodes = [node_model(obj) for obj in sorted(self.nodes.store.values(), key=lambda n: n["metadata"]["name"])]
+        nodes = [
+            node_model(obj, guess_whole_cards=self.config.guess_whole_cards)
+            for obj in sorted(self.nodes.store.values(), key=lambda n: n["metadata"]["name"])
+        ]
         self.state = ClusterState(nodes)
         self.nodes_dirty = False
         for obj in self.nodes.store.values():

@@ -35,6 +35,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--annotate-before-bind", action="store_true")
     p.add_argument("--max-pods-per-cycle", type=int, default=256, help="0: decide every pending pod each cycle")
     p.add_argument("--no-preemption", action="store_true")
+    p.add_argument(
+        "--model-nodes-without-inventory",
+        action="store_true",
+        help="model nodes without the xpupool agent's inventory from nvidia.com/gpu-style allocatable "
+        "and GPU feature discovery labels (a guess; default: such nodes have no cards)",
+    )
     p.add_argument("--leader-elect", action="store_true")
     p.add_argument("--lease-namespace", default="kube-system")
     p.add_argument("--lease-name", default="xpupool-scheduler")
@@ -80,6 +86,7 @@ async def amain(argv: Sequence[str] | None = None, *, ready: Callable[[KubeSched
         bind_qps=args.bind_qps,
         annotate_before_bind=args.annotate_before_bind,
         max_pods_per_cycle=args.max_pods_per_cycle,
+        guess_whole_cards=args.model_nodes_without_inventory,
         preemption=not args.no_preemption,
     )
     daemon = KubeScheduler(

@@ -41,3 +41,6 @@ class SchedulerConfig:
     annotate_before_bind: bool = False
     #: read queue specs from XPUQueue objects (when the CRD is installed)
     queue_crd: bool = True
+    #: model nodes without an xpupool inventory from nvidia.com/gpu-style allocatable and GFD labels
+    #: (a guess: card memory, health and identity may be wrong); off: such nodes have no cards
+    guess_whole_cards: bool = False

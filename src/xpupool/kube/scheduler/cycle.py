@@ -94,6 +94,12 @@ class Cycle:
                 # kube-scheduler's wording; no event, no backoff: removing a gate is a pod update
                 self._mark_unschedulable(pod, GATED_MESSAGE, reason="SchedulingGated")
                 continue
+            request, refused = self.queues.assign(pod, request)  # hook (queues): the queue it may use
+            if refused is not None:
+                self.runtime.events.pod_event(pod, reason="FailedScheduling", warning=True, note=refused)
+                self._mark_unschedulable(pod, refused)
+                cache.delay(key)
+                continue
             cache.arrival.setdefault(key, now)
             if request.pod_group:
                 wanted = _gang_min(pod)

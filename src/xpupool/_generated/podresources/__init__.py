@@ -1,0 +1,1 @@
+"""Kubelet PodResources API stubs (generated)."""

@@ -1,0 +1,1 @@
+"""Kubelet ``podresources/v1`` stubs generated from ``api.proto`` in this folder."""

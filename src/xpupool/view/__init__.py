@@ -1,0 +1,1 @@
+"""Pool views shared by the live CLI, the web page and the view service (see model.py for the data)."""
