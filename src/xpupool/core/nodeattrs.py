@@ -11,7 +11,7 @@ when the node lacks the key. Integer views (for Gt/Lt) are built per key on firs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +52,8 @@ class Column:
                 ids[i] = self.vocab.setdefault(value, len(self.vocab))
         self.ids: IntArray = ids
         self.present: BoolArray = ids >= 0
+        #: every node with the key has its own value (hostname): a domain is a node
+        self.per_node = len(self.vocab) == int(self.present.sum())
         self._ints: tuple[IntArray, BoolArray] | None = None
 
     def isin(self, values: Sequence[str]) -> BoolArray:
@@ -95,8 +97,6 @@ class NodeAttributes:
                 self.taint_matrix[i, taints[taint]] = True
         self._hard = np.array([t.effect in _HARD_EFFECTS for t in self.taints], dtype=bool)
         self._soft = np.array([t.effect is Effect.PREFER_NO_SCHEDULE for t in self.taints], dtype=bool)
-        #: no taint and no cordon anywhere: the taint filter is the identity
-        self.untainted = not self.unschedulable.any() and not self._hard.any()
         self.has_soft_taints = bool(self._soft.any())
         self._cache: dict[object, object] = {}
 
@@ -163,6 +163,17 @@ class NodeAttributes:
         assert isinstance(hit, np.ndarray)
         return hit
 
+    def domains(self, key: str, eligible: BoolArray, cache_key: object) -> BoolArray:
+        """Which values of label ``key`` occur on ``eligible`` nodes, cached by ``cache_key``
+        (the caller's statement of everything ``eligible`` was derived from)."""
+        full = ("domains", key, cache_key)
+        hit = self._cache.get(full)
+        if hit is None:
+            col = self.column(key)
+            hit = self._cache[full] = np.bincount(col.ids[eligible & col.present], minlength=len(col.vocab)) > 0
+        assert isinstance(hit, np.ndarray)
+        return hit
+
     def preferred_affinity(self, terms: tuple[PreferredTerm, ...]) -> FloatArray:
         """Sum of the weights of the preferred terms each node matches."""
         key = ("preferred", terms)
@@ -173,6 +184,22 @@ class NodeAttributes:
                 total += pref.weight * self.term(pref.term)
             hit = self._cache[key] = total
         assert isinstance(hit, np.ndarray)
+        return hit
+
+    def static_preferences(
+        self,
+        tolerations: tuple[Toleration, ...],
+        preferred: tuple[PreferredTerm, ...],
+        compute: Callable[[NodeAttributes, tuple[Toleration, ...], tuple[PreferredTerm, ...]], FloatArray | None],
+    ) -> FloatArray | None:
+        """``compute(self, tolerations, preferred)`` cached (node-static score points)."""
+        if not self.has_soft_taints and not preferred:
+            return None
+        key = ("points", tolerations, preferred)
+        if key not in self._cache:
+            self._cache[key] = compute(self, tolerations, preferred)
+        hit = self._cache[key]
+        assert hit is None or isinstance(hit, np.ndarray)
         return hit
 
     # ------------------------------------------------------------------ taints
@@ -196,14 +223,6 @@ class NodeAttributes:
             hit = self._cache[key] = ~self.taint_matrix[:, bad].any(axis=1)
         assert isinstance(hit, np.ndarray)
         return hit
-
-    def untolerated_taint(self, tolerations: tuple[Toleration, ...], node: int) -> Taint | None:
-        """The first hard taint of ``node`` the tolerations do not cover (for messages)."""
-        for j in np.nonzero(self.taint_matrix[node])[0]:
-            taint = self.taints[int(j)]
-            if taint.effect in _HARD_EFFECTS and not tolerated(tolerations, taint):
-                return taint
-        return None
 
     def schedulable(self, tolerations: tuple[Toleration, ...]) -> BoolArray:
         """Not cordoned, or the pod tolerates ``node.kubernetes.io/unschedulable:NoSchedule``."""

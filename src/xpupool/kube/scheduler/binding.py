@@ -54,11 +54,14 @@ class Bindings:
         self.runtime.spawn(self._bind(pod, allocation, assumed, annotate=False))
 
     def expire(self, now_s: float) -> None:
-        """Re-read, from the apiserver, every assumption that outlived its TTL."""
+        """Re-read, from the apiserver, every bound assumption the watch has not confirmed within
+        its TTL. A bind still queued or in flight is left to its own task, which always ends in
+        bound or undone: re-reading those only adds load to an apiserver that is already slow."""
         for key, assumed in list(self.cache.assumed.items()):
             if now_s > assumed.deadline_s:
                 assumed.deadline_s = now_s + self.runtime.config.assume_ttl_s
-                self.runtime.spawn(self._verify(key, assumed))
+                if assumed.bound:
+                    self.runtime.spawn(self._verify(key, assumed))
 
     def _undo(self, key: str, assumed: Assumed, *, requeue: bool) -> None:
         cache = self.cache
