@@ -182,7 +182,9 @@ class XpupoolHostScore:
 
     def __init__(self, *, target: TargetWorkload, weights: str = "popularity", multi_scale: float = 0.0,
                  fgd_weight: float = 1.0, host_weight: float = 0.5, squash: float = 2000.0,
-                 levels: float = 50.0, any_model_only: bool = True, memory: bool = True) -> None:
+                 levels: float = 50.0, any_model_only: bool = True, memory: bool = True,
+                 share_tiebreak: str = "node") -> None:
+        self.share_tiebreak = share_tiebreak
         self.cache = HostFragment(HostTarget(target, weights=weights, multi_scale=multi_scale,
                                              any_model_only=any_model_only, memory=memory))
         self.fgd = FragmentCache(target)
@@ -232,6 +234,13 @@ class XpupoolHostScore:
         key = gain[ok]
         if self.squash > 0:  # banded: ``levels`` integer bands of sigmoid(gain / squash), node-local
             key = np.floor(self.levels / (1 + np.exp(-np.clip(key / self.squash, -500, 500))))
+            if ctx.request.is_sharing and self.share_tiebreak != "node":
+                idx = np.nonzero(ok)[0]
+                left = state.card_free_milli[idx, hint[idx]] - ctx.request.share_milli
+                if self.share_tiebreak == "bestfit":
+                    key = key + 0.999 * (1 - left / WHOLE_CARD_MILLI)
+                elif self.share_tiebreak == "worstfit":
+                    key = key + 0.999 * (left / WHOLE_CARD_MILLI)
             scores[ok] = 100 * key / self.levels
             return ScoreResult(scores, hint)
         span = max(float(key.max() - key.min()), 1e-9)

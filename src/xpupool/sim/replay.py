@@ -18,6 +18,7 @@ import numpy as np
 
 from xpupool.core.cluster import ClusterState
 from xpupool.core.frag import TargetWorkload, cluster_fragment
+from xpupool.core.framework import Scheduler
 from xpupool.core.model import Node, Request
 from xpupool.plugins.profiles import build_scheduler
 
@@ -100,12 +101,16 @@ def replay(
     time_decisions: bool = False,
     on_pod: Callable[[], None] | None = None,
     perf_counter: Callable[[], float] | None = None,
+    scheduler: Scheduler | None = None,
 ) -> SeedRun:
-    """Replay one seed with one policy. Deterministic for a given (policy, seed)."""
+    """Replay one seed with one policy. Deterministic for a given (policy, seed). ``scheduler``
+    replaces the named policy's (e.g. a plugin configuration being screened; ``policy`` then only
+    labels the run)."""
     state = ClusterState(nodes)
     capacity = int(state.card_exists.sum()) * 1000
     workload = tune_workload(pods, capacity, seed)
-    scheduler = build_scheduler(policy, seed=seed, target=target)
+    if scheduler is None:
+        scheduler = build_scheduler(policy, seed=seed, target=target)
     arrived = np.zeros(len(workload))
     allocated = np.zeros(len(workload))
     decision = np.zeros(len(workload) if time_decisions else 0)

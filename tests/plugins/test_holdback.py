@@ -1,0 +1,80 @@
+"""The hold-back filter on hand-made pools: a 0.81-card pod is held only when the pool is nearly full
+and every card it fits would keep a dead remnant; tight fits and smaller shares go through."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xpupool.core.cluster import ClusterState
+from xpupool.core.frag import TargetWorkload
+from xpupool.core.framework import FitContext, Profile, Scheduler
+from xpupool.core.model import Device, Node, Request, Vendor
+from xpupool.core.status import Code
+from xpupool.plugins.holdback import HoldBackFilter, dead_remnant_milli
+
+
+def node(name: str, cards: int) -> Node:
+    return Node(name, 64_000, 256 * 1024, tuple(Device(i, Vendor.NVIDIA, "G2", 32 * 1024) for i in range(cards)))
+
+
+def share(name: str, milli: int) -> Request:
+    return Request(name=name, cpu_milli=1000, memory_mib=1024, count=1, share_milli=milli)
+
+
+def target() -> TargetWorkload:
+    """Shares of 0.81/0.47/0.32/0.23 and whole cards, as in openb; no share below 0.2."""
+    pods = ([share("a", 810)] * 4 + [share("b", 470)] * 3 + [share("c", 320)] * 2 + [share("d", 230)]
+            + [Request(name="w", cpu_milli=1000, memory_mib=1024, count=1, share_milli=1000, exclusive=True)] * 5)
+    return TargetWorkload.from_requests(pods, ["G2"], coverage=1.0)
+
+
+def pool(used_milli: list[int]) -> ClusterState:
+    """One 4-card node per entry group; ``used_milli`` sets each card's used share in order."""
+    state = ClusterState([node(f"n{i}", 4) for i in range((len(used_milli) + 3) // 4)])
+    for k, used in enumerate(used_milli):
+        state.card_free_milli[k // 4, k % 4] -= used
+    return state
+
+
+def scheduler(theta_pct: float) -> Scheduler:
+    tw = target()
+    profile = Profile.from_names("hb", scores={"xpupool-host": 1.0}, filters=["xpupool-holdback"],
+                                 args={"xpupool-host": {"target": tw},
+                                       "xpupool-holdback": {"target": tw, "theta_pct": theta_pct}},
+                                 first_on_tie=True)
+    return Scheduler(profile, rng=np.random.default_rng(0))
+
+
+def test_dead_remnant_is_the_smallest_common_share() -> None:
+    assert dead_remnant_milli(target(), 0.05) == 230
+
+
+def test_pod_is_held_when_the_pool_is_nearly_full_and_only_whole_cards_fit() -> None:
+    # 7 of 8 cards fully used: 87.5 % allocated, one whole card left
+    state = pool([1000] * 7 + [0])
+    held = scheduler(85).place(state, share("p", 810))
+    assert held.status.code is Code.UNSCHEDULABLE
+    assert any("held back" in r for r in held.status.reasons)
+    assert scheduler(90).place(state, share("p", 810)).status.ok  # below the threshold: placed
+
+
+def test_tight_card_is_used_instead_of_holding() -> None:
+    # 77 % allocated; the last card has 0.85 free: a 0.81 pod leaves 40 milli there, a tight fit
+    state = pool([1000] * 6 + [0, 150])
+    ctx = FitContext.build(state, share("p", 810))
+    assert HoldBackFilter(target=target(), theta_pct=70).applies(state, ctx)
+    result = scheduler(70).place(state, share("p", 810))
+    assert result.status.ok and result.allocation is not None and result.allocation.cards == (3,)
+
+
+def test_smaller_shares_are_never_held() -> None:
+    state = pool([1000] * 7 + [0])
+    assert scheduler(0).place(state, share("q", 470)).status.ok
+    ctx = FitContext.build(state, share("q", 470))
+    assert not HoldBackFilter(target=target(), theta_pct=0).applies(state, ctx)
+
+
+def test_off_by_default() -> None:
+    state = pool([1000] * 7 + [0])
+    ctx = FitContext.build(state, share("p", 810))
+    assert HoldBackFilter(target=target()).filter(state, ctx).all()
