@@ -89,9 +89,12 @@ def test_rbac_is_least_privilege() -> None:
         ("", "pods", "list", ""),
         ("", "pods", "watch", ""),
         ("", "pods", "patch", ""),
-        ("", "pods", "delete", ""),
         ("", "pods/binding", "create", ""),
         ("", "pods/status", "patch", ""),
+        ("", "pods/eviction", "create", ""),  # preemption through the Eviction API, never DELETE
+        ("policy", "poddisruptionbudgets", "get", ""),
+        ("policy", "poddisruptionbudgets", "list", ""),
+        ("policy", "poddisruptionbudgets", "watch", ""),
         ("", "nodes", "get", ""),
         ("", "nodes", "list", ""),
         ("", "nodes", "watch", ""),
@@ -129,7 +132,8 @@ def test_rbac_is_least_privilege() -> None:
         ("", "secrets", "update", "rel-xpupool-webhook-tls"),
     }
     no_preemption = by_kind(render("scheduler.preemption=false", "webhook.poolCheck=off"), "ClusterRole")
-    assert ("", "pods", "delete", "") not in rules(no_preemption["rel-xpupool-scheduler"])
+    assert ("", "pods/eviction", "create", "") not in rules(no_preemption["rel-xpupool-scheduler"])
+    assert not any(r[1] == "poddisruptionbudgets" for r in rules(no_preemption["rel-xpupool-scheduler"]))
     assert ("", "nodes", "list", "") not in rules(no_preemption["rel-xpupool-webhook"])
 
 

@@ -29,6 +29,7 @@ FloatArray = npt.NDArray[np.float64]
 
 VENDORS: tuple[Vendor, ...] = tuple(Vendor)
 _STATE_IDS = itertools.count(1)  # identity of ledgers for plugin caches (never reused, unlike id())
+_FIT_SHAPES = 64  # fit shapes kept per ledger (each costs N x slots booleans)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,8 @@ class ClusterState:
         self.card_exclusive: BoolArray = np.zeros((n, g), dtype=bool)
         #: live utilization 0..1 per card (from the node agent); NaN = unknown
         self.card_utilization: FloatArray = np.full((n, g), np.nan)
+        #: some card has a utilisation sample (else load-aware scores are neutral)
+        self.utilization_known = False
         #: bumped on every change of a node, so plugins can cache per-node derived values
         self.node_version: IntArray = np.zeros(n, dtype=np.int64)
         self.allocations: dict[str, tuple[Allocation, Request]] = {}
@@ -99,6 +102,14 @@ class ClusterState:
         self._node_attrs: NodeAttributes | None = None
         #: every pod on its (host) node, by labels: inter-pod affinity and topology spread counts
         self.pod_index = PodIndex(n)
+        #: per fit shape: (card_fit (N, G), fitting cards per node, node versions they saw)
+        self._fits: dict[tuple[object, ...], tuple[BoolArray, IntArray, IntArray]] = {}
+        #: derived from capacity only (never stale within a state): model masks, memory needs
+        self._static_cache: dict[tuple[object, ...], npt.NDArray[np.generic]] = {}
+        self._keys: IntArray | None = None
+        self._key_versions: IntArray = np.full(n, -1, dtype=np.int64)
+        self._group_ids: dict[tuple[object, ...], int] = {}
+        self._static_rows: list[bytes] | None = None
 
     # ------------------------------------------------------------------ queries
     @property
@@ -123,6 +134,8 @@ class ClusterState:
         for key, value in self.__dict__.items():
             if isinstance(value, np.ndarray):
                 setattr(clone, key, value.copy())
+            elif key in ("_fits", "_keys"):
+                setattr(clone, key, {} if key == "_fits" else None)  # rebuilt on demand for the copy
             elif key == "card_pods":
                 setattr(clone, key, [set(x) for x in value])
             elif isinstance(value, dict | list | PodIndex):  # PodIndex.copy is deep
@@ -132,25 +145,109 @@ class ClusterState:
         clone.uid = next(_STATE_IDS)
         return clone
 
+    def node_groups(self) -> tuple[IntArray, int]:
+        """``(group, count)``: per node the id of its state (ids below ``count``). Nodes in the same
+        group are equal in everything a node-local score may read: free and total capacity,
+        every card's attributes and free share/memory, tenants, utilisation, and the shapes of the
+        pods on its cards. So they score equally for any request, and the framework scores one of
+        each group (at 10,000 nodes most are in a few states). Recomputed only for nodes whose
+        ``node_version`` changed; ids are compacted when stale ones pile up."""
+        if self._static_rows is None:
+            static = (self.card_exists, self.card_healthy, self.card_model, self.card_vendor, self.card_group,
+                      self.card_memory_capacity)
+            self._static_rows = [b"".join(a[i].tobytes() for a in static) for i in range(self.num_nodes)]
+        if self._keys is None or len(self._group_ids) > 4 * self.num_nodes + 1024:
+            self._keys = np.zeros(self.num_nodes, dtype=np.int64)
+            self._key_versions = np.full(self.num_nodes, -1, dtype=np.int64)
+            self._group_ids = {}
+        stale = np.nonzero(self.node_version != self._key_versions)[0]
+        for i in stale.tolist():
+            tenants = sorted((r.count, r.share_milli, r.exclusive) for r in
+                             (self.allocations[p][1] for p in self.card_pods[i]))
+            key = (
+                self._static_rows[i], int(self.cpu_free[i]), int(self.memory_free[i]), int(self.bandwidth_free[i]),
+                int(self.cpu_capacity[i]), int(self.memory_capacity[i]), self.card_free_milli[i].tobytes(),
+                self.card_memory_free[i].tobytes(), self.card_tenants[i].tobytes(), self.card_exclusive[i].tobytes(),
+                self.card_utilization[i].tobytes(), tuple(tenants),
+            )
+            self._keys[i] = self._group_ids.setdefault(key, len(self._group_ids))
+        self._key_versions[stale] = self.node_version[stale]
+        return self._keys, len(self._group_ids)
+
     def model_mask(self, request: Request) -> BoolArray:
-        """Cards whose vendor/model/health match the request (capacity not considered)."""
-        mask = self.card_exists & self.card_healthy
-        if request.vendor is not None:
-            mask = mask & (self.card_vendor == VENDORS.index(request.vendor))
-        if request.models:
-            ids = [self.models.index(m) for m in request.models if m in self.models]
-            mask = mask & np.isin(self.card_model, ids)
-        return mask
+        """Cards whose vendor/model/health match the request (capacity not considered).
+        Cached per (vendor, models): callers must not modify the result."""
+        key = ("model", request.vendor, request.models)
+        hit = self._static_cache.get(key)
+        if hit is None:
+            mask = self.card_exists & self.card_healthy
+            if request.vendor is not None:
+                mask = mask & (self.card_vendor == VENDORS.index(request.vendor))
+            if request.models:
+                ids = [self.models.index(m) for m in request.models if m in self.models]
+                mask = mask & np.isin(self.card_model, ids)
+            hit = self._static_cache[key] = mask
+        return hit  # type: ignore[return-value]
+
+    def model_nodes(self, request: Request) -> BoolArray:
+        """Nodes with at least one card of the request's vendor/model (cached)."""
+        key = ("model-nodes", request.vendor, request.models)
+        hit = self._static_cache.get(key)
+        if hit is None:
+            hit = self._static_cache[key] = np.asarray(self.model_mask(request).any(axis=1), dtype=bool)
+        return hit  # type: ignore[return-value]
 
     def device_memory_needed(self, request: Request) -> IntArray:
-        """Per-card device memory the request would take on each card slot."""
-        if request.device_memory_mib > 0:
-            return np.full(self.card_exists.shape, request.device_memory_mib, dtype=np.int64)
-        if request.device_memory_pct > 0:
-            return self.card_memory_capacity * request.device_memory_pct // 100
+        """Per-card device memory the request would take on each card slot (cached per memory
+        ask: callers must not modify the result)."""
+        key = ("memory", request.device_memory_mib, request.device_memory_pct, request.takes_whole_cards)
+        hit = self._static_cache.get(key)
+        if hit is None:
+            if request.device_memory_mib > 0:
+                hit = np.full(self.card_exists.shape, request.device_memory_mib, dtype=np.int64)
+            elif request.device_memory_pct > 0:
+                hit = self.card_memory_capacity * request.device_memory_pct // 100
+            elif request.takes_whole_cards:
+                hit = self.card_memory_capacity.copy()
+            else:
+                hit = np.zeros(self.card_exists.shape, dtype=np.int64)
+            self._static_cache[key] = hit
+        return hit  # type: ignore[return-value]
+
+    def fitting_cards(self, request: Request) -> tuple[BoolArray, IntArray]:
+        """``(card_fit, count)``: :meth:`card_fit` and its per-node sum, kept per fit shape and
+        recomputed only for nodes whose ``node_version`` changed since the shape was last asked.
+        Callers must not modify the results."""
+        key = (request.vendor, request.models, request.takes_whole_cards, request.share_milli,
+               request.device_memory_mib, request.device_memory_pct)
+        entry = self._fits.pop(key, None)
+        if entry is None:
+            fit = self.card_fit(request)
+            entry = (fit, fit.sum(axis=1).astype(np.int64), self.node_version.copy())
+        else:
+            fit, count, versions = entry
+            stale = np.nonzero(self.node_version != versions)[0]
+            if len(stale):
+                rows = self._card_fit_rows(request, stale)
+                fit[stale] = rows
+                count[stale] = rows.sum(axis=1)
+                versions[stale] = self.node_version[stale]
+        self._fits[key] = entry  # most recently used last
+        if len(self._fits) > _FIT_SHAPES:
+            self._fits.pop(next(iter(self._fits)))
+        return entry[0], entry[1]
+
+    def _card_fit_rows(self, request: Request, rows: IntArray) -> BoolArray:
+        mask = self.model_mask(request)[rows]
         if request.takes_whole_cards:
-            return self.card_memory_capacity.copy()
-        return np.zeros(self.card_exists.shape, dtype=np.int64)
+            whole: BoolArray = mask & (self.card_tenants[rows] == 0) & (self.card_free_milli[rows] >= WHOLE_CARD_MILLI)
+            return whole
+        return (
+            mask
+            & ~self.card_exclusive[rows]
+            & (self.card_free_milli[rows] >= request.share_milli)
+            & (self.card_memory_free[rows] >= self.device_memory_needed(request)[rows])
+        )
 
     def card_fit(self, request: Request, *, model_mask: BoolArray | None = None) -> BoolArray:
         """Cards that could take one vXPU of ``request`` now."""
@@ -275,4 +372,5 @@ class ClusterState:
         values = np.full(self.slots, np.nan)
         values[: min(count, len(utilization))] = np.clip(np.asarray(utilization[:count], dtype=float), 0, 1)
         self.card_utilization[i] = values
+        self.utilization_known = self.utilization_known or not np.isnan(values).all()
         self.node_version[i] += 1

@@ -38,7 +38,9 @@ from xpupool.core.constraints import (
     Constraints,
     LabelSelector,
     PodAffinityTerm,
+    PreferredTerm,
     SpreadConstraint,
+    Toleration,
     Unsatisfiable,
 )
 from xpupool.core.model import Request
@@ -63,8 +65,9 @@ def constraint_cuts(state: ClusterState, request: Request) -> Iterator[tuple[Boo
     if not c.empty:
         yield from _own_cuts(state, request)
     if state.pod_index.anti_terms:
-        why = "didn't satisfy existing pods anti-affinity rules"
-        yield _existing_anti_affinity(state, state.node_attrs, request), why
+        existing = _existing_anti_affinity(state, state.node_attrs, request)
+        if existing is not None:
+            yield existing, "didn't satisfy existing pods anti-affinity rules"
 
 
 def _own_cuts(state: ClusterState, request: Request) -> Iterator[tuple[BoolArray, str]]:
@@ -168,15 +171,13 @@ def _pod_anti_affinity(state: ClusterState, attrs: NodeAttributes, request: Requ
     return ok
 
 
-def _existing_anti_affinity(state: ClusterState, attrs: NodeAttributes, request: Request) -> BoolArray:
-    ok = np.ones(state.num_nodes, dtype=bool)
-    labels: dict[str, str] | None = None
-    for (term, owner_namespace), counts in state.pod_index.anti_terms.items():
-        if labels is None:
-            labels = dict(request.labels)
-        if term.matches_pod(owner_namespace, request.namespace, labels):
-            col = attrs.column(term.topology_key)
-            ok &= ~(_per_node(col, _domain_totals(col, counts)) > 0)
+def _existing_anti_affinity(state: ClusterState, attrs: NodeAttributes, request: Request) -> BoolArray | None:
+    """Nodes not refused by an existing pod's anti-affinity; None when no such term matches."""
+    ok: BoolArray | None = None
+    for term, counts in state.pod_index.anti_terms_matching(request.namespace, request.labels):
+        col = attrs.column(term.topology_key)
+        blocked = _per_node(col, _domain_totals(col, counts)) > 0
+        ok = ~blocked if ok is None else ok & ~blocked
     return ok
 
 
@@ -236,6 +237,22 @@ def _normalised(raw: FloatArray, feasible: BoolArray, *, reverse: bool = False) 
     return out
 
 
+def _static_points(attrs: NodeAttributes, tolerations: tuple[Toleration, ...],
+                   preferred: tuple[PreferredTerm, ...]) -> FloatArray | None:
+    """PreferNoSchedule taints and preferred node affinity: they depend on the node set only, so
+    they are normalised over all nodes (not the feasible ones, as kube-scheduler does) and cached
+    per (tolerations, preferred terms). A cheap approximation on purpose: only scores, never
+    feasibility, and the same ordering whenever the feasible nodes span the range."""
+    total: FloatArray | None = None
+    everywhere = np.ones(attrs.num_nodes, dtype=bool)
+    if attrs.has_soft_taints:
+        total = WEIGHT_TAINTS * _normalised(attrs.prefer_no_schedule(tolerations), everywhere, reverse=True)
+    if preferred:
+        points = WEIGHT_NODE_AFFINITY * _normalised(attrs.preferred_affinity(preferred), everywhere)
+        total = points if total is None else total + points
+    return total
+
+
 def preference_scores(state: ClusterState, request: Request, feasible: BoolArray) -> FloatArray | None:
     """Soft rules as points to add to the policy's score (None: no soft rule applies)."""
     c = request.constraints
@@ -246,12 +263,12 @@ def preference_scores(state: ClusterState, request: Request, feasible: BoolArray
         nonlocal total
         total = points if total is None else total + points
 
-    if attrs is not None and attrs.has_soft_taints:
-        add(WEIGHT_TAINTS * _normalised(attrs.prefer_no_schedule(c.tolerations), feasible, reverse=True))
+    if attrs is not None:
+        static = attrs.static_preferences(c.tolerations, c.preferred_terms, _static_points)
+        if static is not None:
+            add(static)
     if c.empty or attrs is None:
         return total
-    if c.preferred_terms:
-        add(WEIGHT_NODE_AFFINITY * _normalised(attrs.preferred_affinity(c.preferred_terms), feasible))
     soft = [s for s in c.spread if s.when_unsatisfiable is Unsatisfiable.SCHEDULE_ANYWAY]
     if soft:
         add(WEIGHT_SPREAD * _spread_score(state, attrs, request, soft, feasible))

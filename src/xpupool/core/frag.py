@@ -233,15 +233,15 @@ class FragmentCache:
 def share_candidates(card_fit: BoolArray, card_free: IntArray, feasible: BoolArray) -> tuple[IntArray, IntArray]:
     """(node, slot) pairs worth evaluating for a one-card share: fitting cards of feasible nodes,
     one per distinct free level on a node (cards at the same level are interchangeable)."""
-    fit = card_fit & feasible[:, None]
-    levels = np.where(fit, card_free, -1)
+    rows = np.nonzero(feasible)[0]  # work on the asked nodes only: O(asked), not O(cluster)
+    levels = np.where(card_fit[rows], card_free[rows], -1)
     order = np.argsort(-levels, axis=1, kind="stable")
     sorted_levels = np.take_along_axis(levels, order, axis=1)
     first = np.ones_like(sorted_levels, dtype=bool)
     first[:, 1:] = sorted_levels[:, 1:] != sorted_levels[:, :-1]
     keep = first & (sorted_levels >= 0)
-    nodes, pos = np.nonzero(keep)
-    return nodes.astype(np.int64), order[nodes, pos].astype(np.int64)
+    local, pos = np.nonzero(keep)
+    return rows[local].astype(np.int64), order[local, pos].astype(np.int64)
 
 
 def best_card_per_node(nodes: IntArray, slots: IntArray, gain: FloatArray,

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import numpy.typing as npt
 
 from xpupool.core.cluster import BoolArray, ClusterState, FloatArray, IntArray
 from xpupool.core.constraint_masks import constraint_cuts, constraint_mask, preference_scores, remote_device_nodes
@@ -41,7 +42,8 @@ class FitContext:
 
     ``card_fit[n, s]``: slot s of node n can take one vXPU. ``cards_ok[n]``: node n has enough
     such cards. ``host_ok[n]``: the pod's CPU/memory fit on node n. ``device_memory[n, s]``: MiB
-    the request takes on that card.
+    the request takes on that card. ``card_fit``, ``device_memory`` and ``model_ok`` are the
+    ledger's cached arrays (kept incrementally): read them, never modify them.
     """
 
     request: Request
@@ -53,16 +55,14 @@ class FitContext:
 
     @staticmethod
     def build(state: ClusterState, request: Request) -> FitContext:
-        model = state.model_mask(request)
-        card_fit = state.card_fit(request, model_mask=model)
-        cards_ok = card_fit.sum(axis=1) >= request.count  # count 0: every node
+        card_fit, fitting = state.fitting_cards(request)
         return FitContext(
             request=request,
             card_fit=card_fit,
-            cards_ok=cards_ok,
+            cards_ok=fitting >= request.count,  # count 0: every node
             host_ok=state.host_fit(request),
             device_memory=state.device_memory_needed(request),
-            model_ok=np.asarray(model.any(axis=1), dtype=bool),
+            model_ok=state.model_nodes(request),
         )
 
 
@@ -218,12 +218,27 @@ def shape_key(request: Request) -> tuple[object, ...]:
             request.device_memory_pct, request.vendor, request.models, request.exclusive)
 
 
+#: below this many nodes to score, grouping equal nodes costs more than it saves
+_DEDUP_FROM = 256
+
+
+def _one_per_group(nodes: IntArray, groups: IntArray, count: int) -> tuple[IntArray, IntArray]:
+    """The first node of each group among ``nodes`` and, per node, the position of its group's
+    representative. O(len(nodes) + count), no sort."""
+    first = np.full(count, -1, dtype=np.int64)
+    first[groups[::-1]] = nodes[::-1]  # the last write wins: the first node of each group
+    present = np.nonzero(first >= 0)[0]
+    position = np.empty(count, dtype=np.int64)
+    position[present] = np.arange(len(present))
+    return first[present], position[groups]
+
+
 class _ShapeCache:
     """Per (plugin, request shape): last scores/hints per node and the node versions they saw."""
 
-    def __init__(self, capacity: int = 128) -> None:
+    def __init__(self, capacity: int = 256) -> None:
         self.capacity = capacity
-        self.entries: dict[tuple[object, ...], tuple[IntArray, FloatArray, IntArray]] = {}
+        self.entries: dict[tuple[object, ...], tuple[IntArray, FloatArray, npt.NDArray[np.int16]]] = {}
         self.state_uid = -1
 
     def score(self, plugin: ScorePlugin, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
@@ -235,21 +250,33 @@ class _ShapeCache:
         if entry is None:
             versions = np.full(state.num_nodes, -1, dtype=np.int64)
             scores = np.zeros(state.num_nodes)
-            hints = np.full(state.num_nodes, -1, dtype=np.int64)
+            hints = np.full(state.num_nodes, -1, dtype=np.int16)  # card slots: 18 bytes per node and shape
         else:
             versions, scores, hints = entry
-        stale = state.node_version != versions
-        ask = stale & feasible
-        if ask.any():
+        stale = np.flatnonzero(state.node_version != versions)
+        asked = stale[feasible[stale]]
+        if len(asked) >= _DEDUP_FROM:
+            # nodes in equal states score equally: ask the plugin about one of each state
+            groups, count = state.node_groups()
+            reps, inverse = _one_per_group(asked, groups[asked], count)
+            one_each = np.zeros(state.num_nodes, dtype=bool)
+            one_each[reps] = True
+            fresh = plugin.score(state, ctx, one_each)
+            scores[asked] = fresh.scores[reps][inverse]
+            hints[asked] = fresh.card_hint[reps][inverse] if fresh.card_hint is not None else -1
+        elif len(asked):
+            ask = np.zeros(state.num_nodes, dtype=bool)
+            ask[asked] = True
             fresh = plugin.score(state, ctx, ask)
-            scores[ask] = fresh.scores[ask]
-            hints[ask] = fresh.card_hint[ask] if fresh.card_hint is not None else -1
+            scores[asked] = fresh.scores[asked]
+            hints[asked] = fresh.card_hint[asked] if fresh.card_hint is not None else -1
         # infeasible stale nodes were not computed: mark them unseen so they are asked when feasible
-        versions = np.where(ask, state.node_version, np.where(stale, -1, versions))
+        versions[stale] = -1
+        versions[asked] = state.node_version[asked]
         self.entries[key] = (versions, scores, hints)
         if len(self.entries) > self.capacity:
             self.entries.pop(next(iter(self.entries)))
-        return ScoreResult(scores.copy(), hints.copy())
+        return ScoreResult(scores, hints.astype(np.int64))  # scores: the cache's own array, read-only
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,30 +298,36 @@ class Scheduler:
         self._cache = _ShapeCache()
 
     # ---------------------------------------------------------------- local
-    def _feasible(self, state: ClusterState, ctx: FitContext) -> tuple[BoolArray, list[str]]:
+    def _feasible(self, state: ClusterState, ctx: FitContext) -> tuple[BoolArray, list[tuple[BoolArray, str]]]:
+        """Nodes passing every filter, and the filters as ``(mask, reason)`` for :func:`_reasons`
+        (counting per reason costs as much again: only done when nothing is feasible)."""
         request = ctx.request
-        reasons: list[str] = []
-        feasible = np.ones(state.num_nodes, dtype=bool)
+        cuts: list[tuple[BoolArray, str]] = []
+        if request.count > 0:
+            cuts.append((state.has_cards, "have no accelerator"))
+            cuts.append((ctx.model_ok, "have no card of the requested vendor/model"))
+            cuts.append((ctx.cards_ok, f"lack {request.count} card(s) with {request.share_milli / 10:g}% compute "
+                                       "and the memory free"))
+        cuts.append((state.cpu_free >= request.cpu_milli, "lack cpu"))
+        cuts.append((state.memory_free >= request.memory_mib, "lack memory"))
+        cuts.extend(constraint_cuts(state, request))
+        cuts.extend((plugin.filter(state, ctx), plugin.reason) for plugin in self.profile.filters)
+        feasible = cuts[0][0].copy()
+        for mask, _ in cuts[1:]:
+            feasible &= mask
+        return feasible, cuts
 
-        def cut(mask: BoolArray, why: str) -> None:
-            nonlocal feasible
-            removed = int((feasible & ~mask).sum())
+    @staticmethod
+    def _reasons(num_nodes: int, cuts: list[tuple[BoolArray, str]]) -> list[str]:
+        """"N node(s) <reason>" for each filter, counting each node under the first that removed it."""
+        reasons: list[str] = []
+        left = np.ones(num_nodes, dtype=bool)
+        for mask, why in cuts:
+            removed = int((left & ~mask).sum())
             if removed:
                 reasons.append(f"{removed} node(s) {why}")
-            feasible = feasible & mask
-
-        if request.count > 0:
-            cut(state.has_cards, "have no accelerator")
-            cut(ctx.model_ok, "have no card of the requested vendor/model")
-            cut(ctx.cards_ok, f"lack {request.count} card(s) with {request.share_milli / 10:g}% compute and "
-                              "the memory free")
-        cut(state.cpu_free >= request.cpu_milli, "lack cpu")
-        cut(state.memory_free >= request.memory_mib, "lack memory")
-        for mask, why in constraint_cuts(state, request):
-            cut(mask, why)
-        for plugin in self.profile.filters:
-            cut(plugin.filter(state, ctx), plugin.reason)
-        return feasible, reasons
+            left &= mask
+        return reasons
 
     def _select(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> tuple[int, IntArray | None]:
         candidates = np.nonzero(feasible)[0]
@@ -348,11 +381,12 @@ class Scheduler:
         if request.constraints.gates:
             return PlacementResult(Status.gated(*request.constraints.gates))
         ctx = ctx or FitContext.build(state, request)
-        feasible, reasons = self._feasible(state, ctx)
+        feasible, cuts = self._feasible(state, ctx)
         if restrict is not None:
             feasible = feasible & restrict
         count = int(feasible.sum())
         if count == 0:
+            reasons = self._reasons(state.num_nodes, cuts)
             return PlacementResult(Status.unschedulable(*(reasons or ["no node fits"])), None, 0)
         node, hint = self._select(state, ctx, feasible)
         slots = self._cards(state, ctx, node, hint)

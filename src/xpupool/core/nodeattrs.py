@@ -11,7 +11,7 @@ when the node lacks the key. Integer views (for Gt/Lt) are built per key on firs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -173,6 +173,22 @@ class NodeAttributes:
                 total += pref.weight * self.term(pref.term)
             hit = self._cache[key] = total
         assert isinstance(hit, np.ndarray)
+        return hit
+
+    def static_preferences(
+        self,
+        tolerations: tuple[Toleration, ...],
+        preferred: tuple[PreferredTerm, ...],
+        compute: Callable[[NodeAttributes, tuple[Toleration, ...], tuple[PreferredTerm, ...]], FloatArray | None],
+    ) -> FloatArray | None:
+        """``compute(self, tolerations, preferred)`` cached (node-static score points)."""
+        if not self.has_soft_taints and not preferred:
+            return None
+        key = ("points", tolerations, preferred)
+        if key not in self._cache:
+            self._cache[key] = compute(self, tolerations, preferred)
+        hit = self._cache[key]
+        assert hit is None or isinstance(hit, np.ndarray)
         return hit
 
     # ------------------------------------------------------------------ taints

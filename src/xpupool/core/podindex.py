@@ -39,6 +39,14 @@ class IndexedPod:
     anti_terms: tuple[PodAffinityTerm, ...]
 
 
+def _bucket(query: Query) -> tuple[str, str] | None:
+    """A label pair every pod matching ``query`` carries (its first matchLabels pair), if any."""
+    for selector, _ in query:
+        if selector.match_labels:
+            return selector.match_labels[0]
+    return None
+
+
 def _matches(query: Query, namespace: str, labels: Mapping[str, str]) -> bool:
     for selector, namespaces in query:
         if namespaces is not None and namespace not in namespaces:
@@ -56,15 +64,49 @@ class PodIndex:
         self.max_watched = max_watched
         self.pods: dict[str, IndexedPod] = {}
         self.watched: dict[Query, IntArray] = {}
+        #: watched queries by a label pair a pod must carry to match (None: no such pair)
+        self._buckets: dict[tuple[str, str] | None, set[Query]] = {}
         #: (existing pod's anti-affinity term, that pod's namespace) -> per-node pod count
         self.anti_terms: dict[tuple[PodAffinityTerm, str], IntArray] = {}
+        self._anti_version = 0
+        self._matching_version = 0
+        self._matching: dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[PodAffinityTerm, str]]] = {}
 
     def copy(self) -> PodIndex:
         clone = PodIndex(self.num_nodes, max_watched=self.max_watched)
         clone.pods = dict(self.pods)
-        clone.watched = {k: v.copy() for k, v in self.watched.items()}
+        for query, counts in self.watched.items():
+            clone._watch(query, counts.copy())
         clone.anti_terms = {k: v.copy() for k, v in self.anti_terms.items()}
         return clone
+
+    def _watch(self, query: Query, counts: IntArray) -> None:
+        self.watched[query] = counts
+        self._buckets.setdefault(_bucket(query), set()).add(query)
+
+    def _unwatch(self, query: Query) -> None:
+        self.watched.pop(query, None)
+        bucket = self._buckets.get(_bucket(query))
+        if bucket is not None:
+            bucket.discard(query)
+
+    def anti_terms_matching(
+        self, namespace: str, labels: tuple[tuple[str, str], ...]
+    ) -> list[tuple[PodAffinityTerm, IntArray]]:
+        """Existing pods' anti-affinity terms that match a pod with ``labels`` in ``namespace``,
+        with the per-node counts of their owners. Memoised per (namespace, labels) until the set
+        of terms changes (replicas of one service share their labels)."""
+        if self._anti_version != self._matching_version:
+            self._matching.clear()
+            self._matching_version = self._anti_version
+        key = (namespace, labels)
+        hit = self._matching.get(key)
+        if hit is None:
+            as_dict = dict(labels)
+            hit = self._matching[key] = [
+                (term, owner) for term, owner in self.anti_terms if term.matches_pod(owner, namespace, as_dict)
+            ]
+        return [(term, self.anti_terms[(term, owner)]) for term, owner in hit]
 
     def add(
         self,
@@ -88,17 +130,20 @@ class PodIndex:
             self._count(pod, -1)
 
     def _count(self, pod: IndexedPod, sign: int) -> None:
-        for query, counts in self.watched.items():
-            if _matches(query, pod.namespace, pod.labels):
-                counts[pod.node] += sign
+        for bucket in (None, *pod.labels.items()):
+            for query in self._buckets.get(bucket, ()):
+                if _matches(query, pod.namespace, pod.labels):
+                    self.watched[query][pod.node] += sign
         for term in pod.anti_terms:
             key = (term, pod.namespace)
             held = self.anti_terms.get(key)
             if held is None:
                 held = self.anti_terms[key] = np.zeros(self.num_nodes, dtype=np.int64)
+                self._anti_version += 1
             held[pod.node] += sign
             if sign < 0 and not held.any():
                 del self.anti_terms[key]
+                self._anti_version += 1
 
     def counts(self, query: Query) -> IntArray:
         """Per-node number of pods matching every clause of ``query``. Read-only view: callers
@@ -110,6 +155,6 @@ class PodIndex:
                 if _matches(query, pod.namespace, pod.labels):
                     counts[pod.node] += 1
             if len(self.watched) >= self.max_watched:
-                self.watched.pop(next(iter(self.watched)))
-        self.watched[query] = counts  # most recently asked last
+                self._unwatch(next(iter(self.watched)))
+        self._watch(query, counts)  # most recently asked last
         return counts

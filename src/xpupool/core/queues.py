@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xpupool.core.cluster import ClusterState
+from xpupool.core.disruption import NO_BUDGETS, DisruptionBudgets
 from xpupool.core.framework import Scheduler
 from xpupool.core.model import Allocation, Request
 from xpupool.core.statement import Statement
@@ -201,16 +202,23 @@ def plan_preemption(
     running: Mapping[str, Running],
     book: QueueBook,
     groups: Mapping[str, Sequence[str]] | None = None,
+    budgets: DisruptionBudgets = NO_BUDGETS,
 ) -> PreemptionPlan | Status:
     """Fewest/lowest victims on one node that let ``preemptor`` fit; never a plan that would not.
 
     Victims of a gang are evicted as a bundle (all running members of its group). The what-if
     runs inside a Statement that is always rolled back: ``state`` is unchanged on return.
+    ``budgets`` (PodDisruptionBudgets): a plan never takes more victims than a budget allows,
+    and never a pod the Eviction API would refuse (:mod:`xpupool.core.disruption`).
     """
     groups = groups or {}
-    candidates = _eligible_victims(preemptor, running, book)
+    eligible = _eligible_victims(preemptor, running, book)
+    candidates = [run for run in eligible if not budgets.protected(run.request)]
     if not candidates:
-        return Status.unschedulable("no lower-priority or reclaimable pods to preempt", plugin="preemption")
+        why = "no lower-priority or reclaimable pods to preempt"
+        if eligible:
+            why = f"every lower-priority or reclaimable pod ({len(eligible)}) is protected by a PodDisruptionBudget"
+        return Status.unschedulable(why, plugin="preemption")
     by_node: dict[str, list[Running]] = {}
     for run in candidates:
         by_node.setdefault(run.allocation.device_node if preemptor.count else run.allocation.node, []).append(run)
@@ -227,8 +235,11 @@ def plan_preemption(
             bundle = [run.request.name]
             if run.request.pod_group:
                 bundle = [m for m in groups.get(run.request.pod_group, [run.request.name]) if m in running]
-            for name in bundle:
-                if name not in chosen and statement.evict(name) is not None:
+            fresh = [name for name in bundle if name not in chosen]
+            if not budgets.admits([running[v].request for v in chosen + fresh]):
+                continue  # a PodDisruptionBudget would refuse this bundle: try the next victim
+            for name in fresh:
+                if statement.evict(name) is not None:
                     chosen.append(name)
             result = scheduler.place_local(state, preemptor, restrict=restrict)
             if result.status.ok and result.allocation is not None:

@@ -38,7 +38,12 @@ class KubeMetrics:
         self.assumed_pods = Gauge(
             "xpupool_assumed_pods", "Pods placed but not yet confirmed bound by the watch", registry=r
         )
-        self.preemptions = Counter("xpupool_preemptions", "Victim pods deleted for preemption", registry=r)
+        self.preemptions = Counter("xpupool_preemptions", "Victim pods evicted for preemption", registry=r)
+        self.preemptions_refused = Counter(
+            "xpupool_preemption_evictions_refused",
+            "Evictions the apiserver refused (a PodDisruptionBudget); the plan was abandoned",
+            registry=r,
+        )
         self.is_leader = Gauge("xpupool_leader", "1 while this replica holds the Lease", registry=r)
         self.lease_transitions = Counter(
             "xpupool_lease_changes", "Times this replica gained or lost leadership", ["change"], registry=r

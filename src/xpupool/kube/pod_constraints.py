@@ -62,7 +62,8 @@ def _node_term(raw: Any, errors: list[str], where: str) -> NodeSelectorTerm:
     return NodeSelectorTerm(tuple(r for r in exprs if r), tuple(r for r in fields if r))
 
 
-def _selector(raw: Any, errors: list[str], where: str) -> LabelSelector | None:
+def label_selector(raw: Any, errors: list[str], where: str) -> LabelSelector | None:
+    """A ``metav1.LabelSelector``; None for a missing one (which selects nothing)."""
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
@@ -98,7 +99,7 @@ def _pod_term(raw: Any, pod_labels: Mapping[str, str], errors: list[str], where:
         errors.append(f"{where}: topologyKey is required")
         return None
     selector = _with_label_keys(
-        _selector(raw.get("labelSelector"), errors, f"{where}.labelSelector"),
+        label_selector(raw.get("labelSelector"), errors, f"{where}.labelSelector"),
         pod_labels,
         raw.get("matchLabelKeys"),
         raw.get("mismatchLabelKeys"),
@@ -153,7 +154,7 @@ def _spread(raw: Any, pod_labels: Mapping[str, str], errors: list[str], where: s
             errors.append(f"{where}.{field}: expected Honor or Ignore, got {value!r}")
             value = default
         policies.append(value == "Honor")
-    selector = _selector(raw.get("labelSelector"), errors, f"{where}.labelSelector")
+    selector = label_selector(raw.get("labelSelector"), errors, f"{where}.labelSelector")
     keys = [k for k in raw.get("matchLabelKeys") or [] if k in pod_labels]
     if keys and selector is not None:  # merged as matchLabels (kube leaves a missing selector alone)
         merged = dict(selector.match_labels) | {str(k): pod_labels[k] for k in keys}

@@ -189,6 +189,12 @@ class Transport(Protocol):
         """
         ...
 
+    # hook added by `sched` (preemption through the Eviction API, issue 9 §3)
+    async def evict(self, namespace: str, name: str, *, uid: str | None = None) -> JsonDict:
+        """POST ``pods/{name}/eviction`` (policy/v1): a graceful delete that the apiserver refuses
+        with 429 when a PodDisruptionBudget would be violated; ``uid`` is a precondition."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -488,3 +494,13 @@ class AiohttpTransport:
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
         return await self._request("POST", PODS.path(namespace=namespace, name=name, sub="binding"), body=body)
+
+    async def evict(self, namespace: str, name: str, *, uid: str | None = None) -> JsonDict:
+        body: JsonDict = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+        }
+        if uid:
+            body["deleteOptions"] = {"preconditions": {"uid": uid}}
+        return await self._request("POST", PODS.path(namespace=namespace, name=name, sub="eviction"), body=body)

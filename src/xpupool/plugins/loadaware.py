@@ -17,6 +17,8 @@ class LoadAwareScore:
     node_local = True
 
     def score(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
+        if not state.utilization_known:
+            return ScoreResult(np.full(state.num_nodes, 50.0))
         util = state.card_utilization
         known = ~np.isnan(util) & ctx.card_fit
         if not known.any():

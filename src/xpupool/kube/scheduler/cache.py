@@ -296,6 +296,16 @@ class SchedulerCache:
             wait = min(wait, max(0.0, (b.not_before_s if b else now) - now))
         return max(wait, 0.01)
 
+    def charged(self) -> dict[str, Running]:
+        """What queues are charged with: :meth:`running` plus our pods whose bind is in flight
+        (an unconfirmed bind still counts against its queue's limit)."""
+        out = self.running()
+        for key in self.assumed:
+            held = self.accounted.get(key)
+            if held is not None:
+                out[key] = Running(held[1], held[0], self.arrival.get(key, 0.0))
+        return out
+
     def running(self) -> dict[str, Running]:
         """Our pods holding resources that may be preemption victims (bound, not terminating)."""
         out: dict[str, Running] = {}

@@ -33,6 +33,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--bind-concurrency", type=int, default=64)
     p.add_argument("--bind-qps", type=float, default=None)
     p.add_argument("--annotate-before-bind", action="store_true")
+    p.add_argument("--max-pods-per-cycle", type=int, default=256, help="0: decide every pending pod each cycle")
     p.add_argument("--no-preemption", action="store_true")
     p.add_argument("--leader-elect", action="store_true")
     p.add_argument("--lease-namespace", default="kube-system")
@@ -78,6 +79,7 @@ async def amain(argv: Sequence[str] | None = None, *, ready: Callable[[KubeSched
         bind_concurrency=args.bind_concurrency,
         bind_qps=args.bind_qps,
         annotate_before_bind=args.annotate_before_bind,
+        max_pods_per_cycle=args.max_pods_per_cycle,
         preemption=not args.no_preemption,
     )
     daemon = KubeScheduler(

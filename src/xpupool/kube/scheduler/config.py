@@ -31,6 +31,9 @@ class SchedulerConfig:
     #: per pod (per gang) retry delay after a failed placement: doubles from low to high; any
     #: freed capacity (a placed pod deleted, a queue changed) clears every backoff
     retry_backoff_s: tuple[float, float] = (0.5, 30.0)
+    #: decide at most this many pods per cycle (in queue order, whole gangs), so binds start
+    #: while the rest are still being decided (0: no limit)
+    max_pods_per_cycle: int = 256
     preemption: bool = True
     max_preemptions_per_cycle: int = 4
     #: write the allocation annotation with a PATCH before binding (two writes) instead of on

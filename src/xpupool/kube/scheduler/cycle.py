@@ -16,8 +16,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-from xpupool.core.model import Request
-from xpupool.core.queues import CycleResult, PodGroup, run_cycle
+import numpy as np
+
+from xpupool.core.model import Allocation, Request
+from xpupool.core.queues import CycleResult, PodGroup, QueueBook, order_pending, run_cycle
 from xpupool.core.request import LABEL_POD_GROUP
 from xpupool.core.status import Code
 from xpupool.kube.metrics import METRICS
@@ -25,7 +27,7 @@ from xpupool.kube.objects import ANN_POD_GROUP_MIN, pod_key
 from xpupool.kube.scheduler.binding import Bindings
 from xpupool.kube.scheduler.cache import SchedulerCache
 from xpupool.kube.scheduler.policy import Policy
-from xpupool.kube.scheduler.preemption import Preemptor
+from xpupool.kube.scheduler.preemption import Preemptor, nominated_node
 from xpupool.kube.scheduler.queueing import QueueSource
 from xpupool.kube.scheduler.runtime import Runtime
 from xpupool.kube.transport import PODS, ApiError, JsonDict, TransportError
@@ -115,15 +117,25 @@ class Cycle:
         self.bindings.expire(now)
         requests, groups = self._pending_requests(now)
         if requests and self.runtime.may_write():
-            running = cache.running()
-            book = self.queues.book(cache.state, running, requests)
+            running = cache.running()  # preemption candidates
+            book = self.queues.book(cache.state, cache.charged(), requests)
+            if 0 < config.max_pods_per_cycle < len(requests):
+                requests = self._first(requests, book, config.max_pods_per_cycle)
+                self.runtime.wake()  # the rest in the next cycle, once these binds are on their way
             by_name = {r.name: r for r in requests}
-            # Preemptors whose victims are gone go first, in a pass of their own, so the room
-            # they evicted for is not taken by a pod that happens to sort earlier (there is no
-            # nominated-node reservation; this closes the common case).
+            # Preemptors whose victims are gone go first, on the node they were nominated to, so
+            # the room they evicted for is not taken by a pod that happens to sort earlier.
             ready = self.preemptor.ready(set(by_name))
             result = CycleResult()
-            for batch in ([r for r in requests if r.name in ready], [r for r in requests if r.name not in ready]):
+            for key in sorted(ready, key=lambda k: -by_name[k].priority):
+                allocation = self._place_nominated(cache.pending[key], by_name[key], book)
+                if allocation is not None:
+                    result.placed.append(allocation)
+            done = {a.pod for a in result.placed}
+            for batch in (
+                [r for r in requests if r.name in ready and r.name not in done],
+                [r for r in requests if r.name not in ready],
+            ):
                 if not batch:
                     continue
                 part = run_cycle(
@@ -160,6 +172,8 @@ class Cycle:
                     preemptions_left -= 1
                     out.preemptions += 1
                     continue
+                if preemptions_left > 0 and key not in cache.preempting:
+                    self.preemptor.clear_nomination(pod)  # no room on the nominated node, no new plan
                 if request.pod_group:
                     if GANG + request.pod_group not in delayed_groups:
                         delayed_groups.add(GANG + request.pod_group)
@@ -170,12 +184,40 @@ class Cycle:
                     note = status.message()
                     if status.plugin not in ("gang", "quota"):
                         note = f"0/{cache.state.num_nodes} nodes available: {note}"
+                    why_not = self.preemptor.why_not.pop(key, "")
+                    if why_not:
+                        note += f"; preemption: {why_not}"
                     self.runtime.events.pod_event(pod, reason="FailedScheduling", warning=True, note=note)
                     self._mark_unschedulable(pod, note)
         METRICS.pending_pods.set(len(cache.pending))
         METRICS.cycle_latency.observe(time.perf_counter() - start)
         self.count += 1
         return out
+
+    def _first(self, requests: list[Request], book: QueueBook, limit: int) -> list[Request]:
+        """The first ``limit`` requests in the core's queue order, completed with every pending
+        member of a gang that made the cut (gangs are decided whole)."""
+        ordered = order_pending(requests, book, self.cache.arrival)
+        chosen = ordered[:limit]
+        gangs = {r.pod_group for r in chosen if r.pod_group}
+        if gangs:
+            names = {r.name for r in chosen}
+            chosen += [r for r in ordered[limit:] if r.pod_group in gangs and r.name not in names]
+        return chosen
+
+    def _place_nominated(self, pod: JsonDict, request: Request, book: QueueBook) -> Allocation | None:
+        """Reserve ``request`` on its nominated node when it fits there now (quota permitting)."""
+        node = self.cache.state.node_index.get(nominated_node(pod))
+        if node is None or not book.gate(request).ok:
+            return None
+        state = self.cache.state
+        only = np.zeros(state.num_nodes, dtype=bool)
+        only[node] = True
+        placed = self.policy.core.place_local(state, request, restrict=only)
+        if placed.allocation is None or not state.reserve(placed.allocation, request).ok:
+            return None
+        book.charge(request)
+        return placed.allocation
 
     def _mark_unschedulable(self, pod: JsonDict, message: str, *, reason: str = "Unschedulable") -> None:
         """Set ``PodScheduled=False/<reason>`` (what kube-scheduler does; the cluster autoscaler

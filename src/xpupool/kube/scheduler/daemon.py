@@ -122,8 +122,9 @@ class KubeScheduler:
 
     async def wait_synced(self) -> None:
         waits = [self.pods.synced.wait(), self.nodes.synced.wait()]
-        if self.queues.informer is not None:
-            waits.append(self.queues.informer.synced.wait())
+        for extra in (self.queues.informer, self.preemptor.pdbs):
+            if extra is not None:
+                waits.append(extra.synced.wait())
         await asyncio.gather(*waits)
 
     async def run(self) -> None:
@@ -132,9 +133,9 @@ class KubeScheduler:
         renew: asyncio.Task[None] | None = None
         runtime = self.runtime
         try:
-            queue_task = await self.queues.start()
-            if queue_task is not None:
-                informers.append(queue_task)
+            for started in (await self.queues.start(), await self.preemptor.start()):
+                if started is not None:
+                    informers.append(started)
             await self.wait_synced()
             while not runtime.stopping:
                 if runtime.elector is not None and not runtime.elector.is_leader():
@@ -143,8 +144,8 @@ class KubeScheduler:
                     await runtime.elector.acquire()
                     renew = asyncio.create_task(runtime.elector.keep_renewing())
                     self.cache.nodes_dirty = True  # start from the apiserver's truth
+                runtime.wake_event.clear()  # before: the cycle itself may ask for another one
                 self.cycle()
-                runtime.wake_event.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(
                         runtime.wake_event.wait(), timeout=self.cache.next_wait_s(runtime.config.idle_cycle_s)
