@@ -6,8 +6,7 @@
 A workload is a visible variant (``multigpu30``) or a held-out mix from ``xpupool.sim.mixes.HELD_OUT``
 (``mg40``). Each config is the ``xpupool-host`` plugin's keyword arguments (``target`` is the
 workload's typical pods); ``"_first_on_tie": false`` turns the profile's node-order tie-break off;
-``"_hold_back_pct": 85`` adds the ``xpupool-holdback`` filter with that threshold (``"_hold": {...}``:
-its other arguments).
+``"_hold": {"whole_free_pct": 10}`` adds the ``xpupool-holdback`` filter with those arguments.
 ``--fgd`` adds our FGD (same run, same seeds). With ``--results`` every (workload, seed, config)
 result is appended as one JSON line and runs already in the file are skipped, so a long screen can
 be resumed and ``bench/sim/cv.py`` can select parameters from it. Not the product path: final
@@ -32,6 +31,8 @@ from xpupool.sim.openb import default_nodes_file, load_nodes
 from xpupool.sim.replay import replay
 
 FGD = "fgd"
+#: x = 100 bins the events with arrival in [99.5, 100.5) (+-1 if none): nothing after 101.5 % matters
+STOP_AFTER_PCT = 101.5
 
 
 def config_key(config: str) -> str:
@@ -47,10 +48,9 @@ def scheduler_for(config: str, *, seed: int, target: TargetWorkload) -> Schedule
     plugin_args = {k: v for k, v in args.items() if not k.startswith("_")}
     filters = []
     plugins: dict[str, dict[str, Any]] = {"xpupool-host": {"target": target, **plugin_args}}
-    if "_hold_back_pct" in args:
+    if "_hold" in args:
         filters.append("xpupool-holdback")
-        plugins["xpupool-holdback"] = {"target": target, "theta_pct": float(args["_hold_back_pct"]),
-                                       **args.get("_hold", {})}
+        plugins["xpupool-holdback"] = {"target": target, **args["_hold"]}
     prof = Profile.from_names("xp", scores={"xpupool-host": 1.0}, filters=filters, args=plugins,
                               first_on_tie=bool(args.get("_first_on_tie", True)))
     return Scheduler(prof, rng=np.random.default_rng(seed))
@@ -64,7 +64,8 @@ def run_one(workload: str, seed: int, config: str) -> dict[str, Any]:
     scheduler = scheduler_for(config, seed=seed, target=target)
     t0 = time.perf_counter()
     run = replay(nodes, pods, policy=FGD if scheduler is None else "xpupool", seed=seed, target=target,
-                 time_decisions=True, perf_counter=time.perf_counter, scheduler=scheduler)
+                 time_decisions=True, perf_counter=time.perf_counter, scheduler=scheduler,
+                 stop_after_pct=STOP_AFTER_PCT, sample_fragmentation=False)
     return {"workload": workload, "seed": seed, "config": config_key(config),
             "unallocated_pct": round(run.unallocated_at(100), 4),
             "p99_ms": round(float(np.percentile(run.decision_s, 99) * 1000), 3),
@@ -92,7 +93,8 @@ def main() -> None:
     if a.results and a.results.exists():
         done = [json.loads(line) for line in a.results.read_text().splitlines() if line.strip()]
     have = {(r["workload"], r["seed"], r["config"]) for r in done}
-    work = [(w, s, c) for w in workloads for c in configs for s in seeds if (w, s, c) not in have]
+    # seed-major: after each seed every (workload, config) has a result, so a long screen is usable early
+    work = [(w, s, c) for s in seeds for w in workloads for c in configs if (w, s, c) not in have]
     results = [r for r in done if r["workload"] in workloads and r["seed"] in seeds and r["config"] in configs]
 
     def record(r: dict[str, Any]) -> None:

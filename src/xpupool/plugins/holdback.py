@@ -4,14 +4,18 @@ A one-card share of ``milli`` placed on a card with ``free`` milli leaves ``r = 
 remnant with ``tight < r < dead`` is *dead*: too large to call the card well packed, too small for
 all but the rarest shares (``dead`` = the share size below which only ``dead_quantile`` of the
 target workload's share pods lie; on openb 220 milli, so the 190 milli next to a 0.81-card pod is
-dead). While the pool's GPU allocation is at least ``theta_pct`` % of capacity, the filter keeps
-only nodes with a card the pod fits without leaving a dead remnant; when there is none, the pod is
-left unschedulable with a reason that says why (a pending pod in Kubernetes, retried later).
+dead). While the pool is nearly full, the filter keeps only nodes with a card the pod fits without
+leaving a dead remnant; when there is none, the pod is left unschedulable with a reason that says
+why (a pending pod in Kubernetes, retried later). "Nearly full" is one of two triggers:
+
+* ``whole_free_pct``: the free whole cards of the models the pod accepts are at most this % of
+  the pool's cards (whole cards are what a held pod saves; scarce ones are worth saving);
+* ``theta_pct``: the pool's GPU allocation is at least this % of capacity.
 
 Why: near saturation a whole card is worth more to the next whole-card pod than 0.81 of it to
 this one (the exact offline optimum of the FGD replay turns ~240 such pods away). Measured in
-docs/simulation.md ("Hold-back"): a pod that is held counts as unallocated. Off unless
-``theta_pct`` <= 100.
+docs/simulation.md ("Hold-back"): a pod that is held counts as unallocated. Off unless a
+trigger is set.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def dead_remnant_milli(target: TargetWorkload, quantile: float) -> int:
 
 
 class HoldBackFilter:
-    """Keeps nodes where a share pod leaves no dead remnant, once the pool is ``theta_pct`` % allocated.
+    """Keeps nodes where a share pod leaves no dead remnant, once the pool is nearly full.
 
     ``whole_card_waste_only``: hold only pods whose remnant on a whole card is dead (openb: the
     0.81-card pods), never re-route smaller shares.
@@ -47,31 +51,39 @@ class HoldBackFilter:
     name = "xpupool-holdback"
     reason = "would leave a card remnant too small for other pods while the pool is nearly full (held back)"
 
-    def __init__(self, *, target: TargetWorkload, theta_pct: float = NEVER, tight_milli: int = 100,
-                 dead_quantile: float = 0.05, whole_card_waste_only: bool = True) -> None:
+    def __init__(self, *, target: TargetWorkload, theta_pct: float = NEVER, whole_free_pct: float = -1.0,
+                 tight_milli: int = 100, dead_quantile: float = 0.05, whole_card_waste_only: bool = True) -> None:
         self.theta_pct = theta_pct
+        self.whole_free_pct = whole_free_pct
         self.tight_milli = tight_milli
         self.dead_milli = dead_remnant_milli(target, dead_quantile)
         self.whole_card_waste_only = whole_card_waste_only
 
-    def _dead(self, remnant: np.ndarray | int) -> np.ndarray:
+    def dead(self, remnant: np.ndarray | int) -> np.ndarray:
+        """Which remnants (milli) are dead."""
         return np.asarray((remnant > self.tight_milli) & (remnant < self.dead_milli))
 
     def applies(self, state: ClusterState, ctx: FitContext) -> bool:
         r = ctx.request
-        if self.theta_pct > 100 or not r.is_sharing:
+        if (self.theta_pct > 100 and self.whole_free_pct < 0) or not r.is_sharing:
             return False
-        if self.whole_card_waste_only and not bool(self._dead(WHOLE_CARD_MILLI - r.share_milli)):
+        if self.whole_card_waste_only and not bool(self.dead(WHOLE_CARD_MILLI - r.share_milli)):
             return False
-        capacity = int(state.card_exists.sum()) * WHOLE_CARD_MILLI
+        cards = int(state.card_exists.sum())
+        if cards == 0:
+            return False
+        if self.whole_free_pct >= 0:
+            whole = int((ctx.card_fit & (state.card_free_milli >= WHOLE_CARD_MILLI)).sum())
+            if 100 * whole <= self.whole_free_pct * cards:
+                return True
         free = int(state.card_free_milli[state.card_exists].sum())
-        return capacity > 0 and 100 * (capacity - free) >= self.theta_pct * capacity
+        return 100 * (cards * WHOLE_CARD_MILLI - free) >= self.theta_pct * cards * WHOLE_CARD_MILLI
 
     def filter(self, state: ClusterState, ctx: FitContext) -> BoolArray:
         if not self.applies(state, ctx):
             return np.ones(state.num_nodes, dtype=bool)
         remnant = state.card_free_milli - ctx.request.share_milli
-        return np.asarray((ctx.card_fit & ~self._dead(remnant)).any(axis=1))
+        return np.asarray((ctx.card_fit & ~self.dead(remnant)).any(axis=1))
 
 
 REGISTRY.register("xpupool-holdback")(HoldBackFilter)
