@@ -61,8 +61,7 @@ def test_pod_is_held_when_the_pool_is_nearly_full_and_only_whole_cards_fit() -> 
 def test_tight_card_is_used_instead_of_holding() -> None:
     # 77 % allocated; the last card has 0.85 free: a 0.81 pod leaves 40 milli there, a tight fit
     state = pool([1000] * 6 + [0, 150])
-    ctx = FitContext.build(state, share("p", 810))
-    assert HoldBackFilter(target=target(), theta_pct=70).applies(state, ctx)
+    assert HoldBackFilter(target=target(), theta_pct=70).protected(state).all()
     result = scheduler(70).place(state, share("p", 810))
     assert result.status.ok and result.allocation is not None and result.allocation.cards == (3,)
 
@@ -71,10 +70,27 @@ def test_smaller_shares_are_never_held() -> None:
     state = pool([1000] * 7 + [0])
     assert scheduler(0).place(state, share("q", 470)).status.ok
     ctx = FitContext.build(state, share("q", 470))
-    assert not HoldBackFilter(target=target(), theta_pct=0).applies(state, ctx)
+    assert not HoldBackFilter(target=target(), theta_pct=0).candidate(ctx)
 
 
 def test_off_by_default() -> None:
     state = pool([1000] * 7 + [0])
     ctx = FitContext.build(state, share("p", 810))
     assert HoldBackFilter(target=target()).filter(state, ctx).all()
+
+
+def test_scarce_whole_cards_are_saved_per_model() -> None:
+    """With the per-model trigger the pod is held only off a model whose whole cards run short:
+    here G2 has 1 whole card of 8 left (12.5 %), T4 has 2 of 2, so the pod goes to a T4."""
+    nodes = [node("g", 4), node("h", 4),
+             Node("t", 64_000, 256 * 1024, tuple(Device(i, Vendor.NVIDIA, "T4", 16 * 1024) for i in range(2)))]
+    state = ClusterState(nodes)
+    state.card_free_milli[0, :] = 0
+    state.card_free_milli[1, :3] = 0
+    tw = target()
+    filt = HoldBackFilter(target=tw, whole_free_pct=20)
+    assert filt.filter(state, FitContext.build(state, share("p", 810))).tolist() == [False, False, True]
+    state.card_free_milli[2, :] = 0  # the T4s are taken too: nowhere left without a dead remnant
+    state.node_version[2] += 1  # (set by hand: tell the fit cache)
+    assert not filt.filter(state, FitContext.build(state, share("p", 810))).any()
+    assert HoldBackFilter(target=tw, whole_free_pct=10).filter(state, FitContext.build(state, share("p", 810))).any()

@@ -8,8 +8,9 @@ dead). While the pool is nearly full, the filter keeps only nodes with a card th
 leaving a dead remnant; when there is none, the pod is left unschedulable with a reason that says
 why (a pending pod in Kubernetes, retried later). "Nearly full" is one of two triggers:
 
-* ``whole_free_pct``: the free whole cards of the models the pod accepts are at most this % of
-  the pool's cards (whole cards are what a held pod saves; scarce ones are worth saving);
+* ``whole_free_pct`` (per card model): the model's free whole cards are at most this % of its
+  cards (whole cards are what a held pod saves; only scarce ones are worth saving, so the pod may
+  still take a whole card of a model that nobody else is short of);
 * ``theta_pct``: the pool's GPU allocation is at least this % of capacity.
 
 Why: near saturation a whole card is worth more to the next whole-card pod than 0.81 of it to
@@ -63,27 +64,38 @@ class HoldBackFilter:
         """Which remnants (milli) are dead."""
         return np.asarray((remnant > self.tight_milli) & (remnant < self.dead_milli))
 
-    def applies(self, state: ClusterState, ctx: FitContext) -> bool:
+    def candidate(self, ctx: FitContext) -> bool:
+        """A share this filter may hold (with ``whole_card_waste_only``: dead remnant on a whole card)."""
         r = ctx.request
         if (self.theta_pct > 100 and self.whole_free_pct < 0) or not r.is_sharing:
             return False
-        if self.whole_card_waste_only and not bool(self.dead(WHOLE_CARD_MILLI - r.share_milli)):
-            return False
-        cards = int(state.card_exists.sum())
-        if cards == 0:
-            return False
-        if self.whole_free_pct >= 0:
-            whole = int((ctx.card_fit & (state.card_free_milli >= WHOLE_CARD_MILLI)).sum())
-            if 100 * whole <= self.whole_free_pct * cards:
-                return True
-        free = int(state.card_free_milli[state.card_exists].sum())
-        return 100 * (cards * WHOLE_CARD_MILLI - free) >= self.theta_pct * cards * WHOLE_CARD_MILLI
+        return not self.whole_card_waste_only or bool(self.dead(WHOLE_CARD_MILLI - r.share_milli))
+
+    def protected(self, state: ClusterState) -> BoolArray:
+        """Per card: is it worth saving (its model's whole cards are scarce, or the pool is past theta)?"""
+        exists = state.card_exists
+        if self.theta_pct <= 100:
+            cards = int(exists.sum())
+            free = int(state.card_free_milli[exists].sum())
+            if cards and 100 * (cards * WHOLE_CARD_MILLI - free) >= self.theta_pct * cards * WHOLE_CARD_MILLI:
+                return exists.copy()
+        if self.whole_free_pct < 0:
+            return np.zeros_like(exists)
+        models = len(state.models)
+        model = np.where(exists, state.card_model, models)
+        whole = exists & state.card_healthy & (state.card_free_milli >= WHOLE_CARD_MILLI)
+        total = np.bincount(model[exists], minlength=models + 1)
+        free_whole = np.bincount(model[whole], minlength=models + 1)
+        scarce = 100 * free_whole <= self.whole_free_pct * total
+        scarce[models] = False
+        return np.asarray(scarce[model] & exists)
 
     def filter(self, state: ClusterState, ctx: FitContext) -> BoolArray:
-        if not self.applies(state, ctx):
+        if not self.candidate(ctx):
             return np.ones(state.num_nodes, dtype=bool)
         remnant = state.card_free_milli - ctx.request.share_milli
-        return np.asarray((ctx.card_fit & ~self.dead(remnant)).any(axis=1))
+        held = self.dead(remnant) & self.protected(state)
+        return np.asarray((ctx.card_fit & ~held).any(axis=1))
 
 
 REGISTRY.register("xpupool-holdback")(HoldBackFilter)
