@@ -60,7 +60,8 @@ def gain(res: dict[tuple[str, str], dict[int, float]], workload: str, config: st
 Results = dict[tuple[str, str], dict[int, float]]
 
 
-def choose(res: Results, training: list[str], seeds: list[int]) -> tuple[str, dict[str, Any]]:
+def choose(res: Results, training: list[str], seeds: list[int], *,
+           verbose: bool = False) -> tuple[str, dict[str, Any]]:
     """The config with the best worst-case training gain (complete results only)."""
     configs = sorted({c for (_, c) in res if c != FGD})
     scored: list[tuple[float, float, str]] = []
@@ -72,6 +73,9 @@ def choose(res: Results, training: list[str], seeds: list[int]) -> tuple[str, di
         scored.append((min(vals), float(np.mean(vals)), c))
     if not scored:
         raise SystemExit("no configuration has results on every training variant")
+    if verbose:
+        for worst, mean, c in sorted(scored, reverse=True):
+            print(f"    {c:48s} worst {worst:+.3f} mean {mean:+.3f}")
     best_min = max(s[0] for s in scored)
     near = [s for s in scored if s[0] >= best_min - TIE]
     worst, mean, config = max(near, key=lambda s: s[1])
@@ -93,7 +97,7 @@ def select(a: argparse.Namespace) -> None:
     res = load(a.results, seeds)
     choice: dict[str, Any] = {}
     for name, (train, test) in folds().items():
-        config, info = choose(res, train, seeds)
+        config, info = choose(res, train, seeds, verbose=a.verbose)
         choice[name] = {"config": config, "train": train, "test": test, **info}
         print(f"{name:18s} {config}  worst train gain {info['worst_gain']:+.3f} mean {info['mean_gain']:+.3f} "
               f"({info['candidates']} candidates)")
@@ -145,6 +149,7 @@ def main() -> None:
     s.add_argument("--results", type=Path, required=True)
     s.add_argument("--seeds", default="42-44")
     s.add_argument("--choice", type=Path)
+    s.add_argument("--verbose", action="store_true", help="every candidate's worst and mean training gain")
     t = sub.add_parser("table")
     t.add_argument("--results", type=Path, required=True)
     t.add_argument("--seeds", default="42-51")

@@ -94,3 +94,15 @@ def test_scarce_whole_cards_are_saved_per_model() -> None:
     state.node_version[2] += 1  # (set by hand: tell the fit cache)
     assert not filt.filter(state, FitContext.build(state, share("p", 810))).any()
     assert HoldBackFilter(target=tw, whole_free_pct=10).filter(state, FitContext.build(state, share("p", 810))).any()
+
+
+def test_holdback_policy_is_xpupool_plus_the_filter() -> None:
+    from xpupool.plugins.profiles import build_scheduler
+
+    tw = target()
+    plain, held = build_scheduler("xpupool", target=tw), build_scheduler("xpupool-holdback", target=tw)
+    assert not plain.profile.filters
+    assert [f.name for f in held.profile.filters] == ["xpupool-holdback"]
+    state = pool([1000] * 7 + [0])
+    assert plain.place(state, share("p", 810)).status.ok
+    assert held.place(state, share("p", 810)).status.code is Code.UNSCHEDULABLE
