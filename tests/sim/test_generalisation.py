@@ -36,3 +36,14 @@ def _unallocated(workload: str, policy: str, seed: int) -> float:
     run = replay(nodes, pods, policy=policy, seed=seed, target=target, stop_after_pct=101.5,
                  sample_fragmentation=False)
     return run.unallocated_at(100)
+
+
+def test_xpupool_beats_fgd_on_a_mix_it_was_never_tuned_on() -> None:
+    """Regression guard for issue 9 §9: on ``mg40`` (half multigpu30, half multigpu50 by pods, the mix
+    a new user found xpupool only tying FGD on) the policy must beat same-run FGD on every seed and
+    by a clear margin on average (CV table: docs/simulation.md, seeds 42-51)."""
+    seeds = (42, 43)
+    fgd = [_unallocated("mg40", "fgd", s) for s in seeds]
+    ours = [_unallocated("mg40", "xpupool", s) for s in seeds]
+    assert all(o < f for o, f in zip(ours, fgd, strict=True)), (ours, fgd)
+    assert sum(fgd) / len(seeds) - sum(ours) / len(seeds) >= 0.15, (ours, fgd)
