@@ -21,7 +21,8 @@ from xpupool.core.frag import TargetWorkload
 from xpupool.core.framework import FitContext
 from xpupool.core.model import Request
 from xpupool.plugins.profiles import build_scheduler
-from xpupool.sim.openb import default_nodes_file, load_nodes, load_pods, pods_file
+from xpupool.sim.mixes import load_workload
+from xpupool.sim.openb import default_nodes_file, load_nodes
 from xpupool.sim.replay import tune_workload
 
 
@@ -36,7 +37,7 @@ def klass(r: Request) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variant", default="default")
+    ap.add_argument("--variant", default="default", help="a variant or a held-out mix (xpupool.sim.mixes)")
     ap.add_argument("--policy", default="fgd")
     ap.add_argument("--seeds", default="42-44")
     ap.add_argument("--upto", type=float, default=100.0)
@@ -44,7 +45,7 @@ def main() -> None:
     lo, _, hi = a.seeds.partition("-")
     seeds = list(range(int(lo), int(hi or lo) + 1))
     nodes = load_nodes(default_nodes_file())
-    pods = load_pods(pods_file(a.variant))
+    pods = load_workload(a.variant)
     models = sorted({d.model for n in nodes for d in n.devices})
     target = TargetWorkload.from_requests(pods, models)
     for policy in a.policy.split(","):

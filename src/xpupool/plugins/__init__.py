@@ -4,4 +4,4 @@ Importing this package registers every plugin. :mod:`xpupool.plugins.profiles` t
 name (``fgd``, ``xpupool``, ``bestfit``, ...) into a :class:`~xpupool.core.framework.Profile`.
 """
 
-from xpupool.plugins import baselines, fgd, filters, loadaware, xpupool_policy  # noqa: F401  (registration)
+from xpupool.plugins import baselines, fgd, filters, holdback, loadaware, xpupool_policy  # noqa: F401  (registration)

@@ -18,6 +18,7 @@ import numpy as np
 
 from xpupool.core.cluster import ClusterState
 from xpupool.core.frag import TargetWorkload, cluster_fragment
+from xpupool.core.framework import Scheduler
 from xpupool.core.model import Node, Request
 from xpupool.plugins.profiles import build_scheduler
 
@@ -100,12 +101,20 @@ def replay(
     time_decisions: bool = False,
     on_pod: Callable[[], None] | None = None,
     perf_counter: Callable[[], float] | None = None,
+    scheduler: Scheduler | None = None,
+    stop_after_pct: float | None = None,
+    sample_fragmentation: bool = True,
 ) -> SeedRun:
-    """Replay one seed with one policy. Deterministic for a given (policy, seed)."""
+    """Replay one seed with one policy. Deterministic for a given (policy, seed). ``scheduler``
+    replaces the named policy's (e.g. a plugin configuration being screened; ``policy`` then only
+    labels the run). ``stop_after_pct`` ends the replay once that much has arrived (screening only
+    needs x = 100, whose bin ends at 100.5 %); the arrays then hold the pods replayed so far.
+    ``sample_fragmentation=False`` skips the per-x fragmentation samples."""
     state = ClusterState(nodes)
     capacity = int(state.card_exists.sum()) * 1000
     workload = tune_workload(pods, capacity, seed)
-    scheduler = build_scheduler(policy, seed=seed, target=target)
+    if scheduler is None:
+        scheduler = build_scheduler(policy, seed=seed, target=target)
     arrived = np.zeros(len(workload))
     allocated = np.zeros(len(workload))
     decision = np.zeros(len(workload) if time_decisions else 0)
@@ -124,7 +133,7 @@ def replay(
             allocated_milli += pod.gpu_milli_total
         arrived[i] = 100 * arrived_milli / capacity
         allocated[i] = 100 * allocated_milli / capacity
-        while arrived[i] >= next_x:
+        while sample_fragmentation and arrived[i] >= next_x:
             frag = cluster_fragment(target, state)
             idle = capacity - allocated_milli
             run.frag_amount_pct[next_x] = 100 * frag / capacity
@@ -139,5 +148,9 @@ def replay(
             ))
         if on_pod is not None:
             on_pod()
+        if stop_after_pct is not None and arrived[i] > stop_after_pct:
+            run.arrived_pct, run.allocated_pct = arrived[: i + 1], allocated[: i + 1]
+            decision = decision[: i + 1]
+            break
     run.decision_s = decision
     return run
