@@ -2,7 +2,8 @@
 
 * The shim the xpupool image ships loads in common CUDA images: its glibc symbol-version needs
   stay at or below the stated floor (GLIBC_FLOOR, docs/operator-guide.md) and it needs nothing
-  beyond libc/libdl/libpthread.
+  beyond libc/libdl/libpthread. The same holds for the remote-vXPU client libraries (they also go
+  into customers' CUDA containers): OpenSSL is linked in, and none of its symbols is exported.
 * The TEST-DOUBLE workload image runs on the real node and its probe reports, as one JSON line,
   the pod identity the downward API passed and what the fake driver/NVML answer.
 """
@@ -49,6 +50,43 @@ def test_shim_in_image_needs_at_most_the_glibc_floor(xpupool_image_archive: test
     assert glibc, "no GLIBC version needs found: not a glibc-linked library?"
     assert max(glibc) <= GLIBC_FLOOR, f"shim needs GLIBC_{'.'.join(map(str, max(glibc)))} > floor {GLIBC_FLOOR}"
     assert needed <= ALLOWED_NEEDED, needed
+
+
+#: The remote-vXPU client (copied to CPU-only nodes and mounted into containers placed remote) and
+#: what each may need from the container: nothing beyond glibc, and NVML only the client libcuda.
+REMOTE_CLIENT = {
+    "/opt/xpupool/lib/remote/libcuda.so.1": ("cu", ALLOWED_NEEDED),
+    "/opt/xpupool/lib/remote/libnvidia-ml.so.1": ("nvml", ALLOWED_NEEDED | {"libcuda.so.1"}),
+}
+
+
+@pytest.mark.parametrize("path", sorted(REMOTE_CLIENT))
+def test_remote_client_in_image_needs_at_most_the_glibc_floor(
+    xpupool_image_archive: testing_images.BuiltImage, path: str
+) -> None:
+    library = testing_oci.read_file(xpupool_image_archive.archive, path)
+    assert library[:4] == b"\x7fELF"
+    glibc, needed = _dynamic_needs(library)
+    prefix, allowed = REMOTE_CLIENT[path]
+    assert glibc and max(glibc) <= GLIBC_FLOOR, f"{path} needs GLIBC_{'.'.join(map(str, max(glibc)))}"
+    assert needed <= allowed, needed  # no libssl/libcrypto from the container: linked in
+    with tempfile.NamedTemporaryFile(suffix=".so") as f:
+        f.write(library)
+        f.flush()
+        nm = subprocess.run(["nm", "-D", "--defined-only", f.name], capture_output=True, text=True, check=True)
+    exported = [line.split()[-1] for line in nm.stdout.splitlines() if line.strip()]
+    assert exported and all(name.startswith(prefix) for name in exported), [
+        n for n in exported if not n.startswith(prefix)][:10]
+
+
+def test_image_ships_the_remote_daemon_where_the_cli_finds_it(
+    xpupool_image_archive: testing_images.BuiltImage,
+) -> None:
+    """`xpupool remote daemon` runs $XPUPOOL_NATIVE_DIR/remote/xpu-remoted (the image sets the dir)."""
+    daemon = testing_oci.read_file(xpupool_image_archive.archive, "/opt/xpupool/lib/remote/xpu-remoted")
+    assert daemon[:4] == b"\x7fELF"
+    containerfile = (testing_images.REPO_ROOT / "deploy" / "image" / "Containerfile").read_text()
+    assert "XPUPOOL_NATIVE_DIR=/opt/xpupool/lib " in containerfile
 
 
 def test_image_is_tagged_as_the_chart_references(xpupool_image_archive: testing_images.BuiltImage) -> None:

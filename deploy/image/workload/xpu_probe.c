@@ -9,6 +9,8 @@
  *   cuda      cuInit, driver version, per device: uuid, cuDeviceTotalMem; cuMemGetInfo on the
  *             chosen device's primary context
  *   nvml      per device: uuid, name, memory total/used/free (nvmlDeviceGetMemoryInfo)
+ *   copy      optional: --copy-mib MiB of a pattern copied host -> device -> host (cuMemcpyHtoD,
+ *             cuMemcpyDtoH into a second buffer) and compared byte for byte; the buffer is freed
  *   alloc     optional: one cuMemAlloc of --alloc-mib MiB, and/or --fill-chunk-mib MiB chunks
  *             until the driver refuses (result codes: 2 = CUDA_ERROR_OUT_OF_MEMORY)
  * Then it keeps its context and allocations for --hold-s seconds (a pod stays Running while a
@@ -143,12 +145,44 @@ static void report_nvml(void)
 /* ------------------------------------------------------------------ driver API */
 struct options {
     int device;
+    unsigned long long copy_mib;       /* round trip of this many MiB, data compared (0: none) */
     unsigned long long alloc_mib;      /* one allocation of this size (0: none) */
     unsigned long long fill_chunk_mib; /* allocate chunks until refused (0: none) */
     unsigned int hold_s;
 };
 
 static CUdeviceptr g_chunks[MAX_CHUNKS];
+
+/* Host -> device -> host of `mib` MiB of a position-dependent pattern, compared on return. */
+static void report_copy(unsigned long long mib)
+{
+    size_t n = (size_t)(mib * MIB);
+    unsigned char *src = malloc(n), *dst = malloc(n);
+    CUdeviceptr d = 0;
+    CUresult ar = CUDA_ERROR_OUT_OF_MEMORY, hr = CUDA_ERROR_NOT_INITIALIZED, dr = CUDA_ERROR_NOT_INITIALIZED;
+    size_t mismatches = n;
+    if (src && dst) {
+        for (size_t i = 0; i < n; i++)
+            src[i] = (unsigned char)((i * 2654435761u) >> 13);
+        memset(dst, 0, n);
+        ar = cuMemAlloc(&d, n);
+        if (ar == CUDA_SUCCESS) {
+            hr = cuMemcpyHtoD(d, src, n);
+            if (hr == CUDA_SUCCESS)
+                dr = cuMemcpyDtoH(dst, d, n);
+            if (dr == CUDA_SUCCESS) {
+                mismatches = 0;
+                for (size_t i = 0; i < n; i++)
+                    mismatches += src[i] != dst[i];
+            }
+            cuMemFree(d);
+        }
+    }
+    printf("{\"mib\":%llu,\"alloc_result\":%d,\"h2d_result\":%d,\"d2h_result\":%d,\"mismatched_bytes\":%zu}",
+           mib, (int)ar, (int)hr, (int)dr, mismatches);
+    free(src);
+    free(dst);
+}
 
 static void report_cuda(const struct options *o)
 {
@@ -210,6 +244,10 @@ static void report_cuda(const struct options *o)
     CUresult mr = cuMemGetInfo(&free_b, &total_b);
     json_key("mem_get_info", &first);
     printf("{\"result\":%d,\"free_bytes\":%zu,\"total_bytes\":%zu}", (int)mr, free_b, total_b);
+    if (o->copy_mib) {
+        json_key("copy", &first);
+        report_copy(o->copy_mib);
+    }
     if (o->alloc_mib) {
         CUdeviceptr p = 0;
         CUresult ar = cuMemAlloc(&p, (size_t)(o->alloc_mib * MIB));
@@ -249,12 +287,12 @@ static int env_selected(const char *kv)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: xpu-probe [--device N] [--alloc-mib MIB] [--fill-chunk-mib MIB] [--hold-s S]\n");
+    fprintf(stderr, "usage: xpu-probe [--device N] [--copy-mib MIB] [--alloc-mib MIB] [--fill-chunk-mib MIB] [--hold-s S]\n");
 }
 
 int main(int argc, char **argv)
 {
-    struct options o = {0, 0, 0, 0};
+    struct options o = {0, 0, 0, 0, 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -264,6 +302,8 @@ int main(int argc, char **argv)
         }
         if (strcmp(a, "--device") == 0)
             o.device = atoi(v);
+        else if (strcmp(a, "--copy-mib") == 0)
+            o.copy_mib = strtoull(v, NULL, 10);
         else if (strcmp(a, "--alloc-mib") == 0)
             o.alloc_mib = strtoull(v, NULL, 10);
         else if (strcmp(a, "--fill-chunk-mib") == 0)
