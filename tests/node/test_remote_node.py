@@ -18,7 +18,9 @@ apiserver) and wires client library, endpoint, token and CA through CDI -> ``xpu
 TEST-DOUBLE workload image talks authenticated TLS to the daemon: one device whose memory is the
 slice's quota, 64 MiB host->device->host with the bytes compared, allocations refused with
 OUT_OF_MEMORY at the quota; processes with a wrong or no token get a clear error at once. Deleting
-the pod revokes the grant: the session ends and the slice's region is removed.
+the pod revokes the grant: the session ends and the slice's region is removed. Before the GPU side
+serves tokens, a remote pod is not started: the kubelet reports the agent's reason (token endpoint
+unreachable) in the container's waiting state, and nothing is granted.
 
 CPU-tested only: nothing here touches a GPU.
 """
@@ -29,6 +31,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -70,15 +74,16 @@ MIB = 1024 * 1024
 #: No taint the chart's Deployments tolerate: nothing but remote vXPU placement lands on the fake node.
 FAKE_NODE_TAINT = {"key": "xpupool.io/test-no-kubelet", "value": "true", "effect": "NoSchedule"}
 
+# stderr joins stdout in each step: the pod log interleaves the two streams in no fixed order
 PROBE_SCRIPT = """
-run() { s=$(date +%s%N); "$@"; rc=$?; e=$(date +%s%N); echo "== rc=$rc ms=$(( (e - s) / 1000000 ))"; }
+run() { s=$(date +%s%N); "$@" 2>&1; rc=$?; e=$(date +%s%N); echo "== rc=$rc ms=$(( (e - s) / 1000000 ))"; }
 echo "== case no-token"
 run env -u XPUPOOL_REMOTE_TOKEN_FILE timeout 30 xpu-probe
 echo "== case wrong-token"
 echo xpr1.bm9wZQ.AAAA > /tmp/wrong-token
 run env XPUPOOL_REMOTE_TOKEN_FILE=/tmp/wrong-token timeout 30 xpu-probe
 echo "== case session"
-exec xpu-probe --copy-mib 64 --alloc-mib 1024 --fill-chunk-mib 128 --hold-s 600
+exec xpu-probe --copy-mib 64 --alloc-mib 1024 --fill-chunk-mib 128 --hold-s 600 2>&1
 """
 
 
@@ -192,6 +197,26 @@ def _sections(log: str) -> dict[str, tuple[dict[str, Any] | None, str, dict[str,
     return out
 
 
+def _remote_pod(namespace: str, name: str, image: str, command: list[str]) -> dict[str, Any]:
+    """A pod asking for one remote vXPU (2 GiB, 50 %), running ``command`` in the workload image."""
+    pod = fake_pod(namespace, name, scheduler="default-scheduler", vxpu=1, core_pct=50, memory_mib=SLICE_MIB,
+                   annotations={"xpupool.io/remote": "required"})
+    pod["spec"]["restartPolicy"] = "Never"
+    pod["spec"]["containers"][0].update({
+        "image": image, "imagePullPolicy": "Never", "command": command,
+        "env": [{"name": n, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.{f}"}}}
+                for n, f in (("POD_NAME", "name"), ("POD_NAMESPACE", "namespace"), ("POD_UID", "uid"))],
+    })
+    return pod
+
+
+def _sessions_cli(gpu_node: GpuNode) -> str:
+    """``xpupool remote sessions``: what an operator on the GPU node sees."""
+    cli = Path(sys.executable).parent / "xpupool"
+    return subprocess.run([str(cli), "remote", "sessions", "--state-dir", str(gpu_node.rig.state.root)],
+                          capture_output=True, text=True, timeout=30, check=True).stdout
+
+
 async def test_remote_vxpu_pod_on_the_cpu_only_real_node(
     node_cluster: NodeCluster,
     node_transport: AiohttpTransport,
@@ -247,25 +272,38 @@ async def test_remote_vxpu_pod_on_the_cpu_only_real_node(
 
         await eventually(remote_slots, f"the CPU-only node advertises {REMOTE_SLOTS} remote slots and serves them")
 
-        # The GPU node's side: trust the chart's agent account, publish, serve tokens.
+        # The GPU node's side: trust the chart's agent account, publish its endpoints.
         account = f"system:serviceaccount:{NAMESPACE}:{agent['spec']['serviceAccountName']}"
         role = gpu_node.role(agents=[account])
         assert role.server is not None
         await role.tick()
-        runner = await role.start_issuer(HOST_IP)
-        upkeep = asyncio.create_task(_upkeep(role))
         published = await node_transport.get(NODES, gpu_node.name)
         assert json.loads(published["metadata"]["annotations"][ANN_REMOTE])["endpoint"] == role.server.endpoint
 
-        # ---- a pod asking for a remote vXPU -------------------------------------------------
-        pod = fake_pod(node_namespace, "remote-probe", scheduler="default-scheduler", vxpu=1, core_pct=50,
-                       memory_mib=SLICE_MIB, annotations={"xpupool.io/remote": "required"})
-        pod["spec"]["restartPolicy"] = "Never"
-        pod["spec"]["containers"][0].update({
-            "image": workload_image, "imagePullPolicy": "Never", "command": ["/bin/sh", "-c", PROBE_SCRIPT],
-            "env": [{"name": n, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.{f}"}}}
-                    for n, f in (("POD_NAME", "name"), ("POD_NAMESPACE", "namespace"), ("POD_UID", "uid"))],
-        })
+        # ---- the token endpoint does not answer yet: the container is refused, with the reason --
+        unserved = _remote_pod(node_namespace, "remote-unserved", workload_image, ["xpu-probe"])
+        await node_transport.create(PODS, unserved, namespace=node_namespace)
+
+        async def refused() -> str | None:
+            live = await node_transport.get(PODS, "remote-unserved", namespace=node_namespace)
+            for status in live.get("status", {}).get("containerStatuses") or []:
+                message = str(((status.get("state") or {}).get("waiting") or {}).get("message", ""))
+                if "unreachable" in message:
+                    return message
+            return None
+
+        t_unserved = time.monotonic()
+        message = await eventually(refused, "the kubelet reports why the remote container cannot start",
+                                   timeout_s=120)
+        unserved_s = time.monotonic() - t_unserved
+        assert gpu_node.name in message and role.issuer_url in message, message
+        assert gpu_node.rig.control.grants() == [] and gpu_node.rig.control.sessions() == []
+        await node_transport.delete(PODS, "remote-unserved", namespace=node_namespace, grace_period_s=0)
+
+        # ---- the token endpoint serves: a pod asking for a remote vXPU runs ------------------
+        runner = await role.start_issuer(HOST_IP)
+        upkeep = asyncio.create_task(_upkeep(role))
+        pod = _remote_pod(node_namespace, "remote-probe", workload_image, ["/bin/sh", "-c", PROBE_SCRIPT])
         t_pod = time.monotonic()
         created = await node_transport.create(PODS, pod, namespace=node_namespace)
         assert created["spec"]["schedulerName"] == "xpupool", "the webhook did not mutate the pod"
@@ -326,6 +364,8 @@ async def test_remote_vxpu_pod_on_the_cpu_only_real_node(
         region = Path(grant.region)
         assert grant.alloc == uid and region.exists()
         assert gpu_node.rig.metric("xpupool_remote_api_calls_total", api="cuMemcpyHtoD_v2") >= 1
+        assert gpu_node.rig.metric("xpupool_remote_sessions", state="active") == 1
+        assert uid[:20] in _sessions_cli(gpu_node)
 
         # ---- deleting the pod ends the session and frees the slice --------------------------
         t_delete = time.monotonic()
@@ -337,10 +377,13 @@ async def test_remote_vxpu_pod_on_the_cpu_only_real_node(
         await eventually(freed, "the session ended, the grant was revoked and the slice's region removed",
                          timeout_s=60)
         delete_to_free_s = time.monotonic() - t_delete
-        assert gpu_node.rig.metric("xpupool_remote_sessions") == 0
+        assert gpu_node.rig.metric("xpupool_remote_sessions", state="active") == 0
+        assert _sessions_cli(gpu_node).strip().splitlines()[1:] == []  # the header only
         assert gpu_node.rig.metric("xpupool_remote_session_errors_total", reason="worker_crashed") == 0
-        print(f"remote vXPU on the real node: helm install + agent ready {install_s:.1f} s, pod create -> probe "
-              f"report {pod_to_report_s:.1f} s, pod delete -> session ended + slice freed {delete_to_free_s:.1f} s")
+        print(f"remote vXPU on the real node: helm install + agent ready {install_s:.1f} s, unserved pod -> "
+              f"kubelet reports the reason {unserved_s:.1f} s, no/wrong token -> error "
+              f"{sections['no-token'][2]['ms']}/{sections['wrong-token'][2]['ms']} ms, pod create -> probe report "
+              f"{pod_to_report_s:.1f} s, pod delete -> session ended + slice freed {delete_to_free_s:.1f} s")
     finally:
         if upkeep is not None:
             upkeep.cancel()
@@ -348,6 +391,7 @@ async def test_remote_vxpu_pod_on_the_cpu_only_real_node(
                 await upkeep
         if runner is not None:
             await runner.cleanup()
-        with contextlib.suppress(Exception):
-            await node_transport.delete(PODS, "remote-probe", namespace=node_namespace, grace_period_s=0)
+        for name in ("remote-unserved", "remote-probe"):
+            with contextlib.suppress(Exception):
+                await node_transport.delete(PODS, name, namespace=node_namespace, grace_period_s=0)
         helm(node_cluster, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=3m")
