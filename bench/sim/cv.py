@@ -43,7 +43,8 @@ def load(path: Path, seeds: list[int]) -> dict[tuple[str, str], dict[int, float]
     for line in path.read_text().splitlines():
         if line.strip():
             r = json.loads(line)
-            if r["seed"] in seeds:
+            # the hold-back filter is measured on its own (bench/sim/holdback.py), not a candidate here
+            if r["seed"] in seeds and "_hold" not in r["config"]:
                 out[(r["workload"], r["config"])][r["seed"]] = r["unallocated_pct"]
     return out
 

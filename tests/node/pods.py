@@ -28,6 +28,43 @@ def busybox_pod(name: str, node: NodeCluster, image: str, script: str, **spec: A
     }
 
 
+DOWNWARD_POD_ENV: tuple[tuple[str, str], ...] = (
+    ("POD_NAME", "metadata.name"),
+    ("POD_NAMESPACE", "metadata.namespace"),
+    ("POD_UID", "metadata.uid"),
+)
+
+
+def vxpu_pod(
+    name: str, image: str, *, core_pct: int, memory_mib: int, command: list[str], downward_env: bool = False
+) -> JsonDict:
+    """A one-container pod for the xpupool scheduler asking one vXPU of ``core_pct`` % and
+    ``memory_mib``; ``downward_env`` gives it POD_NAME/POD_NAMESPACE/POD_UID (what xpu-probe reports)."""
+    limits = {"xpupool.io/vxpu": "1", "xpupool.io/vxpu-core": str(core_pct), "xpupool.io/vxpu-memory": str(memory_mib)}
+    container: JsonDict = {
+        "name": "main",
+        "image": image,
+        "imagePullPolicy": "Never",
+        "command": command,
+        "resources": {"limits": limits, "requests": {"cpu": "10m", **limits}},
+    }
+    if downward_env:
+        container["env"] = [
+            {"name": env, "valueFrom": {"fieldRef": {"fieldPath": path}}} for env, path in DOWNWARD_POD_ENV
+        ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "schedulerName": "xpupool",
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [container],
+        },
+    }
+
+
 async def wait_pod(
     transport: AiohttpTransport, namespace: str, name: str, phases: tuple[str, ...], *, timeout_s: float = 90.0
 ) -> JsonDict:

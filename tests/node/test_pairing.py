@@ -29,6 +29,7 @@ from xpupool.kube.testing_node import DEVICE_PLUGIN_DIR, NodeCluster
 from xpupool.kube.transport import PODS, AiohttpTransport, JsonDict
 
 from .pods import pod_log
+from .pods import vxpu_pod as scheduled_vxpu_pod
 from .whole_gpu_plugin import WholeGpuPlugin
 from .xpupool_node import SLOTS_PER_CARD, XpupoolNode
 
@@ -59,26 +60,7 @@ PRINT_CONFIG = (
 
 
 def vxpu_pod(name: str, image: str, *, core_pct: int, memory_mib: int, script: str = PRINT_CONFIG) -> JsonDict:
-    limits = {"xpupool.io/vxpu": "1", "xpupool.io/vxpu-core": str(core_pct), "xpupool.io/vxpu-memory": str(memory_mib)}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "schedulerName": "xpupool",
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": image,
-                    "imagePullPolicy": "Never",
-                    "command": ["/bin/sh", "-c", script],
-                    "resources": {"limits": limits, "requests": {"cpu": "10m", **limits}},
-                }
-            ],
-        },
-    }
+    return scheduled_vxpu_pod(name, image, core_pct=core_pct, memory_mib=memory_mib, command=["/bin/sh", "-c", script])
 
 
 async def wait_all(

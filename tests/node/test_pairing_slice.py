@@ -21,6 +21,7 @@ import pytest
 from xpupool.kube.testing_node import NodeCluster
 from xpupool.kube.transport import PODS, AiohttpTransport, JsonDict
 
+from .pods import vxpu_pod as scheduled_vxpu_pod
 from .xpupool_node import XpupoolNode
 
 pytestmark = pytest.mark.e2e_node
@@ -47,29 +48,8 @@ def slice_node(node_cluster: NodeCluster) -> Iterator[XpupoolNode]:
 
 
 def probe_pod(name: str, image: str, *, core_pct: int, memory_mib: int, args: list[str]) -> JsonDict:
-    limits = {"xpupool.io/vxpu": "1", "xpupool.io/vxpu-core": str(core_pct), "xpupool.io/vxpu-memory": str(memory_mib)}
-    downward = (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"), ("POD_UID", "metadata.uid"))
-    field = [{"name": env, "valueFrom": {"fieldRef": {"fieldPath": path}}} for env, path in downward]
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "schedulerName": "xpupool",
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": image,
-                    "imagePullPolicy": "Never",
-                    "command": ["xpu-probe", *args, "--hold-s", "3600"],
-                    "env": field,
-                    "resources": {"limits": limits, "requests": {"cpu": "10m", **limits}},
-                }
-            ],
-        },
-    }
+    command = ["xpu-probe", *args, "--hold-s", "3600"]
+    return scheduled_vxpu_pod(name, image, core_pct=core_pct, memory_mib=memory_mib, command=command, downward_env=True)
 
 
 async def probe_output(node: XpupoolNode, transport: AiohttpTransport, namespace: str, name: str) -> dict[str, Any]:

@@ -96,13 +96,16 @@ def test_scarce_whole_cards_are_saved_per_model() -> None:
     assert HoldBackFilter(target=tw, whole_free_pct=10).filter(state, FitContext.build(state, share("p", 810))).any()
 
 
-def test_holdback_policy_is_xpupool_plus_the_filter() -> None:
+def test_holdback_policy_is_xpupool_plus_the_per_model_filter() -> None:
+    """``xpupool-holdback`` holds a 0.81-card pod only once its model's whole cards are scarce
+    (at most 12 % whole): 1 whole G2 card of 8 (12.5 %) is not scarce yet, 1 of 16 (6 %) is."""
     from xpupool.plugins.profiles import build_scheduler
 
     tw = target()
     plain, held = build_scheduler("xpupool", target=tw), build_scheduler("xpupool-holdback", target=tw)
     assert not plain.profile.filters
     assert [f.name for f in held.profile.filters] == ["xpupool-holdback"]
-    state = pool([1000] * 7 + [0])
+    assert held.place(pool([1000] * 7 + [0]), share("p", 810)).status.ok
+    state = pool([1000] * 15 + [0])
     assert plain.place(state, share("p", 810)).status.ok
     assert held.place(state, share("p", 810)).status.code is Code.UNSCHEDULABLE

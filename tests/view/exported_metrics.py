@@ -27,6 +27,8 @@ from xpupool.kube.metrics import KubeMetrics
 from xpupool.kube.testing import fake_node
 from xpupool.kube.webhook import WebhookStats
 from xpupool.kube.webhook_metrics import LatencyHistogram, WebhookCollector
+from xpupool.remote.daemon import Control
+from xpupool.remote.metrics import DaemonMetricsCollector
 from xpupool.view.build import build_snapshot
 from xpupool.view.metrics import PoolCollector
 
@@ -54,6 +56,9 @@ def exported_families() -> list[Metric]:
             KubeMetrics().registry,  # the scheduler daemon's registry
             WebhookCollector(WebhookStats(), LatencyHistogram(), lambda: []),
             PoolCollector(lambda: snapshot),
+            # a GPU node's agent over a daemon that does not answer: only the up gauge (the daemon's
+            # own families are checked against the running daemon in tests/remote/test_daemon_metrics.py)
+            DaemonMetricsCollector(Control(Path(tmp) / "no-daemon.sock", timeout_s=0.1), node="n1"),
         ])
 
 

@@ -18,7 +18,8 @@ from .exported_metrics import exported_sample_names, metric_names_in
 
 HERE = Path(__file__).parent
 ALERTS = {"XpupoolSliceOverMemoryQuota", "XpupoolSliceOverComputeLimit", "XpupoolLimiterAccountingErrors",
-          "XpupoolCardOverAllocated", "XpupoolPodsPendingTooLong", "XpupoolAgentDown", "XpupoolRemoteSessionErrors"}
+          "XpupoolCardOverAllocated", "XpupoolPodsPendingTooLong", "XpupoolAgentDown", "XpupoolRemoteSessionErrors",
+          "XpupoolRemoteDaemonDown"}
 
 
 def promtool() -> str:

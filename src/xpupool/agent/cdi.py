@@ -61,6 +61,8 @@ class DeviceNode:
 
 @dataclass(frozen=True, slots=True)
 class Mount:
+    """One bind mount into the container (CDI ``containerEdits.mounts``)."""
+
     container_path: str
     host_path: str
     read_only: bool

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from xpupool.agent.allocation import PodSlice, RuntimePaths
+from xpupool.agent.cdi import Mount
 from xpupool.agent.discovery import DeviceInfo
 from xpupool.agent.shim_region import (
     ENV_REGION,
@@ -143,15 +144,6 @@ class ShimRegionWriter:
             for region, _ in assigned:
                 region.close()
         return Status.success()
-
-
-@dataclass(frozen=True, slots=True)
-class Mount:
-    """One bind mount into the container."""
-
-    container_path: str
-    host_path: str
-    read_only: bool
 
 
 @dataclass(frozen=True, slots=True)

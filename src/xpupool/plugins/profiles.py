@@ -24,8 +24,10 @@ OURS = ("xpupool", "xpupool-holdback")
 POLICIES = FGD_BASELINES + GENERIC + OURS
 NEEDS_TARGET = frozenset({"fgd", "xpupool", "xpupool-holdback"})
 #: ``xpupool-holdback``: xpupool plus the hold-back filter (a 0.81-card share waits rather than strand
-#: 190 milli once the pool is 85 % allocated). Measured, not the default: docs/simulation.md "Hold-back".
-HOLD_BACK_ALLOCATED_PCT = 85.0
+#: 190 milli on a whole card once at most this % of its model's cards are still whole). Per-model
+#: trigger, not pool allocation (``theta_pct`` 85 lost to FGD on multigpu20). Measured, opt-in, not
+#: the default: docs/simulation.md "Hold-back".
+HOLD_BACK_WHOLE_FREE_PCT = 12.0
 
 
 def build_profile(
@@ -50,7 +52,7 @@ def build_profile(
             scores={"xpupool-host": 1.0, "loadaware": 0.0001},
             filters=["xpupool-holdback"] if hold else [],
             args={"xpupool-host": {"target": target},
-                  "xpupool-holdback": {"target": target, "theta_pct": HOLD_BACK_ALLOCATED_PCT}},
+                  "xpupool-holdback": {"target": target, "whole_free_pct": HOLD_BACK_WHOLE_FREE_PCT}},
             first_on_tie=True,
         )
     if policy in FGD_BASELINES:
