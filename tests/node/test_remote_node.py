@@ -46,7 +46,7 @@ from xpupool.agent.kubeapi import KubeApi
 from xpupool.agent.regions import ShimRegionWriter
 from xpupool.core.model import Vendor
 from xpupool.kube.objects import ANN_ALLOCATION
-from xpupool.kube.testing import fake_node, fake_pod, free_port
+from xpupool.kube.testing import fake_node, free_port
 from xpupool.kube.testing_images import BuiltImage
 from xpupool.kube.testing_node import NodeCluster
 from xpupool.kube.testing_node_host import HOST_IP
@@ -56,7 +56,7 @@ from xpupool.remote.agent_role import RemoteRole, RemoteSettings
 from xpupool.remote.served import ANN_REMOTE
 from xpupool.remote.testing import FAKE_CARD_UUID, LocalRig, build_native, local_rig
 
-from .pods import pod_log, wait_pod
+from .pods import pod_log, vxpu_pod, wait_pod
 from .test_helm_node import CHART, eventually, helm
 
 pytestmark = pytest.mark.e2e_node
@@ -197,16 +197,12 @@ def _sections(log: str) -> dict[str, tuple[dict[str, Any] | None, str, dict[str,
     return out
 
 
-def _remote_pod(namespace: str, name: str, image: str, command: list[str]) -> dict[str, Any]:
-    """A pod asking for one remote vXPU (2 GiB, 50 %), running ``command`` in the workload image."""
-    pod = fake_pod(namespace, name, scheduler="default-scheduler", vxpu=1, core_pct=50, memory_mib=SLICE_MIB,
-                   annotations={"xpupool.io/remote": "required"})
-    pod["spec"]["restartPolicy"] = "Never"
-    pod["spec"]["containers"][0].update({
-        "image": image, "imagePullPolicy": "Never", "command": command,
-        "env": [{"name": n, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.{f}"}}}
-                for n, f in (("POD_NAME", "name"), ("POD_NAMESPACE", "namespace"), ("POD_UID", "uid"))],
-    })
+def _remote_pod(name: str, image: str, command: list[str]) -> dict[str, Any]:
+    """A pod asking for one remote vXPU (2 GiB, 50 %), running ``command`` in the workload image;
+    created for the default scheduler, so the webhook must hand it to xpupool's."""
+    pod = vxpu_pod(name, image, core_pct=50, memory_mib=SLICE_MIB, command=command, downward_env=True)
+    pod["metadata"]["annotations"] = {"xpupool.io/remote": "required"}
+    pod["spec"]["schedulerName"] = "default-scheduler"
     return pod
 
 
@@ -281,7 +277,7 @@ async def test_remote_vxpu_pod_on_the_cpu_only_real_node(
         assert json.loads(published["metadata"]["annotations"][ANN_REMOTE])["endpoint"] == role.server.endpoint
 
         # ---- the token endpoint does not answer yet: the container is refused, with the reason --
-        unserved = _remote_pod(node_namespace, "remote-unserved", workload_image, ["xpu-probe"])
+        unserved = _remote_pod("remote-unserved", workload_image, ["xpu-probe"])
         await node_transport.create(PODS, unserved, namespace=node_namespace)
 
         async def refused() -> str | None:
@@ -303,7 +299,7 @@ async def test_remote_vxpu_pod_on_the_cpu_only_real_node(
         # ---- the token endpoint serves: a pod asking for a remote vXPU runs ------------------
         runner = await role.start_issuer(HOST_IP)
         upkeep = asyncio.create_task(_upkeep(role))
-        pod = _remote_pod(node_namespace, "remote-probe", workload_image, ["/bin/sh", "-c", PROBE_SCRIPT])
+        pod = _remote_pod("remote-probe", workload_image, ["/bin/sh", "-c", PROBE_SCRIPT])
         t_pod = time.monotonic()
         created = await node_transport.create(PODS, pod, namespace=node_namespace)
         assert created["spec"]["schedulerName"] == "xpupool", "the webhook did not mutate the pod"
