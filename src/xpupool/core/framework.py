@@ -88,8 +88,9 @@ class ScorePlugin(Protocol):
 
     A plugin whose class sets ``node_local = True`` promises that the score (and card hint) of
     node n depends only on node n's state and on the request's shape; the framework then caches
-    its results per request shape and asks it only about nodes whose ``node_version`` changed
-    (it passes those as ``feasible``), which makes a decision cost O(changed nodes).
+    its results per request shape and node state (:meth:`ClusterState.node_groups`) and asks it
+    only about one node of each state it has not scored for that shape (it passes those as
+    ``feasible``), which makes a decision cost O(new node states) plus a few O(nodes) gathers.
     """
 
     name: str
@@ -218,65 +219,66 @@ def shape_key(request: Request) -> tuple[object, ...]:
             request.device_memory_pct, request.vendor, request.models, request.exclusive)
 
 
-#: below this many nodes to score, grouping equal nodes costs more than it saves
-_DEDUP_FROM = 256
-
-
-def _one_per_group(nodes: IntArray, groups: IntArray, count: int) -> tuple[IntArray, IntArray]:
-    """The first node of each group among ``nodes`` and, per node, the position of its group's
-    representative. O(len(nodes) + count), no sort."""
+def _first_of_each_group(nodes: IntArray, groups: IntArray, count: int) -> IntArray:
+    """The first node of each group among ``nodes`` (``groups``: their group ids, below ``count``).
+    O(len(nodes) + count), no sort."""
     first = np.full(count, -1, dtype=np.int64)
     first[groups[::-1]] = nodes[::-1]  # the last write wins: the first node of each group
-    present = np.nonzero(first >= 0)[0]
-    position = np.empty(count, dtype=np.int64)
-    position[present] = np.arange(len(present))
-    return first[present], position[groups]
+    found: IntArray = first[first >= 0]
+    return found
 
 
 class _ShapeCache:
-    """Per (plugin, request shape): last scores/hints per node and the node versions they saw."""
+    """Per (plugin, request shape): the score and card hint of each node *state*.
+
+    Nodes in the same :meth:`ClusterState.node_groups` group are equal in everything a node-local
+    plugin may read, so they score equally: the cache keeps one score per (shape, group) and asks
+    the plugin only about one feasible node of each group the shape has not scored yet. A decision
+    costs a few O(nodes) gathers plus plugin work for new node states only (usually the one or two
+    nodes the last placement changed; ~150 groups for a new shape at 10,000 nodes), whether the
+    shape is new or was last asked thousands of placements ago. Group ids are stable until the
+    ledger renumbers them (``group_epoch``), which empties the cache.
+    """
 
     def __init__(self, capacity: int = 256) -> None:
         self.capacity = capacity
-        self.entries: dict[tuple[object, ...], tuple[IntArray, FloatArray, npt.NDArray[np.int16]]] = {}
+        self.entries: dict[tuple[object, ...], tuple[FloatArray, npt.NDArray[np.int16], BoolArray]] = {}
         self.state_uid = -1
+        self.group_epoch = -1
 
     def score(self, plugin: ScorePlugin, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
-        if state.uid != self.state_uid:
+        groups, count = state.node_groups()
+        if state.uid != self.state_uid or state.group_epoch != self.group_epoch:
             self.entries.clear()
-            self.state_uid = state.uid
+            self.state_uid, self.group_epoch = state.uid, state.group_epoch
         key = (plugin.name, *shape_key(ctx.request))
         entry = self.entries.pop(key, None)
-        if entry is None:
-            versions = np.full(state.num_nodes, -1, dtype=np.int64)
-            scores = np.zeros(state.num_nodes)
-            hints = np.full(state.num_nodes, -1, dtype=np.int16)  # card slots: 18 bytes per node and shape
-        else:
-            versions, scores, hints = entry
-        stale = np.flatnonzero(state.node_version != versions)
-        asked = stale[feasible[stale]]
-        if len(asked) >= _DEDUP_FROM:
-            # nodes in equal states score equally: ask the plugin about one of each state
-            groups, count = state.node_groups()
-            reps, inverse = _one_per_group(asked, groups[asked], count)
-            one_each = np.zeros(state.num_nodes, dtype=bool)
-            one_each[reps] = True
-            fresh = plugin.score(state, ctx, one_each)
-            scores[asked] = fresh.scores[reps][inverse]
-            hints[asked] = fresh.card_hint[reps][inverse] if fresh.card_hint is not None else -1
-        elif len(asked):
+        if entry is None or len(entry[0]) < count:
+            size = max(count, 2 * len(entry[0]) if entry is not None else 0)
+            scores = np.zeros(size)
+            hints = np.full(size, -1, dtype=np.int16)  # card slots
+            known = np.zeros(size, dtype=bool)
+            if entry is not None:
+                old = len(entry[0])
+                scores[:old], hints[:old], known[:old] = entry
+            entry = (scores, hints, known)
+        scores, hints, known = entry
+        candidates = np.flatnonzero(feasible)
+        candidate_groups = groups[candidates]
+        unscored = ~known[candidate_groups]
+        if unscored.any():
+            reps = _first_of_each_group(candidates[unscored], candidate_groups[unscored], count)
             ask = np.zeros(state.num_nodes, dtype=bool)
-            ask[asked] = True
+            ask[reps] = True
             fresh = plugin.score(state, ctx, ask)
-            scores[asked] = fresh.scores[asked]
-            hints[asked] = fresh.card_hint[asked] if fresh.card_hint is not None else -1
-        # infeasible stale nodes were not computed: mark them unseen so they are asked when feasible
-        versions[stale] = -1
-        versions[asked] = state.node_version[asked]
-        self.entries[key] = (versions, scores, hints)
+            rep_groups = groups[reps]
+            scores[rep_groups] = fresh.scores[reps]
+            hints[rep_groups] = fresh.card_hint[reps] if fresh.card_hint is not None else -1
+            known[rep_groups] = True
+        self.entries[key] = entry  # most recently used last
         if len(self.entries) > self.capacity:
             self.entries.pop(next(iter(self.entries)))
-        return ScoreResult(scores, hints.astype(np.int64))  # scores: the cache's own array, read-only
+        return ScoreResult(scores[groups], hints[groups].astype(np.int64))
 
 
 @dataclass(frozen=True, slots=True)
