@@ -256,9 +256,14 @@ class _ShapeCache:
             self.entries.clear()
             self.state_uid = state.uid
         key = (plugin.name, *shape_key(ctx.request))
-        entry = self.entries.pop(key, None) or _ShapeEntry(state.num_nodes)
-        stale = np.flatnonzero(state.node_version != entry.versions)
-        asked = stale[feasible[stale]]
+        entry = self.entries.pop(key, None)
+        new = entry is None
+        if entry is None:
+            entry = _ShapeEntry(state.num_nodes)
+            stale = asked = np.flatnonzero(feasible)  # every node is stale: whole-array updates below
+        else:
+            stale = np.flatnonzero(state.node_version != entry.versions)
+            asked = stale[feasible[stale]]
         if len(asked):
             groups, count = state.node_groups()
             if state.group_epoch != self.group_epoch:
@@ -278,11 +283,17 @@ class _ShapeCache:
                 entry.group_scores[rep_groups] = fresh.scores[reps]
                 entry.group_hints[rep_groups] = fresh.card_hint[reps] if fresh.card_hint is not None else -1
                 entry.group_known[rep_groups] = True
-            entry.scores[asked] = entry.group_scores[asked_groups]
-            entry.hints[asked] = entry.group_hints[asked_groups]
-        # infeasible stale nodes were not refreshed: mark them unseen so they are when feasible
-        entry.versions[stale] = -1
-        entry.versions[asked] = state.node_version[asked]
+            if new:  # infeasible nodes get a value too (ignored) but stay unseen (version -1)
+                entry.scores = entry.group_scores[groups]
+                entry.hints = entry.group_hints[groups]
+                entry.versions = np.where(feasible, state.node_version, -1)
+            else:
+                entry.scores[asked] = entry.group_scores[asked_groups]
+                entry.hints[asked] = entry.group_hints[asked_groups]
+        if not new:
+            # infeasible stale nodes were not refreshed: mark them unseen so they are when feasible
+            entry.versions[stale] = -1
+            entry.versions[asked] = state.node_version[asked]
         self.entries[key] = entry  # most recently used last
         if len(self.entries) > self.capacity:
             self.entries.pop(next(iter(self.entries)))
