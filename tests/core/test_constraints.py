@@ -32,6 +32,7 @@ from xpupool.core.constraints import (
     labels_of,
 )
 from xpupool.core.model import Allocation, Device, Node, RemotePolicy, Request, Vendor
+from xpupool.core.podindex import PodIndex
 from xpupool.core.status import Code
 from xpupool.plugins.profiles import build_scheduler
 
@@ -338,3 +339,34 @@ def test_vectorised_node_affinity_equals_the_per_node_rule(
     state = ClusterState(nodes)
     expected = {n.name for n in nodes if constraints.node_matches(n.name, n.labels)}
     assert feasible(state, Request(name="p", constraints=constraints)) == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["a", "b"]), st.integers(0, 3), st.booleans(),
+                          st.booleans()), min_size=1, max_size=40),
+       st.lists(st.integers(0, 39), max_size=15))
+def test_pod_counts_for_a_selector_first_asked_late_equal_a_full_scan(
+        pods: list[tuple[int, str, int, bool, bool]], removed: list[int]) -> None:
+    # a query first asked after pods came and went is answered from the pods carrying its first
+    # matchLabels pair: it must count exactly what scanning every pod counts
+    index = PodIndex(6)
+    held: dict[str, tuple[int, str, dict[str, str]]] = {}
+    for i, (node, namespace, app, tier, canary) in enumerate(pods):
+        labels = {"app": f"svc-{app}"} | ({"tier": "web"} if tier else {}) | ({"canary": "yes"} if canary else {})
+        index.add(f"p{i}", node, namespace, labels)
+        held[f"p{i}"] = (node, namespace, labels)
+    for i in removed:
+        index.remove(f"p{i}")
+        held.pop(f"p{i}", None)
+    selectors = [LabelSelector(labels_of({"app": f"svc-{app}"})) for app in range(4)] + [
+        LabelSelector(labels_of({"tier": "web", "app": "svc-1"})),
+        LabelSelector(match_expressions=(Requirement("canary", Operator.EXISTS),)),
+        LabelSelector(labels_of({"app": "svc-2"}), (Requirement("tier", Operator.DOES_NOT_EXIST),)),
+    ]
+    for selector in selectors:
+        for namespaces in (None, frozenset({"a"})):
+            expected = np.zeros(6, dtype=np.int64)
+            for node, namespace, labels in held.values():
+                if (namespaces is None or namespace in namespaces) and selector.matches(labels):
+                    expected[node] += 1
+            np.testing.assert_array_equal(index.counts(((selector, namespaces),)), expected)

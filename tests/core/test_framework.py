@@ -9,9 +9,9 @@ import pytest
 from pools import cpu_node, gpu_node, share, whole
 
 import xpupool.plugins  # noqa: F401
-from xpupool.core.cluster import ClusterState
+from xpupool.core.cluster import BoolArray, ClusterState
 from xpupool.core.frag import TargetWorkload
-from xpupool.core.framework import REGISTRY, FilterPlugin, Profile, Scheduler, ScorePlugin
+from xpupool.core.framework import REGISTRY, FilterPlugin, FitContext, Profile, Scheduler, ScorePlugin, ScoreResult
 from xpupool.core.model import RemotePolicy, Request, Vendor
 from xpupool.plugins.profiles import POLICIES, build_scheduler
 
@@ -114,3 +114,43 @@ def test_every_policy_places_a_mixed_stream_within_capacity(policy: str, small_p
     placed = sum(1 for p in pods if sched.schedule(state, p).status.ok)
     assert placed >= 25
     assert (state.card_free_milli >= 0).all() and (state.cpu_free >= 0).all()
+
+
+class _AskedEveryTime:
+    """A node-local score plugin presented as not node-local: the framework then asks it about
+    every feasible node at every decision, with no cache (the reference for the cached path)."""
+
+    node_local = False
+
+    def __init__(self, inner: ScorePlugin) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def score(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
+        return self.inner.score(state, ctx, feasible)
+
+
+@pytest.mark.parametrize("policy", ["xpupool", "fgd", "bestfit", "gpuclustering"])
+def test_scores_cached_per_node_state_place_like_scores_asked_every_time(policy: str) -> None:
+    # many equal nodes (so groups are shared) in a few kinds; shapes recur, some after a long gap
+    nodes = [gpu_node(f"g{i}", (1, 2, 4, 8)[i % 4], model=("H100", "A100")[i % 3 == 0],
+                      cpu=(32_000, 96_000)[i % 5 == 0]) for i in range(80)] + [cpu_node(f"c{i}") for i in range(4)]
+    pods: list[Request] = []
+    for i in range(700):
+        kind = i % 7
+        if kind < 4:
+            pods.append(share(f"s{i}", (25, 50, 70, 30 + (i // 70) % 5)[kind], cpu=1000 + 1000 * (i % 3)))
+        elif kind < 6:
+            pods.append(whole(f"w{i}", 1 + (i // 7) % 3 if kind == 4 else 1, models=("A100",) if i % 11 == 0 else ()))
+        else:
+            pods.append(Request(name=f"c{i}", cpu_milli=8000, memory_mib=8192))
+    target = TargetWorkload.from_requests(pods, ["A100", "H100"])
+    cached, reference = build_scheduler(policy, seed=3, target=target), build_scheduler(policy, seed=3, target=target)
+    reference.profile.scores = [(_AskedEveryTime(p), w) for p, w in reference.profile.scores]
+    state_a, state_b = ClusterState(nodes), ClusterState(nodes)
+    placed = 0
+    for pod in pods:
+        a, b = cached.schedule(state_a, pod), reference.schedule(state_b, pod)
+        assert a.allocation == b.allocation, pod.name
+        placed += a.status.ok
+    assert 300 < placed < len(pods)  # the stream overfills the pool: nodes end in many states

@@ -123,6 +123,8 @@ class ClusterState:
         self._key_versions: IntArray = np.full(n, -1, dtype=np.int64)
         self._group_ids: dict[tuple[object, ...], int] = {}
         self._static_rows: list[bytes] | None = None
+        #: bumped when :meth:`node_groups` renumbers its ids (caches keyed by group id start over)
+        self.group_epoch = 0
 
     # ------------------------------------------------------------------ queries
     @property
@@ -164,15 +166,17 @@ class ClusterState:
         every card's attributes and free share/memory, tenants, utilisation, and the shapes of the
         pods on its cards. So they score equally for any request, and the framework scores one of
         each group (at 10,000 nodes most are in a few states). Recomputed only for nodes whose
-        ``node_version`` changed; ids are compacted when stale ones pile up."""
+        ``node_version`` changed. An id keeps meaning the same state until stale ids pile up
+        (more than twice the nodes): then ids are renumbered and ``group_epoch`` is bumped."""
         if self._static_rows is None:
             static = (self.card_exists, self.card_healthy, self.card_model, self.card_vendor, self.card_group,
                       self.card_memory_capacity, self.card_tenant_limit, self.card_held)
             self._static_rows = [b"".join(a[i].tobytes() for a in static) for i in range(self.num_nodes)]
-        if self._keys is None or len(self._group_ids) > 4 * self.num_nodes + 1024:
+        if self._keys is None or len(self._group_ids) > 2 * self.num_nodes + 1024:
             self._keys = np.zeros(self.num_nodes, dtype=np.int64)
             self._key_versions = np.full(self.num_nodes, -1, dtype=np.int64)
             self._group_ids = {}
+            self.group_epoch += 1
         stale = np.nonzero(self.node_version != self._key_versions)[0]
         for i in stale.tolist():
             tenants = sorted((r.count, r.share_milli, r.exclusive) for r in

@@ -5,9 +5,10 @@ the pod on its node, every release removes it), so a what-if inside a
 :class:`~xpupool.core.statement.Statement` sees the same counts the real placement will.
 
 A *query* is a conjunction of ``(label selector, namespaces)`` pairs; its answer is a per-node
-count of pods matching all of them. The first ask scans the pods once; afterwards the answer is
-kept current on every add and remove (``watched``), so asking again costs nothing. At most
-``max_watched`` queries are kept (least recently asked dropped first).
+count of pods matching all of them. The first ask scans the pods that carry the query's first
+matchLabels pair (all pods only when it has none: a new service's selector costs nothing, not
+O(pods)); afterwards the answer is kept current on every add and remove (``watched``), so asking
+again costs nothing. At most ``max_watched`` queries are kept (least recently asked dropped first).
 
 The index also keeps, per distinct required anti-affinity term of the pods it holds, the nodes of
 those pods (``anti_terms``): kube-scheduler refuses a node when an *existing* pod's anti-affinity
@@ -63,6 +64,8 @@ class PodIndex:
         self.num_nodes = num_nodes
         self.max_watched = max_watched
         self.pods: dict[str, IndexedPod] = {}
+        #: pod names by each label pair they carry (where a new query's candidates are)
+        self._by_label: dict[tuple[str, str], set[str]] = {}
         self.watched: dict[Query, IntArray] = {}
         #: watched queries by a label pair a pod must carry to match (None: no such pair)
         self._buckets: dict[tuple[str, str] | None, set[Query]] = {}
@@ -75,6 +78,7 @@ class PodIndex:
     def copy(self) -> PodIndex:
         clone = PodIndex(self.num_nodes, max_watched=self.max_watched)
         clone.pods = dict(self.pods)
+        clone._by_label = {pair: set(names) for pair, names in self._by_label.items()}
         for query, counts in self.watched.items():
             clone._watch(query, counts.copy())
         clone.anti_terms = {k: v.copy() for k, v in self.anti_terms.items()}
@@ -121,12 +125,19 @@ class PodIndex:
             self.remove(name)
         pod = IndexedPod(node, namespace, labels, anti_terms)
         self.pods[name] = pod
+        for pair in pod.labels.items():
+            self._by_label.setdefault(pair, set()).add(name)
         self._count(pod, +1)
 
     def remove(self, name: str) -> None:
         """Forget ``name`` (no-op when unknown)."""
         pod = self.pods.pop(name, None)
         if pod is not None:
+            for pair in pod.labels.items():
+                names = self._by_label[pair]
+                names.discard(name)
+                if not names:
+                    del self._by_label[pair]
             self._count(pod, -1)
 
     def _count(self, pod: IndexedPod, sign: int) -> None:
@@ -151,7 +162,10 @@ class PodIndex:
         counts = self.watched.pop(query, None)
         if counts is None:
             counts = np.zeros(self.num_nodes, dtype=np.int64)
-            for pod in self.pods.values():
+            bucket = _bucket(query)
+            candidates = (self.pods.values() if bucket is None
+                          else (self.pods[name] for name in self._by_label.get(bucket, ())))
+            for pod in candidates:
                 if _matches(query, pod.namespace, pod.labels):
                     counts[pod.node] += 1
             if len(self.watched) >= self.max_watched:

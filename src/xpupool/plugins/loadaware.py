@@ -16,6 +16,10 @@ class LoadAwareScore:
     name = "loadaware"
     node_local = True
 
+    def uniform_score(self, state: ClusterState) -> float | None:
+        """Every node scores 50 (neutral, no hint) until some card's utilisation is known."""
+        return None if state.utilization_known else 50.0
+
     def score(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
         if not state.utilization_known:
             return ScoreResult(np.full(state.num_nodes, 50.0))
