@@ -151,14 +151,11 @@ def merge_discoveries(discoveries: Sequence[Discovery]) -> tuple[list[DeviceInfo
     return devices, errors
 
 
-def _no_reviewer() -> TokenReviewer:
-    """A reviewer that authenticates nobody (a node serving remote vXPUs needs a real one)."""
+class RefuseEveryToken:
+    """A :class:`TokenReviewer` that authenticates nobody (a node serving remote vXPUs needs a real one)."""
 
-    class Refuse:
-        async def review(self, token: str, *, audience: str) -> dict[str, Any]:
-            return {"authenticated": False}
-
-    return Refuse()
+    async def review(self, token: str, *, audience: str) -> dict[str, Any]:
+        return {"authenticated": False}
 
 
 class Agent:
@@ -210,7 +207,7 @@ class Agent:
         self.held_cards: dict[str, tuple[str, ...]] = {}
         self.slices = SliceIndex()
         self.plugin: VxpuDevicePlugin
-        # hook (remote): remote vXPUs served from this node's cards and/or used by its containers
+        # remote vXPUs served from this node's cards and/or used by its containers
         self.remote: RemoteRole | None = None
         if remote is not None and remote.enabled:
             self.remote = RemoteRole(
@@ -218,7 +215,7 @@ class Agent:
                 node=settings.node_name,
                 nodes=node_api,
                 pods=pod_api,
-                reviewer=token_reviewer or _no_reviewer(),
+                reviewer=token_reviewer or RefuseEveryToken(),
                 cards=lambda: self.plugin.cards(),
                 region_root=Path(settings.region_host_root),
                 region_writer=region_writer,
@@ -278,7 +275,7 @@ class Agent:
             for p in pods
             if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
         }
-        if self.remote is not None:  # hook (remote): regions of slices served to pods on other nodes
+        if self.remote is not None:  # regions of slices served to pods on other nodes
             live |= self.remote.live_uids()
         return await asyncio.to_thread(
             regions.collect_garbage,
@@ -365,7 +362,7 @@ class Agent:
                 else:
                     if removed:
                         log.info("removed %s of finished containers: %s", what, removed)
-        try:  # shim hook: host pids of the containers' processes, for the shim's NVML lists
+        try:  # host pids of the containers' processes, for the shim's NVML lists
             await asyncio.to_thread(regions.record_host_pids, region_root=Path(self.settings.region_host_root))
         except Exception as exc:  # never fatal: the lists stay empty until the next tick
             log.warning("recording host pids of shim processes failed: %s", exc)
@@ -375,7 +372,7 @@ class Agent:
             log.warning("listing pods for the slices' queue labels failed: %s", exc)
         devices, errors = merge_discoveries(await asyncio.to_thread(self.discover))
         await self.plugin.update_devices(devices)
-        if self.remote is not None:  # hook (remote)
+        if self.remote is not None:
             try:
                 await self.remote.tick()
             except Exception as exc:  # transport: retried next tick
@@ -412,12 +409,12 @@ class Agent:
         server_stop = asyncio.Event()
         wake = asyncio.Event()
         self.server.on_change = self.plugin.on_watch_change = wake.set
-        remote_collectors = self.remote.collectors() if self.remote is not None else []  # hook (remote)
+        remote_collectors = self.remote.collectors() if self.remote is not None else []
         runner = web.AppRunner(metrics_app(self.collector, self.slice_collector(), *remote_collectors))
         await runner.setup()
         site = web.TCPSite(runner, self.settings.metrics_host, self.settings.metrics_port)
         await site.start()
-        issuer = await self.remote.start_issuer() if self.remote is not None else None  # hook (remote)
+        issuer = await self.remote.start_issuer() if self.remote is not None else None
         try:
             while not stop.is_set():
                 wake.clear()

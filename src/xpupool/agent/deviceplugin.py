@@ -54,7 +54,7 @@ API_VERSION = "v1beta1"
 DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
 KUBELET_SOCKET = "kubelet.sock"
 DEFAULT_SOCKET = "xpupool-vxpu.sock"
-REMOTE_SLOT_CARD = "remote"  # hook (remote): slot IDs "remote::<n>"
+REMOTE_SLOT_CARD = "remote"  # slot IDs "remote::<n>"
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 
@@ -83,7 +83,7 @@ class VxpuDevicePlugin(api_pb2_grpc.DevicePluginServicer):
     ) -> None:
         if slots_per_card < 1:
             raise ValueError("slots_per_card must be >= 1")
-        # hook (remote): containers of this node that may use a vXPU on another node, so the kubelet
+        # containers of this node that may use a vXPU on another node, so the kubelet
         # admits pods placed remote (a CPU-only node advertises only these)
         self._remote_slots = tuple(slot_id(REMOTE_SLOT_CARD, s) for s in range(max(0, remote_slots)))
         self._node = node

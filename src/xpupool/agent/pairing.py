@@ -181,7 +181,7 @@ class Pairing:
         if result.slice is None:
             return Prepared(Status.error("; ".join(result.errors)))
         part = result.slice
-        if part.allocation.is_remote and self._remote is not None:  # hook (remote)
+        if part.allocation.is_remote and self._remote is not None:  # the card is on another node
             return await self._prepare_remote(part, device_ids, name)
         devices = self._devices()
         wiring_result = container_wiring(

@@ -191,7 +191,6 @@ class Transport(Protocol):
         """
         ...
 
-    # hook added by `sched` (preemption through the Eviction API, issue 9 §3)
     async def evict(self, namespace: str, name: str, *, uid: str | None = None) -> JsonDict:
         """POST ``pods/{name}/eviction`` (policy/v1): a graceful delete that the apiserver refuses
         with 429 when a PodDisruptionBudget would be violated; ``uid`` is a precondition."""
