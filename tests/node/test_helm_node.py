@@ -81,6 +81,17 @@ def helm_binary() -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def node_values(node: NodeCluster, host_root: Path) -> list[str]:
+    """The chart values every install on this test node needs: imported images (no registry), and
+    the agent's host paths under the node's temp root (its kubelet root and containerd's CDI dir)."""
+    return [
+        f"--set=agent.hostRoot={host_root}",
+        "--set=image.pullPolicy=Never",
+        f"--set=agent.kubeletPodResourcesDir={node.pod_resources_socket.parent}",
+        f"--set=agent.cdiSpecDir={node.cdi_spec_dir}",
+    ]
+
+
 def helm(node: NodeCluster, *args: str, timeout_s: float = 420.0) -> str:
     cmd = [helm_binary(), f"--kubeconfig={node.control_plane.kubeconfig}", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout_s)
@@ -123,14 +134,7 @@ async def test_helm_install_upgrade_uninstall_on_the_real_node(
     busybox_image: str,
 ) -> None:
     host_root = node_cluster.host_root / "var-lib-xpupool"
-    values = [
-        "--set=agent.backends={emulated}",  # no GPU here: the emulated backend's cards
-        f"--set=agent.hostRoot={host_root}",
-        "--set=image.pullPolicy=Never",  # imported, never pulled (no registry)
-        # This node's kubelet root and containerd's CDI directory are under its temp root.
-        f"--set=agent.kubeletPodResourcesDir={node_cluster.pod_resources_socket.parent}",
-        f"--set=agent.cdiSpecDir={node_cluster.cdi_spec_dir}",
-    ]
+    values = ["--set=agent.backends={emulated}", *node_values(node_cluster, host_root)]  # no GPU: emulated cards
     try:
         # ---- 1. install ----------------------------------------------------------------
         t0 = time.monotonic()

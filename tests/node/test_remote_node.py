@@ -57,7 +57,7 @@ from xpupool.remote.served import ANN_REMOTE
 from xpupool.remote.testing import FAKE_CARD_UUID, LocalRig, build_native, local_rig
 
 from .pods import pod_log, vxpu_pod, wait_pod
-from .test_helm_node import CHART, eventually, helm
+from .test_helm_node import CHART, eventually, helm, node_values
 
 pytestmark = pytest.mark.e2e_node
 
@@ -227,11 +227,8 @@ async def test_remote_vxpu_pod_on_the_cpu_only_real_node(
         "--set=agent.backends={emulated}",
         "--set-json=agent.emulated.cards=[]",  # a CPU-only node: no card at all
         f"--set-json=agent.nodeSelector={json.dumps({'kubernetes.io/hostname': node_cluster.node_name})}",
-        f"--set=agent.hostRoot={host_root}",
+        *node_values(node_cluster, host_root),
         "--set=agent.intervalSeconds=1",
-        "--set=image.pullPolicy=Never",
-        f"--set=agent.kubeletPodResourcesDir={node_cluster.pod_resources_socket.parent}",
-        f"--set=agent.cdiSpecDir={node_cluster.cdi_spec_dir}",
         "--set=remote.enabled=true",
         "--set=remote.server.enabled=false",  # this node serves no card: client side only
         f"--set=remote.slots={REMOTE_SLOTS}",
