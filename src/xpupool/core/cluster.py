@@ -149,8 +149,8 @@ class ClusterState:
         for key, value in self.__dict__.items():
             if isinstance(value, np.ndarray):
                 setattr(clone, key, value.copy())
-            elif key in ("_fits", "_keys"):
-                setattr(clone, key, {} if key == "_fits" else None)  # rebuilt on demand for the copy
+            elif key == "_fits":  # its arrays are updated in place: the copy rebuilds its own
+                setattr(clone, key, {})
             elif key == "card_pods":
                 setattr(clone, key, [set(x) for x in value])
             elif isinstance(value, dict | list | PodIndex):  # PodIndex.copy is deep
@@ -247,7 +247,7 @@ class ClusterState:
             fit, count, versions = entry
             stale = np.nonzero(self.node_version != versions)[0]
             if len(stale):
-                rows = self._card_fit_rows(request, stale)
+                rows = self.card_fit(request, stale)
                 fit[stale] = rows
                 count[stale] = rows.sum(axis=1)
                 versions[stale] = self.node_version[stale]
@@ -256,7 +256,8 @@ class ClusterState:
             self._fits.pop(next(iter(self._fits)))
         return entry[0], entry[1]
 
-    def _card_fit_rows(self, request: Request, rows: IntArray) -> BoolArray:
+    def card_fit(self, request: Request, rows: IntArray | slice = slice(None)) -> BoolArray:
+        """Cards that could take one vXPU of ``request`` now (of the nodes ``rows``; default all)."""
         mask = self.model_mask(request)[rows]
         if request.takes_whole_cards:
             whole: BoolArray = mask & (self.card_tenants[rows] == 0) & (self.card_free_milli[rows] >= WHOLE_CARD_MILLI)
@@ -267,21 +268,6 @@ class ClusterState:
             & (self.card_free_milli[rows] >= request.share_milli)
             & (self.card_memory_free[rows] >= self.device_memory_needed(request)[rows])
             & (self.card_tenants[rows] < self.card_tenant_limit[rows])
-        )
-
-    def card_fit(self, request: Request, *, model_mask: BoolArray | None = None) -> BoolArray:
-        """Cards that could take one vXPU of ``request`` now."""
-        mask = self.model_mask(request) if model_mask is None else model_mask
-        if request.takes_whole_cards:
-            whole: BoolArray = mask & (self.card_tenants == 0) & (self.card_free_milli >= WHOLE_CARD_MILLI)
-            return whole
-        need_mem = self.device_memory_needed(request)
-        return (
-            mask
-            & ~self.card_exclusive
-            & (self.card_free_milli >= request.share_milli)
-            & (self.card_memory_free >= need_mem)
-            & (self.card_tenants < self.card_tenant_limit)
         )
 
     def host_fit(self, request: Request) -> BoolArray:

@@ -49,8 +49,7 @@ class DisruptionBudgets:
     def protected(self, pod: Request) -> bool:
         """True when the pod cannot be evicted at all: a budget with nothing left, or several
         budgets (the Eviction API refuses those)."""
-        budgets = self.covering(pod)
-        return len(budgets) > 1 or any(b.allowed <= 0 for b in budgets)
+        return not self.admits((pod,))
 
     def admits(self, victims: Sequence[Request]) -> bool:
         """Every budget stays within what it allows if all ``victims`` are evicted."""

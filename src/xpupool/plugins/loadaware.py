@@ -21,8 +21,6 @@ class LoadAwareScore:
         return None if state.utilization_known else 50.0
 
     def score(self, state: ClusterState, ctx: FitContext, feasible: BoolArray) -> ScoreResult:
-        if not state.utilization_known:
-            return ScoreResult(np.full(state.num_nodes, 50.0))
         util = state.card_utilization
         known = ~np.isnan(util) & ctx.card_fit
         if not known.any():

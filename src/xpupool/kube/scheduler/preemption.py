@@ -26,7 +26,7 @@ import asyncio
 import logging
 from collections import defaultdict
 
-from xpupool.core.disruption import DisruptionBudget, DisruptionBudgets
+from xpupool.core.disruption import NO_BUDGETS, DisruptionBudget, DisruptionBudgets
 from xpupool.core.framework import Scheduler
 from xpupool.core.model import Request
 from xpupool.core.queues import PreemptionPlan, QueueBook, Running, plan_preemption
@@ -71,6 +71,8 @@ class Preemptor:
         self.refused_ttl_s = refused_ttl_s
         #: PodDisruptionBudgets (when preemption is on and we may list them)
         self.pdbs: Informer | None = None
+        #: the planner's view of ``pdbs`` (rebuilt only after a budget changed)
+        self._budgets: DisruptionBudgets | None = None
         #: victim key -> until when it is not planned again (the Eviction API refused it)
         self.refused: dict[str, float] = {}
         #: preemptor key -> why the last attempt found no plan (shown with the pending reason)
@@ -91,12 +93,16 @@ class Preemptor:
         return asyncio.create_task(self.pdbs.run())
 
     def _on_pdb(self, etype: str, old: JsonDict | None, new: JsonDict | None) -> None:
+        self._budgets = None
         self.runtime.wake()  # a budget that grew may unblock a waiting preemptor
 
     def budgets(self) -> DisruptionBudgets:
+        """Built once per change of the budgets, not once per unschedulable pod."""
         if self.pdbs is None:
-            return DisruptionBudgets()
-        return DisruptionBudgets(disruption_budget(p) for p in self.pdbs.store.values())
+            return NO_BUDGETS
+        if self._budgets is None:
+            self._budgets = DisruptionBudgets(disruption_budget(p) for p in self.pdbs.store.values())
+        return self._budgets
 
     def preempt(
         self, pod: JsonDict, request: Request, running: dict[str, Running], book: QueueBook, core: Scheduler
