@@ -149,6 +149,15 @@ class ApiserverProxyScraper(_HttpScraper):
         return f"{self._server}/api/v1/namespaces/{quote(endpoint.namespace, safe='')}/pods/{pod}/proxy/metrics"
 
 
+def make_scraper(mode: str, config: KubeConfig) -> AgentScraper | None:
+    """The scraper for an ``--agents`` mode: ``direct``, ``proxy``, or None for ``off``."""
+    if mode == "direct":
+        return DirectScraper()
+    if mode == "proxy":
+        return ApiserverProxyScraper(config)
+    return None
+
+
 async def list_all(transport: Transport, resource: Resource, *, label_selector: str | None = None) -> list[JsonDict]:
     """Every object of ``resource`` (paged)."""
     items: list[JsonDict] = []
