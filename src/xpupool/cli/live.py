@@ -133,10 +133,10 @@ def run_view(
                     console.print(text, soft_wrap=True, markup=False, highlight=False, emoji=False)
                 elif not watch:
                     console.print(render(snap))
+                elif live is None:
+                    live = Live(render(snap), console=console, auto_refresh=False, screen=False)
+                    live.start(refresh=True)
                 else:
-                    if live is None:
-                        live = Live(render(snap), console=console, auto_refresh=False, screen=False)
-                        live.start()
                     live.update(render(snap), refresh=True)
                 if not watch:
                     return
