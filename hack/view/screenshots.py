@@ -16,19 +16,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from aiohttp import web
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 from view.browser import chromium, chromium_binary  # noqa: E402  (tests/view helpers)
 from view.livepool import live_pool  # noqa: E402
+from view.service import serve_view  # noqa: E402
 
 from xpupool.kube.testing import ControlPlane, find_bin_dir  # noqa: E402
 from xpupool.kube.transport import NAMESPACES, AiohttpTransport, KubeConfig  # noqa: E402
-from xpupool.view.live import LivePool  # noqa: E402
-from xpupool.view.server import make_app  # noqa: E402
-from xpupool.view.source import DirectScraper  # noqa: E402
 
 OUT = ROOT / "docs" / "images"
 
@@ -42,35 +38,23 @@ async def main() -> None:
     with ControlPlane.start(bin_dir) as cp:
         transport = AiohttpTransport(KubeConfig.from_file(cp.kubeconfig))
         await transport.create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml-team"}})
-        async with live_pool(cp, transport, "ml-team", Path(tempfile.mkdtemp())) as pool:
-            view = LivePool(transport, scraper=DirectScraper(), scrape_interval_s=1.0,
-                            scheduler_name=pool.scheduler_name)
-            task = asyncio.create_task(view.run())
-            runner = web.AppRunner(make_app(view))
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            try:
-                async with chromium(binary) as browser:
-                    page = await browser.new_page(f"http://127.0.0.1:{port}/", width=1200, height=760)
-                    await page.wait_for("Number(document.body.dataset.updates) >= 2")
-                    await page.screenshot(OUT / "view-pool.png")
-                    await page.eval(f"document.querySelector('.node-label[data-node=\"{pool.gpu_nodes[1]}\"]').click()")
-                    await page.wait_for("!document.getElementById('node-detail').hidden")
-                    await page.screenshot(OUT / "view-node.png")
-                if "--cli" in sys.argv:  # the terminal views of the same pool, at 80 columns
-                    for args in (["pods"], ["status", pool.gpu_nodes[0], "--agents", "direct"], ["queues"]):
-                        proc = await asyncio.create_subprocess_exec(
-                            sys.executable, "-m", "xpupool.cli.main", *args, "--kubeconfig", str(cp.kubeconfig),
-                            "--scheduler-name", pool.scheduler_name, stdout=asyncio.subprocess.PIPE,
-                            env={**os.environ, "COLUMNS": "80", "NO_COLOR": "1"})
-                        out, _ = await proc.communicate()
-                        print(f"$ xpupool {' '.join(args)}\n{out.decode()}")
-            finally:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                await runner.cleanup()
+        async with (live_pool(cp, transport, "ml-team", Path(tempfile.mkdtemp())) as pool,
+                    serve_view(transport, pool.scheduler_name) as url):
+            async with chromium(binary) as browser:
+                page = await browser.new_page(url, width=1200, height=760)
+                await page.wait_for("Number(document.body.dataset.updates) >= 2")
+                await page.screenshot(OUT / "view-pool.png")
+                await page.eval(f"document.querySelector('.node-label[data-node=\"{pool.gpu_nodes[1]}\"]').click()")
+                await page.wait_for("!document.getElementById('node-detail').hidden")
+                await page.screenshot(OUT / "view-node.png")
+            if "--cli" in sys.argv:  # the terminal views of the same pool, at 80 columns
+                for args in (["pods"], ["status", pool.gpu_nodes[0], "--agents", "direct"], ["queues"]):
+                    proc = await asyncio.create_subprocess_exec(
+                        sys.executable, "-m", "xpupool.cli.main", *args, "--kubeconfig", str(cp.kubeconfig),
+                        "--scheduler-name", pool.scheduler_name, stdout=asyncio.subprocess.PIPE,
+                        env={**os.environ, "COLUMNS": "80", "NO_COLOR": "1"})
+                    out, _ = await proc.communicate()
+                    print(f"$ xpupool {' '.join(args)}\n{out.decode()}")
         await transport.close()
     print(f"wrote {OUT / 'view-pool.png'} and {OUT / 'view-node.png'}")
 

@@ -17,7 +17,6 @@ pool; a real Chromium loads the page and we read its DOM over the DevTools proto
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections import defaultdict
@@ -26,37 +25,22 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from aiohttp import web
 
 from xpupool.kube import testing as kube_testing
 from xpupool.kube.testing import fake_pod
 from xpupool.kube.transport import PODS, AiohttpTransport
-from xpupool.view.live import LivePool as ViewPool
-from xpupool.view.server import make_app
-from xpupool.view.source import DirectScraper
 
 from .browser import Browser, Page, chromium, chromium_binary
 from .livepool import AGENT_UTILIZATION_PCT, LivePool
+from .service import serve_view
 
 pytestmark = [pytest.mark.e2e_apiserver, pytest.mark.asyncio(loop_scope="package")]
 
 
 @pytest_asyncio.fixture(loop_scope="package", scope="package")
 async def view_url(pool: LivePool, pool_transport: AiohttpTransport) -> AsyncIterator[str]:
-    view = ViewPool(pool_transport, scraper=DirectScraper(), scrape_interval_s=1.0, batch_s=0.1,
-                    scheduler_name=pool.scheduler_name)
-    task = asyncio.create_task(view.run())
-    runner = web.AppRunner(make_app(view))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await runner.cleanup()
+    async with serve_view(pool_transport, pool.scheduler_name, batch_s=0.1) as url:
+        yield url
 
 
 @pytest_asyncio.fixture(loop_scope="package", scope="package")

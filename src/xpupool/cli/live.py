@@ -57,13 +57,11 @@ SchedulerOpt = Annotated[str, typer.Option(help="the scheduler name xpupool's po
 
 
 def _scraper(mode: Agents, config: KubeConfig) -> AgentScraper | None:
-    from xpupool.view.source import ApiserverProxyScraper, DirectScraper
+    from xpupool.view.source import make_scraper
 
     if mode is Agents.AUTO:
         mode = Agents.DIRECT if os.environ.get("KUBERNETES_SERVICE_HOST") else Agents.PROXY
-    if mode is Agents.OFF:
-        return None
-    return DirectScraper() if mode is Agents.DIRECT else ApiserverProxyScraper(config)
+    return make_scraper(mode.value, config)
 
 
 def _load_config(kubeconfig: str | None, console: Console) -> KubeConfig:
@@ -135,10 +133,10 @@ def run_view(
                     console.print(text, soft_wrap=True, markup=False, highlight=False, emoji=False)
                 elif not watch:
                     console.print(render(snap))
+                elif live is None:
+                    live = Live(render(snap), console=console, auto_refresh=False, screen=False)
+                    live.start(refresh=True)
                 else:
-                    if live is None:
-                        live = Live(render(snap), console=console, auto_refresh=False, screen=False)
-                        live.start()
                     live.update(render(snap), refresh=True)
                 if not watch:
                     return

@@ -155,6 +155,7 @@ def build_snapshot(
             continue
         key = pod_key(pod)
         meta = pod.get("metadata") or {}
+        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
         spec = pod.get("spec") or {}
         parsed = pod_request(pod)
         request = parsed.request
@@ -171,8 +172,8 @@ def build_snapshot(
                 text, reason, queue = describe_request(request), _pending_reason(pod), request.queue
             pending.append(
                 PendingView(
-                    namespace=str(meta.get("namespace", "")),
-                    pod=str(meta.get("name", "")),
+                    namespace=namespace,
+                    pod=name,
                     queue=queue,
                     request=text,
                     reason=reason,
@@ -195,8 +196,8 @@ def build_snapshot(
             for card, memory in zip(allocation.cards, allocation.device_memory_mib, strict=False):
                 slices[(allocation.device_node, card)].append(
                     SliceView(
-                        namespace=str(meta.get("namespace", "")),
-                        pod=str(meta.get("name", "")),
+                        namespace=namespace,
+                        pod=name,
                         queue=request.queue,
                         share_pct=allocation.share_milli / 10,
                         memory_mib=memory,
@@ -207,8 +208,8 @@ def build_snapshot(
             if allocation.is_remote:
                 remote.append(
                     RemoteView(
-                        namespace=str(meta.get("namespace", "")),
-                        pod=str(meta.get("name", "")),
+                        namespace=namespace,
+                        pod=name,
                         client_node=node,
                         device_node=allocation.device_node,
                         cards=allocation.cards,
@@ -218,7 +219,7 @@ def build_snapshot(
                     )
                 )
         elif request.count > 0:
-            others[node].append(OtherPod(str(meta.get("namespace", "")), str(meta.get("name", "")), request.count))
+            others[node].append(OtherPod(namespace, name, request.count))
 
     node_views = [
         _node_view(obj, slices, others, cpu_requested, usage, problems) for obj in node_objs
@@ -326,14 +327,8 @@ def _ready(node: JsonDict) -> bool:
 
 
 def _with_usage(s: SliceView, live: SliceUsage) -> SliceView:
-    return SliceView(
-        namespace=s.namespace,
-        pod=s.pod,
-        queue=s.queue,
-        share_pct=s.share_pct,
-        memory_mib=s.memory_mib,
-        phase=s.phase,
-        remote_from=s.remote_from,
+    return replace(
+        s,
         memory_used_mib=None if live.memory_used_mib is None else round(live.memory_used_mib, 1),
         utilization_pct=None if live.utilization_pct is None else round(live.utilization_pct, 1),
     )

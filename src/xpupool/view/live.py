@@ -25,7 +25,7 @@ from xpupool.kube.queues import XPUQUEUES
 from xpupool.kube.transport import NODES, PODS, ApiError, JsonDict, Transport, TransportError
 from xpupool.view.build import build_snapshot
 from xpupool.view.model import PoolSnapshot
-from xpupool.view.source import AGENT_SELECTOR, AgentScraper, agent_endpoints, matches_selector
+from xpupool.view.source import AGENT_SELECTOR, AgentScraper, agent_endpoints, agent_warnings
 from xpupool.view.usage import NodeUsage
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,7 @@ class LivePool:
 
     def rebuild(self) -> PoolSnapshot:
         """Build from the informer stores and the last scrape; wake every waiter."""
-        errors = getattr(self._scraper, "errors", {})
-        warnings = [*self._notes, *(f"agent on {n}: {e}" for n, e in sorted(errors.items()) if n in self._usage)]
+        warnings = [*self._notes, *agent_warnings(self._scraper, self._usage)]
         self.snapshot = build_snapshot(
             nodes=list(self.nodes.store.values()),
             pods=list(self.pods.store.values()),
@@ -110,7 +109,7 @@ class LivePool:
     async def _scrape_loop(self) -> None:
         assert self._scraper is not None
         while True:
-            agents = agent_endpoints([p for p in self.pods.store.values() if matches_selector(p, self._agent_selector)])
+            agents = agent_endpoints(self.pods.store.values(), self._agent_selector)
             self._usage = await self._scraper.scrape(agents)
             self._dirty.set()
             await asyncio.sleep(self._scrape_interval_s)

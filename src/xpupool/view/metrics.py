@@ -10,7 +10,7 @@ per queue, ``client_node``/``device_node`` per remote pair; no pod names.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -75,26 +75,19 @@ class PoolCollector:
         cards.add_metric(["idle"], t.idle_cards)
         cards.add_metric(["allocated"], t.allocated_cards)
         cards.add_metric(["free"], t.free_cards)
-        waiting: dict[str, list[float]] = defaultdict(list)
-        for p in snap.pending:
-            waiting[p.queue].append(p.waiting_s)
+        # counted here, not q.pending: a declared queue's q.pending is the scheduler's status figure
+        waiting = Counter(p.queue for p in snap.pending)
         for q in snap.queues:
-            waits = waiting.get(q.name, [])
-            pending.add_metric([q.name], len(waits))
-            oldest.add_metric([q.name], max(waits, default=0.0))
+            pending.add_metric([q.name], waiting[q.name])
+            oldest.add_metric([q.name], q.oldest_pending_s)
             q_guar.add_metric([q.name], q.guarantee.cards)
             if q.limit.cards is not None:
                 q_limit.add_metric([q.name], q.limit.cards)
             q_used.add_metric([q.name], q.used.cards)
             q_borrowed.add_metric([q.name], q.borrowed.cards)
             q_running.add_metric([q.name], q.running)
-        pairs: dict[tuple[str, str], int] = defaultdict(int)
-        for r in snap.remote:
-            pairs[(r.client_node, r.device_node)] += 1
-        broken: dict[tuple[str, str, str], int] = defaultdict(int)
-        for r in snap.remote:
-            if r.problem:
-                broken[(r.client_node, r.device_node, r.problem)] += 1
+        pairs = Counter((r.client_node, r.device_node) for r in snap.remote)
+        broken = Counter((r.client_node, r.device_node, r.problem) for r in snap.remote if r.problem)
         for (client, device), count in sorted(pairs.items()):
             remote.add_metric([client, device], count)
         for labels, count in sorted(broken.items()):

@@ -36,7 +36,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from xpupool.kube.objects import SCHEDULER_NAME
 from xpupool.view.live import LivePool
 from xpupool.view.metrics import PoolCollector
-from xpupool.view.source import AGENT_SELECTOR, AgentScraper, ApiserverProxyScraper, DirectScraper
+from xpupool.view.source import AGENT_SELECTOR, make_scraper
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,7 @@ async def amain(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = KubeConfig.load(args.kubeconfig)
     transport = AiohttpTransport(config)
-    scraper: AgentScraper | None = None
-    if args.agents == "direct":
-        scraper = DirectScraper()
-    elif args.agents == "proxy":
-        scraper = ApiserverProxyScraper(config)
-    pool = LivePool(transport, scraper=scraper, scrape_interval_s=args.scrape_interval_s,
+    pool = LivePool(transport, scraper=make_scraper(args.agents, config), scrape_interval_s=args.scrape_interval_s,
                     scheduler_name=args.scheduler_name, agent_selector=args.agent_selector)
     runner = web.AppRunner(make_app(pool))
     await runner.setup()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote
@@ -49,10 +49,13 @@ class AgentEndpoint:
     port: int
 
 
-def agent_endpoints(pods: Sequence[JsonDict]) -> list[AgentEndpoint]:
-    """The running agent pods' metrics endpoints, one per node (the newest pod wins)."""
+def agent_endpoints(pods: Iterable[JsonDict], selector: str) -> list[AgentEndpoint]:
+    """The metrics endpoints of the running pods matching ``selector`` (the agents), one per node
+    (the newest pod wins)."""
     found: dict[str, tuple[str, AgentEndpoint]] = {}
     for pod in pods:
+        if not matches_selector(pod, selector):
+            continue
         meta = pod.get("metadata") or {}
         spec = pod.get("spec") or {}
         status = pod.get("status") or {}
@@ -75,6 +78,9 @@ def agent_endpoints(pods: Sequence[JsonDict]) -> list[AgentEndpoint]:
 
 
 class AgentScraper(Protocol):
+    #: node -> why its agent's last scrape failed (cleared when it answers again)
+    errors: dict[str, str]
+
     async def scrape(self, endpoints: Sequence[AgentEndpoint]) -> dict[str, NodeUsage | None]:
         """Node name -> parsed metrics, ``None`` where the agent did not answer. Never raises for
         a broken agent; bounded by the implementation's timeout."""
@@ -89,7 +95,6 @@ class _HttpScraper:
         self._ssl = ssl
         self._headers = headers or {}
         self._session: aiohttp.ClientSession | None = None
-        #: node -> last error text (for the CLI's warnings)
         self.errors: dict[str, str] = {}
 
     def url(self, endpoint: AgentEndpoint) -> str:
@@ -144,6 +149,15 @@ class ApiserverProxyScraper(_HttpScraper):
         return f"{self._server}/api/v1/namespaces/{quote(endpoint.namespace, safe='')}/pods/{pod}/proxy/metrics"
 
 
+def make_scraper(mode: str, config: KubeConfig) -> AgentScraper | None:
+    """The scraper for an ``--agents`` mode: ``direct``, ``proxy``, or None for ``off``."""
+    if mode == "direct":
+        return DirectScraper()
+    if mode == "proxy":
+        return ApiserverProxyScraper(config)
+    return None
+
+
 async def list_all(transport: Transport, resource: Resource, *, label_selector: str | None = None) -> list[JsonDict]:
     """Every object of ``resource`` (paged)."""
     items: list[JsonDict] = []
@@ -181,10 +195,8 @@ async def read_pool(
     usage: dict[str, NodeUsage | None] = {}
     warnings = list(notes)
     if scraper is not None:
-        agents = agent_endpoints([p for p in pods if matches_selector(p, agent_selector)])
-        usage = await scraper.scrape(agents)
-        errors = getattr(scraper, "errors", {})
-        warnings.extend(f"agent on {node}: {text}" for node, text in sorted(errors.items()) if node in usage)
+        usage = await scraper.scrape(agent_endpoints(pods, agent_selector))
+        warnings.extend(agent_warnings(scraper, usage))
     return build_snapshot(
         nodes=nodes,
         pods=pods,
@@ -194,6 +206,13 @@ async def read_pool(
         scheduler_name=scheduler_name,
         warnings=warnings,
     )
+
+
+def agent_warnings(scraper: AgentScraper | None, usage: Mapping[str, NodeUsage | None]) -> list[str]:
+    """One warning per agent of ``usage`` whose last scrape failed, in node order."""
+    if scraper is None:
+        return []
+    return [f"agent on {node}: {text}" for node, text in sorted(scraper.errors.items()) if node in usage]
 
 
 def matches_selector(obj: JsonDict, selector: str) -> bool:

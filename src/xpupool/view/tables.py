@@ -60,7 +60,7 @@ def _card_label(card: CardView) -> str:
 
 
 def _slice_row(s: SliceView) -> list[str]:
-    name = f"{s.namespace}/{s.pod}"
+    name = s.key
     if s.remote_from:
         name += f" (from {s.remote_from})"
     return [name, f"{s.share_pct:g}", gib(s.memory_mib), opt(s.memory_used_mib, "{:.0f}"),
@@ -131,7 +131,7 @@ def pending_view(snap: PoolSnapshot) -> RenderableType:
         return Text("no pending pods", style="green")
     parts: list[RenderableType] = [Text(f"{len(snap.pending)} pending pods (longest waiting first)", style="bold")]
     for p in snap.pending:
-        head = Text(f"{p.namespace}/{p.pod}", style="cyan")
+        head = Text(p.key, style="cyan")
         head.append(f"  queue {p.queue} · asks {p.request} · waiting {age(p.waiting_s)}")
         if p.pod_group:
             head.append(f" · gang {p.pod_group}")
