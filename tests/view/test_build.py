@@ -86,3 +86,11 @@ xpupool_vxpu_share_measured_ratio{device="GPU-0",namespace="ns",node="n",pod="p"
     assert usage.cards == {"GPU-0": CardUsage(41.0, None)}
     # two containers of one pod on one card add up; a slice of no known pod is not attributed
     assert usage.slices == {("ns", "p", "GPU-0"): SliceUsage(3.0, 25.0)}
+
+
+def test_live_cli_default_scheduler_name_is_the_schedulers() -> None:
+    """The CLI keeps its own copy (importing kube.objects would pull aiohttp into every command)."""
+    from xpupool.cli import live
+    from xpupool.kube import objects
+
+    assert live.SCHEDULER_NAME == objects.SCHEDULER_NAME

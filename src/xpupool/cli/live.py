@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # imported when a command runs: other commands start without 
     from xpupool.view.model import PoolSnapshot
     from xpupool.view.source import AgentScraper
 
-#: ``xpupool.kube.objects.SCHEDULER_NAME`` (tests/view/test_tables.py checks they agree)
+#: ``xpupool.kube.objects.SCHEDULER_NAME`` (tests/view/test_build.py checks they agree)
 SCHEDULER_NAME = "xpupool"
 
 
