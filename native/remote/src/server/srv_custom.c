@@ -36,13 +36,11 @@
 #define PTSZ(name) (((q->hdr.flags & XPUR_F_PER_THREAD) && s->be->p_##name##_ptsz) ? s->be->p_##name##_ptsz : s->be->p_##name)
 #define PTDS(name) (((q->hdr.flags & XPUR_F_PER_THREAD) && s->be->p_##name##_ptds) ? s->be->p_##name##_ptds : s->be->p_##name)
 
-static int lookup(struct xpur_session *s, unsigned kind, uint64_t id, uint64_t *val) { return xpur_h_get(s, kind, id, val); }
-
 #define GET_HANDLE(var, type, kind, id)                                                            \
     type var;                                                                                      \
     do {                                                                                           \
         uint64_t v_;                                                                               \
-        if (lookup(s, kind, id, &v_))                                                              \
+        if (xpur_h_get(s, kind, id, &v_))                                                          \
             FAIL(q, CUDA_ERROR_INVALID_HANDLE);                                                    \
         var = (type)(uintptr_t)v_;                                                                 \
     } while (0)
@@ -294,7 +292,7 @@ static void htod(struct xpur_session *s, struct xpur_req *q, int async)
     if (!xpur_rbuf_done(&q->in) || n != q->hdr.bulk)
         BAD_ARGS(q);
     uint64_t sv;
-    if (lookup(s, XPUR_H_STREAM, sid, &sv))
+    if (xpur_h_get(s, XPUR_H_STREAM, sid, &sv))
         FAIL(q, CUDA_ERROR_INVALID_HANDLE);
     if (!xpur_range_ok(s, dst, n, 1))
         FAIL(q, CUDA_ERROR_INVALID_VALUE); /* the dispatcher drains the bulk */
@@ -410,7 +408,7 @@ static void dtoh(struct xpur_session *s, struct xpur_req *q, int async)
     if (!xpur_rbuf_done(&q->in) || n > s->max_bulk)
         BAD_ARGS(q);
     uint64_t sv;
-    if (lookup(s, XPUR_H_STREAM, sid, &sv))
+    if (xpur_h_get(s, XPUR_H_STREAM, sid, &sv))
         FAIL(q, CUDA_ERROR_INVALID_HANDLE);
     if (!xpur_range_ok(s, src, n, 1))
         FAIL(q, CUDA_ERROR_INVALID_VALUE);
@@ -438,7 +436,7 @@ static void dtod(struct xpur_session *s, struct xpur_req *q, uint64_t dst, uint6
                  int async)
 {
     uint64_t sv;
-    if (lookup(s, XPUR_H_STREAM, sid, &sv))
+    if (xpur_h_get(s, XPUR_H_STREAM, sid, &sv))
         FAIL(q, CUDA_ERROR_INVALID_HANDLE);
     if (!xpur_range_ok(s, dst, n, 1) || !xpur_range_ok(s, src, n, 1))
         FAIL(q, CUDA_ERROR_INVALID_VALUE);
@@ -537,7 +535,7 @@ static void copy2d(struct xpur_session *s, struct xpur_req *q, int async)
     c.srcArray = NULL;
     c.dstArray = NULL;
     uint64_t sv;
-    if (lookup(s, XPUR_H_STREAM, sid, &sv))
+    if (xpur_h_get(s, XPUR_H_STREAM, sid, &sv))
         FAIL(q, CUDA_ERROR_INVALID_HANDLE);
     CUstream st = (CUstream)(uintptr_t)sv;
     int src_dev = c.srcMemoryType == CU_MEMORYTYPE_DEVICE, dst_dev = c.dstMemoryType == CU_MEMORYTYPE_DEVICE;
@@ -1088,12 +1086,12 @@ void xpur_s_cuLaunchKernelEx(struct xpur_session *s, struct xpur_req *q)
         uint64_t v;
         switch (a->id) {
         case CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_EVENT:
-            if (lookup(s, XPUR_H_EVENT, (uint64_t)(uintptr_t)a->value.programmaticEvent.event, &v))
+            if (xpur_h_get(s, XPUR_H_EVENT, (uint64_t)(uintptr_t)a->value.programmaticEvent.event, &v))
                 FAIL(q, CUDA_ERROR_INVALID_HANDLE);
             a->value.programmaticEvent.event = (CUevent)(uintptr_t)v;
             break;
         case CU_LAUNCH_ATTRIBUTE_LAUNCH_COMPLETION_EVENT:
-            if (lookup(s, XPUR_H_EVENT, (uint64_t)(uintptr_t)a->value.launchCompletionEvent.event, &v))
+            if (xpur_h_get(s, XPUR_H_EVENT, (uint64_t)(uintptr_t)a->value.launchCompletionEvent.event, &v))
                 FAIL(q, CUDA_ERROR_INVALID_HANDLE);
             a->value.launchCompletionEvent.event = (CUevent)(uintptr_t)v;
             break;
