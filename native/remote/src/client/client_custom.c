@@ -11,6 +11,7 @@
 
 #include "client.h"
 #include "cudacompat.h"
+#include "digest.h"
 #include "xpur_custom_wire.h"
 
 #define TRY(expr)                                                                                  \

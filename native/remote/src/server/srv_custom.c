@@ -6,7 +6,6 @@
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "digest.h"
 #include "session.h"
 #include "xpur_custom_wire.h"
 
@@ -694,12 +694,6 @@ void xpur_module_cache_free(struct xpur_module_cache *c)
     free(c);
 }
 
-static int sha256(const void *p, size_t n, unsigned char out[32])
-{
-    unsigned int len = 0;
-    return EVP_Digest(p, n, out, &len, EVP_sha256(), NULL) == 1 && len == 32 ? 0 : -1;
-}
-
 static void hexname(const unsigned char sha[32], char out[65])
 {
     for (int i = 0; i < 32; i++)
@@ -730,7 +724,7 @@ static struct cached_image *cache_find(struct xpur_module_cache *c, const unsign
             got += (size_t)r;
         }
         unsigned char check[32];
-        if (got != size || sha256(b, size, check) || memcmp(check, sha, 32)) { /* never trust the disk */
+        if (got != size || xpur_sha256(b, size, check) || memcmp(check, sha, 32)) { /* never trust the disk */
             free(b);
             b = NULL;
         }
@@ -807,7 +801,7 @@ static void load_image(struct xpur_session *s, struct xpur_req *q, uint8_t want_
         }
         b[size] = 0;
         unsigned char check[32];
-        if (sha256(b, size, check) || memcmp(check, sha, 32)) {
+        if (xpur_sha256(b, size, check) || memcmp(check, sha, 32)) {
             free(b);
             free(img);
             FAIL(q, CUDA_ERROR_INVALID_IMAGE);
