@@ -84,6 +84,12 @@ def caller_of(review: Mapping[str, Any]) -> Caller | None:
     return Caller(str(user.get("username", "")), str(nodes[0]) if len(nodes) == 1 else None)
 
 
+def _ended(pod: Mapping[str, Any]) -> bool:
+    """Terminating or finished: no new token, and an existing grant is revoked."""
+    meta = pod.get("metadata") or {}
+    return bool(meta.get("deletionTimestamp")) or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Decision:
     status: Status
@@ -107,7 +113,7 @@ def authorize(caller: Caller | None, pod: Mapping[str, Any] | None, *, node: str
     bound = (pod.get("spec") or {}).get("nodeName")
     if bound != caller.node:
         return Decision(Status.error(f"{key} is bound to {bound!r}, not to the caller's node {caller.node}"), http=403)
-    if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+    if _ended(pod):
         return Decision(Status.error(f"{key} is terminating or finished"), http=409)
     parsed = parse_allocation((meta.get("annotations") or {}).get("xpupool.io/allocation"), pod=key)
     if parsed.allocation is None:
@@ -221,10 +227,7 @@ class RemoteServer:
                 if exc.status != 404:
                     continue  # transport: next tick
                 pod = None
-            meta = (pod or {}).get("metadata") or {}
-            alive = (pod is not None and meta.get("uid") == g.alloc and not meta.get("deletionTimestamp")
-                     and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
-            if alive:
+            if pod is not None and (pod.get("metadata") or {}).get("uid") == g.alloc and not _ended(pod):
                 continue
             async with self._lock:
                 ended = await asyncio.to_thread(self._revoke, g)

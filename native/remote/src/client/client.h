@@ -111,6 +111,5 @@ uint64_t xpur_primary_ctx(void);
 
 /* module images: byte size of an image (cubin ELF, fatbin, fatbin wrapper or PTX), 0 if unknown */
 size_t xpur_image_size(const void *image, const void **start);
-int xpur_sha256(const void *p, size_t n, unsigned char out[32]);
 
 #endif

@@ -11,6 +11,7 @@
 
 #include "client.h"
 #include "cudacompat.h"
+#include "digest.h"
 #include "xpur_custom_wire.h"
 
 #define TRY(expr)                                                                                  \
@@ -576,7 +577,8 @@ static CUresult load_image(unsigned xo, uint16_t api, uint8_t kind, const void *
     return CUDA_ERROR_INVALID_IMAGE;
 }
 
-static void *read_file(const char *path, size_t *n)
+/* the whole file, NUL-terminated; load_image finds the image's size from its format */
+static void *read_file(const char *path)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
@@ -600,7 +602,6 @@ static void *read_file(const char *path, size_t *n)
     fclose(f);
     if (b)
         b[len] = 0; /* PTX text is NUL-terminated */
-    *n = len;
     return b;
 }
 
@@ -646,8 +647,7 @@ CUresult xpur_c_cuModuleLoad(unsigned xo, CUmodule *mod, const char *path)
 {
     if (!mod || !path)
         return CUDA_ERROR_INVALID_VALUE;
-    size_t n;
-    void *b = read_file(path, &n); /* the client's file, read here: the server never opens client paths */
+    void *b = read_file(path); /* the client's file, read here: the server never opens client paths */
     if (!b)
         return CUDA_ERROR_FILE_NOT_FOUND;
     uint64_t id;
@@ -687,8 +687,7 @@ CUresult xpur_c_cuLibraryLoadFromFile(unsigned xo, CUlibrary *lib, const char *p
     (void)nl;
     if (!lib || !path)
         return CUDA_ERROR_INVALID_VALUE;
-    size_t n;
-    void *b = read_file(path, &n);
+    void *b = read_file(path);
     if (!b)
         return CUDA_ERROR_FILE_NOT_FOUND;
     uint64_t id;

@@ -5,7 +5,6 @@
  * NUL-terminated PTX text. Anything else is CUDA_ERROR_INVALID_IMAGE.
  */
 #include <elf.h>
-#include <openssl/evp.h>
 #include <string.h>
 
 #include "client.h"
@@ -71,10 +70,4 @@ size_t xpur_image_size(const void *image, const void **start)
     if (n && n < MAX_IMAGE && (memmem(p, n, ".version", 8) || memmem(p, n, ".target", 7)))
         return n + 1; /* PTX text with its terminator */
     return 0;
-}
-
-int xpur_sha256(const void *p, size_t n, unsigned char out[32])
-{
-    unsigned int len = 0;
-    return EVP_Digest(p, n, out, &len, EVP_sha256(), NULL) == 1 && len == 32 ? 0 : -1;
 }

@@ -4,7 +4,6 @@
  * function names and parameter layouts. No round trip.
  */
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -475,12 +474,8 @@ static void shadow(uint64_t p, uint64_t n)
         return;
     void *m = mmap((void *)(uintptr_t)lo, hi - lo, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
                    MAP_FIXED_NOREPLACE, -1, 0);
-    if (m == MAP_FAILED) {
-        if (errno != EEXIST)
-            return;
-        /* already mapped: ours (a neighbour's shadow) or the client's own memory; nothing to do */
+    if (m == MAP_FAILED) /* already mapped (ours, or the client's own memory) or refused: nothing to do */
         return;
-    }
     if ((uint64_t)(uintptr_t)m != lo) /* an old kernel ignored the hint: give it back */
         munmap(m, hi - lo);
 }

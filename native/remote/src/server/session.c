@@ -238,7 +238,7 @@ static void *keepalive_main(void *arg)
         if (!b || n - b < period || n - last < period)
             continue;
         uint8_t buf[XPUR_HDR_SIZE];
-        struct xpur_hdr h = {XPUR_MAGIC, XPUR_VERSION, XPUR_T_WAITING, 0, 0, 0, 0, 0, s->id, s->last_request_seen};
+        struct xpur_hdr h = {XPUR_MAGIC, XPUR_VERSION, XPUR_T_WAITING, 0, 0, 0, 0, 0, s->id, s->last_request};
         xpur_hdr_encode(buf, &h);
         if (pthread_mutex_trylock(&s->io_mu) == 0) {
             xpur_conn_send(&s->conn, buf, sizeof buf);
@@ -289,7 +289,6 @@ static int dispatch(struct xpur_session *s, const struct xpur_hdr *h, const uint
     uint8_t *frame = s->sbuf + s->slen;
     xpur_wbuf_init(&q.out, frame + XPUR_HDR_SIZE + REPLY_PREFIX, XPUR_LIMIT_MAX_ARGS);
     s->last_request = h->request;
-    s->last_request_seen = h->request;
 
     xpur_handler fn = xpur_handlers[h->api];
     if (s->stats)

@@ -98,7 +98,6 @@ struct xpur_session {
     pthread_mutex_t ka_mu; /* with ka_cv: wakes the keep-alive thread at once when the session ends */
     pthread_cond_t ka_cv;
     int32_t keepalive_ms;
-    uint64_t last_request_seen;
     uint64_t refusals; /* ERROR frames sent (protocol violations) */
 };
 

@@ -6,7 +6,6 @@
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "digest.h"
 #include "session.h"
 #include "xpur_custom_wire.h"
 
@@ -36,13 +36,11 @@
 #define PTSZ(name) (((q->hdr.flags & XPUR_F_PER_THREAD) && s->be->p_##name##_ptsz) ? s->be->p_##name##_ptsz : s->be->p_##name)
 #define PTDS(name) (((q->hdr.flags & XPUR_F_PER_THREAD) && s->be->p_##name##_ptds) ? s->be->p_##name##_ptds : s->be->p_##name)
 
-static int lookup(struct xpur_session *s, unsigned kind, uint64_t id, uint64_t *val) { return xpur_h_get(s, kind, id, val); }
-
 #define GET_HANDLE(var, type, kind, id)                                                            \
     type var;                                                                                      \
     do {                                                                                           \
         uint64_t v_;                                                                               \
-        if (lookup(s, kind, id, &v_))                                                              \
+        if (xpur_h_get(s, kind, id, &v_))                                                          \
             FAIL(q, CUDA_ERROR_INVALID_HANDLE);                                                    \
         var = (type)(uintptr_t)v_;                                                                 \
     } while (0)
@@ -294,7 +292,7 @@ static void htod(struct xpur_session *s, struct xpur_req *q, int async)
     if (!xpur_rbuf_done(&q->in) || n != q->hdr.bulk)
         BAD_ARGS(q);
     uint64_t sv;
-    if (lookup(s, XPUR_H_STREAM, sid, &sv))
+    if (xpur_h_get(s, XPUR_H_STREAM, sid, &sv))
         FAIL(q, CUDA_ERROR_INVALID_HANDLE);
     if (!xpur_range_ok(s, dst, n, 1))
         FAIL(q, CUDA_ERROR_INVALID_VALUE); /* the dispatcher drains the bulk */
@@ -410,7 +408,7 @@ static void dtoh(struct xpur_session *s, struct xpur_req *q, int async)
     if (!xpur_rbuf_done(&q->in) || n > s->max_bulk)
         BAD_ARGS(q);
     uint64_t sv;
-    if (lookup(s, XPUR_H_STREAM, sid, &sv))
+    if (xpur_h_get(s, XPUR_H_STREAM, sid, &sv))
         FAIL(q, CUDA_ERROR_INVALID_HANDLE);
     if (!xpur_range_ok(s, src, n, 1))
         FAIL(q, CUDA_ERROR_INVALID_VALUE);
@@ -438,7 +436,7 @@ static void dtod(struct xpur_session *s, struct xpur_req *q, uint64_t dst, uint6
                  int async)
 {
     uint64_t sv;
-    if (lookup(s, XPUR_H_STREAM, sid, &sv))
+    if (xpur_h_get(s, XPUR_H_STREAM, sid, &sv))
         FAIL(q, CUDA_ERROR_INVALID_HANDLE);
     if (!xpur_range_ok(s, dst, n, 1) || !xpur_range_ok(s, src, n, 1))
         FAIL(q, CUDA_ERROR_INVALID_VALUE);
@@ -537,7 +535,7 @@ static void copy2d(struct xpur_session *s, struct xpur_req *q, int async)
     c.srcArray = NULL;
     c.dstArray = NULL;
     uint64_t sv;
-    if (lookup(s, XPUR_H_STREAM, sid, &sv))
+    if (xpur_h_get(s, XPUR_H_STREAM, sid, &sv))
         FAIL(q, CUDA_ERROR_INVALID_HANDLE);
     CUstream st = (CUstream)(uintptr_t)sv;
     int src_dev = c.srcMemoryType == CU_MEMORYTYPE_DEVICE, dst_dev = c.dstMemoryType == CU_MEMORYTYPE_DEVICE;
@@ -696,12 +694,6 @@ void xpur_module_cache_free(struct xpur_module_cache *c)
     free(c);
 }
 
-static int sha256(const void *p, size_t n, unsigned char out[32])
-{
-    unsigned int len = 0;
-    return EVP_Digest(p, n, out, &len, EVP_sha256(), NULL) == 1 && len == 32 ? 0 : -1;
-}
-
 static void hexname(const unsigned char sha[32], char out[65])
 {
     for (int i = 0; i < 32; i++)
@@ -732,7 +724,7 @@ static struct cached_image *cache_find(struct xpur_module_cache *c, const unsign
             got += (size_t)r;
         }
         unsigned char check[32];
-        if (got != size || sha256(b, size, check) || memcmp(check, sha, 32)) { /* never trust the disk */
+        if (got != size || xpur_sha256(b, size, check) || memcmp(check, sha, 32)) { /* never trust the disk */
             free(b);
             b = NULL;
         }
@@ -809,7 +801,7 @@ static void load_image(struct xpur_session *s, struct xpur_req *q, uint8_t want_
         }
         b[size] = 0;
         unsigned char check[32];
-        if (sha256(b, size, check) || memcmp(check, sha, 32)) {
+        if (xpur_sha256(b, size, check) || memcmp(check, sha, 32)) {
             free(b);
             free(img);
             FAIL(q, CUDA_ERROR_INVALID_IMAGE);
@@ -1088,12 +1080,12 @@ void xpur_s_cuLaunchKernelEx(struct xpur_session *s, struct xpur_req *q)
         uint64_t v;
         switch (a->id) {
         case CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_EVENT:
-            if (lookup(s, XPUR_H_EVENT, (uint64_t)(uintptr_t)a->value.programmaticEvent.event, &v))
+            if (xpur_h_get(s, XPUR_H_EVENT, (uint64_t)(uintptr_t)a->value.programmaticEvent.event, &v))
                 FAIL(q, CUDA_ERROR_INVALID_HANDLE);
             a->value.programmaticEvent.event = (CUevent)(uintptr_t)v;
             break;
         case CU_LAUNCH_ATTRIBUTE_LAUNCH_COMPLETION_EVENT:
-            if (lookup(s, XPUR_H_EVENT, (uint64_t)(uintptr_t)a->value.launchCompletionEvent.event, &v))
+            if (xpur_h_get(s, XPUR_H_EVENT, (uint64_t)(uintptr_t)a->value.launchCompletionEvent.event, &v))
                 FAIL(q, CUDA_ERROR_INVALID_HANDLE);
             a->value.launchCompletionEvent.event = (CUevent)(uintptr_t)v;
             break;
